@@ -1,0 +1,33 @@
+"""The functional core: pure torch math, no Lightning, no hooks, no files.
+
+Kernels (:mod:`.kernel`), eigen-solvers and spectral entropy (:mod:`.spectrum`),
+DSE and CSE (:mod:`.entropy`), the reference's variants (:mod:`.variants`),
+grouping of references (:mod:`.grouping`) and mutual information
+(:mod:`.mutual_information`).
+"""
+from .entropy import classic_shannon_entropy, diffusion_eigenvalues, diffusion_spectral_entropy
+from .grouping import reference_groups
+from .kernel import diffusion_kernel, resolve_sigma, squared_distances
+from .mutual_information import (
+    MutualInformationTerms,
+    classic_shannon_mutual_information,
+    diffusion_spectral_mutual_information,
+)
+from .spectrum import entropy_of_spectrum
+from .variants import adjacency_spectral_entropy, matrix_entry_entropy
+
+__all__ = [
+    "MutualInformationTerms",
+    "adjacency_spectral_entropy",
+    "classic_shannon_entropy",
+    "classic_shannon_mutual_information",
+    "diffusion_eigenvalues",
+    "diffusion_kernel",
+    "diffusion_spectral_entropy",
+    "diffusion_spectral_mutual_information",
+    "entropy_of_spectrum",
+    "matrix_entry_entropy",
+    "reference_groups",
+    "resolve_sigma",
+    "squared_distances",
+]

@@ -1,0 +1,75 @@
+"""Input conversion and validation shared by the functional core.
+
+Every public function accepts torch tensors (any device) or numpy arrays and fails
+early, with a message that names the problem and the fix, instead of returning NaN.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+# The reference package adds numpy's float64 machine epsilon to every probability.
+EPS = float(np.finfo(np.float64).eps)
+
+
+def as_tensor(x: Any, name: str) -> torch.Tensor:
+    """Return ``x`` as a torch tensor, sharing memory with numpy input when possible."""
+    if isinstance(x, torch.Tensor):
+        return x
+    if isinstance(x, np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(x))
+    try:
+        return torch.as_tensor(np.asarray(x))
+    except Exception as err:  # pragma: no cover - message only
+        raise TypeError(f"{name} must be a torch.Tensor or numpy array, got {type(x).__name__}") from err
+
+
+def compute_dtype(z: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """float64 unless the caller asks for another floating dtype."""
+    if dtype is None:
+        return torch.float64
+    if not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating point dtype such as torch.float32, got {dtype}")
+    return dtype
+
+
+def check_features(z: Any, name: str = "z", dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Validate a feature matrix [N, D] and cast it to the compute dtype.
+
+    Raises ``ValueError`` for a wrong number of dimensions, an empty set, zero
+    features, or NaN/Inf rows.
+    """
+    t = as_tensor(z, name)
+    if t.ndim != 2:
+        hint = " Reshape it with z.reshape(len(z), -1) (one row per sample)." if t.ndim > 0 else ""
+        raise ValueError(f"{name} must have shape [N, D] (one row per sample); got shape {tuple(t.shape)}.{hint}")
+    if t.shape[0] == 0:
+        raise ValueError(f"{name} is empty (shape {tuple(t.shape)}): at least one sample is needed.")
+    if t.shape[1] == 0:
+        raise ValueError(f"{name} has no features (shape {tuple(t.shape)}): D must be at least 1.")
+    t = t.to(compute_dtype(t, dtype))
+    finite = torch.isfinite(t).all(dim=1)
+    if not bool(finite.all()):
+        bad = torch.nonzero(~finite).flatten()
+        shown = ", ".join(str(int(i)) for i in bad[:5])
+        more = "" if bad.numel() <= 5 else f" and {bad.numel() - 5} more"
+        raise ValueError(
+            f"{name} has {bad.numel()} row(s) with NaN or Inf (rows {shown}{more}); "
+            "drop or repair them before computing entropies (diverged training?)."
+        )
+    return t
+
+
+def check_positive(value: float, name: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
+    return float(value)
+
+
+def check_max_n(max_n: int | None) -> int | None:
+    if max_n is not None and (isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1):
+        raise ValueError(f"max_n must be a positive integer or None, got {max_n!r}")
+    return max_n
