@@ -230,10 +230,10 @@ def classic_shannon_mutual_information(
     that of :func:`classic_shannon_entropy` (min-max scaled within each subset).
 
     Example:
-        >>> z = torch.tensor([[0.0], [0.1], [0.9], [1.0]] * 5)
-        >>> labels = torch.tensor([0, 0, 1, 1] * 5)
+        >>> z = torch.tensor([[0.0, 0.0]] * 6 + [[1.0, 1.0]] * 6)
+        >>> labels = torch.tensor([0] * 6 + [1] * 6)
         >>> round(float(classic_shannon_mutual_information(z, labels)), 2)
-        0.87
+        0.97
     """
     x = check_features(z, dtype=dtype)
     num_repetitions = _check_repetitions(num_repetitions)

@@ -1,0 +1,162 @@
+"""Parity with the reference package dse-dsmi 1.1 in float64 (the numerical oracle)."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import dse_monitor as dm
+
+TOL = 1e-8
+
+
+def make_data(kind: str, n: int, d: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    if kind == "isotropic":
+        return rng.normal(size=(n, d))
+    if kind == "clustered":
+        centers = rng.normal(scale=8.0, size=(5, d))
+        return centers[rng.integers(0, 5, n)] + rng.normal(scale=0.5, size=(n, d))
+    if kind == "manifold":  # a noisy circle embedded in d dimensions
+        theta = rng.uniform(0, 2 * np.pi, n)
+        base = np.stack([np.cos(theta), np.sin(theta)], 1) * 10
+        rot = np.linalg.qr(rng.normal(size=(d, d)))[0][:2]
+        return base @ rot + rng.normal(scale=0.1, size=(n, d))
+    if kind == "uniform":
+        return rng.uniform(0, 1, size=(n, d))
+    raise ValueError(kind)
+
+
+CASES = [
+    # kind, n, d, sigma, t, seed
+    ("isotropic", 200, 16, 10.0, 1, 0),
+    ("isotropic", 150, 64, 5.0, 2, 1),
+    ("isotropic", 120, 3, 1.0, 3, 2),
+    ("clustered", 250, 32, 10.0, 1, 3),
+    ("clustered", 180, 8, 3.0, 2, 4),
+    ("manifold", 220, 20, 2.0, 1, 5),
+    ("manifold", 160, 10, 0.5, 3, 6),
+    ("uniform", 300, 256, 10.0, 1, 7),
+    ("uniform", 100, 5, 0.05, 1, 8),
+    ("clustered", 90, 100, 50.0, 2, 9),
+]
+
+
+@pytest.mark.parametrize("kind,n,d,sigma,t,seed", CASES)
+def test_dse_matches_reference(ref, kind, n, d, sigma, t, seed):
+    z = make_data(kind, n, d, seed)
+    expected = ref[0].diffusion_spectral_entropy(z, gaussian_kernel_sigma=sigma, t=t)
+    got = dm.diffusion_spectral_entropy(z, sigma=sigma, t=t)
+    assert got.dtype == torch.float64 and got.ndim == 0
+    assert abs(float(got) - expected) < TOL
+
+
+def test_dse_subsample_above_max_n_matches_reference(ref):
+    z = make_data("clustered", 400, 8, 11)
+    expected = ref[0].diffusion_spectral_entropy(z, gaussian_kernel_sigma=4.0, max_N=150, random_seed=3)
+    got = dm.diffusion_spectral_entropy(z, sigma=4.0, max_n=150, seed=3)
+    assert abs(float(got) - expected) < TOL
+    # and the subsample matters: the full set gives another value
+    assert abs(float(dm.diffusion_spectral_entropy(z, sigma=4.0, max_n=None)) - expected) > 1e-3
+
+
+@pytest.mark.parametrize("kind,n,d,bins,seed", [("isotropic", 200, 4, 2, 0), ("clustered", 300, 3, 3, 1),
+                                                  ("uniform", 250, 40, 2, 2), ("manifold", 150, 2, 5, 3)])
+def test_cse_matches_reference(ref, kind, n, d, bins, seed):
+    z = make_data(kind, n, d, seed)
+    expected = ref[0].diffusion_spectral_entropy(z, classic_shannon_entropy=True, num_bins_per_dim=bins)
+    assert abs(float(dm.classic_shannon_entropy(z, bins)) - expected) < TOL
+
+
+def test_cse_with_constant_column_matches_reference(ref):
+    z = make_data("isotropic", 100, 3, 0)
+    z[:, 1] = 4.0
+    expected = ref[0].diffusion_spectral_entropy(z, classic_shannon_entropy=True)
+    assert abs(float(dm.classic_shannon_entropy(z)) - expected) < TOL
+
+
+@pytest.mark.parametrize("kwargs", [dict(), dict(anisotropic=True), dict(knn=5), dict(knn=1)])
+@pytest.mark.parametrize("kind,seed", [("clustered", 0), ("manifold", 1), ("isotropic", 2)])
+def test_adjacency_entropy_matches_reference(ref, kwargs, kind, seed):
+    z = make_data(kind, 120, 6, seed)
+    expected = ref[0].adjacency_spectral_entropy(
+        z, gaussian_kernel_sigma=3.0, anisotropic=kwargs.get("anisotropic", False),
+        use_knn="knn" in kwargs, knn=kwargs.get("knn", 10))
+    assert abs(float(dm.adjacency_spectral_entropy(z, sigma=3.0, **kwargs)) - expected) < TOL
+
+
+@pytest.mark.parametrize("kind,sigma,seed", [("clustered", 3.0, 0), ("isotropic", 10.0, 1), ("manifold", 1.0, 2)])
+def test_matrix_entry_entropy_matches_reference(ref, kind, sigma, seed):
+    z = make_data(kind, 100, 5, seed)
+    expected = ref[0].diffusion_spectral_entropy(z, gaussian_kernel_sigma=sigma, matrix_entry_entropy=True)
+    assert abs(float(dm.matrix_entry_entropy(z, sigma=sigma)) - expected) < TOL
+
+
+@pytest.mark.parametrize("kind,n,d,classes,sigma,t,reps,seed", [
+    ("clustered", 300, 16, 5, 10.0, 1, 5, 0),
+    ("isotropic", 240, 8, 3, 3.0, 2, 3, 1),
+    ("manifold", 200, 12, 4, 2.0, 1, 2, 7),
+    ("uniform", 150, 30, 10, 1.0, 3, 5, 3),
+])
+def test_dsmi_labels_matches_reference_draw_for_draw(ref, kind, n, d, classes, sigma, t, reps, seed):
+    z = make_data(kind, n, d, seed)
+    y = np.random.default_rng(seed + 100).integers(0, classes, n)
+    expected, clusters = ref[1].diffusion_spectral_mutual_information(
+        z, y, gaussian_kernel_sigma=sigma, t=t, num_repetitions=reps, random_seed=seed)
+    got, terms = dm.diffusion_spectral_mutual_information(
+        z, y, sigma=sigma, t=t, num_repetitions=reps, seed=seed, return_terms=True)
+    assert abs(float(got) - expected) < TOL
+    # The conditional term, group by group, equals the reference's DSE of that group.
+    for gid, cond in zip(terms.group_ids.tolist(), terms.conditional):
+        h = ref[0].diffusion_spectral_entropy(z[y == gid], gaussian_kernel_sigma=sigma, t=t)
+        assert abs(float(cond) - h) < TOL
+    assert torch.allclose(terms.weights.sum(), torch.tensor(1.0, dtype=torch.float64))
+
+
+def test_dsmi_equal_sized_groups_share_draws_like_reference(ref):
+    z = make_data("clustered", 200, 6, 5)
+    y = np.repeat(np.arange(4), 50)  # four groups of the same size
+    expected, _ = ref[1].diffusion_spectral_mutual_information(z, y, gaussian_kernel_sigma=4.0)
+    got, terms = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0, return_terms=True)
+    assert abs(float(got) - expected) < TOL
+    assert torch.equal(terms.unconditional_draws[0], terms.unconditional_draws[3])
+
+
+def test_dsmi_continuous_scalar_reference_matches(ref):
+    z = make_data("manifold", 200, 4, 3)
+    s = np.random.default_rng(0).uniform(-1, 1, (200, 1))
+    expected, clusters = ref[1].diffusion_spectral_mutual_information(z, s, gaussian_kernel_sigma=2.0, n_clusters=4)
+    groups = dm.reference_groups(s, n_clusters=4)
+    assert np.array_equal(groups.numpy(), clusters.reshape(-1))
+    got = dm.diffusion_spectral_mutual_information(z, s, sigma=2.0, n_clusters=4)
+    assert abs(float(got) - expected) < TOL
+
+
+def test_dsmi_vectors_reproduce_reference_clusters_and_value(ref):
+    rng = np.random.default_rng(4)
+    x = np.concatenate([rng.normal(loc=c, size=(60, 30)) for c in (0, 6, 12)])  # inputs
+    z = x[:, :5] * 2 + rng.normal(size=(180, 5))  # representations
+    expected, clusters = ref[1].diffusion_spectral_mutual_information(z, x, gaussian_kernel_sigma=5.0, n_clusters=3)
+    groups = dm.reference_groups(x, n_clusters=3)
+    assert np.array_equal(groups.numpy(), clusters)
+    got = dm.diffusion_spectral_mutual_information(z, groups=groups, sigma=5.0)
+    assert abs(float(got) - expected) < TOL
+
+
+def test_csmi_matches_reference(ref):
+    z = make_data("clustered", 250, 4, 2)
+    y = np.random.default_rng(2).integers(0, 4, 250)
+    expected, _ = ref[1].diffusion_spectral_mutual_information(z, y, classic_shannon_entropy=True)
+    assert abs(float(dm.classic_shannon_mutual_information(z, y)) - expected) < TOL
+
+
+def test_dsmi_single_member_group_contributes_zero(ref):
+    z = make_data("isotropic", 60, 4, 0)
+    y = np.zeros(60, dtype=int)
+    y[:30] = 1
+    y[0] = 2  # a group of one
+    expected, _ = ref[1].diffusion_spectral_mutual_information(z, y, gaussian_kernel_sigma=2.0)
+    got, terms = dm.diffusion_spectral_mutual_information(z, y, sigma=2.0, return_terms=True)
+    assert abs(float(got) - expected) < TOL
+    single = terms.group_ids.tolist().index(2)
+    assert float(terms.conditional[single]) == 0.0 and float(terms.unconditional[single]) == 0.0

@@ -1,0 +1,178 @@
+"""Properties of the core beyond parity: range, dtypes, devices, gradients, caching."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import dse_monitor as dm
+
+
+def clustered(n=400, d=32, seed=0, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    centers = torch.randn(8, d, generator=g, dtype=dtype) * 6
+    labels = torch.randint(0, 8, (n,), generator=g)
+    return centers[labels] + torch.randn(n, d, generator=g, dtype=dtype), labels
+
+
+def test_dse_lies_between_zero_and_log2_n_and_grows_with_sigma_inverse():
+    z, _ = clustered()
+    values = [float(dm.diffusion_spectral_entropy(z, sigma=s)) for s in (100.0, 10.0, 3.0, 1.0, 0.1)]
+    assert all(0 <= v <= math.log2(len(z)) + 1e-9 for v in values)
+    assert values == sorted(values)  # smaller bandwidth, more separated points, higher entropy
+
+
+def test_eigenvalues_are_descending_in_unit_interval_and_start_at_one():
+    z, _ = clustered(200)
+    lam = dm.diffusion_eigenvalues(z, sigma=5.0)
+    assert lam.shape == (200,)
+    assert torch.all(lam[:-1] >= lam[1:])
+    assert abs(float(lam[0]) - 1.0) < 1e-10
+    assert float(lam.min()) > -1e-10 and float(lam.max()) < 1 + 1e-10
+    # the spectrum of the symmetric kernel is that of the row-stochastic P = Q^-1 G
+    d = torch.cdist(z, z) ** 2
+    g = torch.exp(-d / 50.0)
+    p = g / g.sum(1, keepdim=True)
+    ev = torch.linalg.eigvals(p).real.sort(descending=True).values
+    assert torch.allclose(ev, lam, atol=1e-9)
+
+
+@pytest.mark.parametrize("sigma", [10.0, "sqrt_dim", "median"])
+def test_float32_within_1e3_bits_of_float64(sigma):
+    z, y = clustered(600, 64, seed=1)
+    z = z * 2
+    h64 = dm.diffusion_spectral_entropy(z, sigma=sigma)
+    h32 = dm.diffusion_spectral_entropy(z, sigma=sigma, dtype=torch.float32)
+    assert h32.dtype == torch.float32
+    assert abs(float(h32) - float(h64)) < 1e-3
+    m64 = dm.diffusion_spectral_mutual_information(z, y, sigma=sigma)
+    m32 = dm.diffusion_spectral_mutual_information(z, y, sigma=sigma, dtype=torch.float32)
+    assert abs(float(m32) - float(m64)) < 1e-3
+
+
+def test_float32_with_large_offsets_stays_accurate():
+    # Features far from the origin: centring keeps float32 distances accurate.
+    z, _ = clustered(300, 16, seed=2)
+    shifted = z + 1e4
+    h64 = float(dm.diffusion_spectral_entropy(z, sigma=5.0))
+    assert abs(float(dm.diffusion_spectral_entropy(shifted.float(), sigma=5.0, dtype=torch.float32)) - h64) < 1e-3
+
+
+def test_numpy_and_torch_inputs_agree_and_results_are_0dim_tensors():
+    z, y = clustered(150, 8)
+    a = dm.diffusion_spectral_entropy(z.numpy(), sigma=4.0)
+    b = dm.diffusion_spectral_entropy(z, sigma=4.0)
+    assert isinstance(a, torch.Tensor) and a.ndim == 0 and float(a) == float(b)
+    m1 = dm.diffusion_spectral_mutual_information(z.numpy(), y.numpy(), sigma=4.0)
+    m2 = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0)
+    assert float(m1) == float(m2)
+
+
+def test_resolve_sigma_choices():
+    z = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
+    assert dm.resolve_sigma("sqrt_dim", z) == math.sqrt(2)
+    assert dm.resolve_sigma("median", z) == pytest.approx(5.0)
+    assert dm.resolve_sigma(2, z) == 2.0
+
+
+def test_dse_is_differentiable():
+    z, _ = clustered(60, 4)
+    z = z.clone().requires_grad_(True)
+    h = dm.diffusion_spectral_entropy(z, sigma=3.0)
+    (grad,) = torch.autograd.grad(h, z)
+    assert torch.isfinite(grad).all() and grad.abs().sum() > 0
+    # the gradient is the true derivative: compare with a finite difference
+    direction = torch.randn_like(z)
+    eps = 1e-6
+    with torch.no_grad():
+        up = dm.diffusion_spectral_entropy(z + eps * direction, sigma=3.0)
+        down = dm.diffusion_spectral_entropy(z - eps * direction, sigma=3.0)
+    numeric = (up - down) / (2 * eps)
+    assert float(numeric) == pytest.approx(float((grad * direction).sum()), rel=1e-4, abs=1e-7)
+
+
+def test_gradient_ascent_on_dse_spreads_points():
+    z = (torch.randn(40, 3, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 0.5).requires_grad_()
+    opt = torch.optim.SGD([z], lr=0.5)
+    start = float(dm.diffusion_spectral_entropy(z.detach(), sigma=1.0))
+    for _ in range(20):
+        opt.zero_grad()
+        (-dm.diffusion_spectral_entropy(z, sigma=1.0)).backward()
+        opt.step()
+    assert float(dm.diffusion_spectral_entropy(z.detach(), sigma=1.0)) > start + 0.5
+
+
+def test_kernel_does_not_modify_input_and_matches_formula():
+    z, _ = clustered(50, 3)
+    before = z.clone()
+    k = dm.diffusion_kernel(z, 2.0)
+    assert torch.equal(z, before)
+    g = torch.exp(-torch.cdist(z, z) ** 2 / 8.0)
+    q = g.sum(1)
+    assert torch.allclose(k, g / torch.sqrt(q[:, None] * q[None, :]), atol=1e-12)
+    assert torch.allclose(k, k.T)
+
+
+def test_mutual_information_is_high_for_informative_labels_and_near_zero_for_random():
+    z, y = clustered(400, 16, seed=3)
+    informative = float(dm.diffusion_spectral_mutual_information(z, y, sigma=6.0))
+    rnd = y[torch.randperm(400, generator=torch.Generator().manual_seed(1))]
+    noise = float(dm.diffusion_spectral_mutual_information(z, rnd, sigma=6.0))
+    assert informative > 1.0
+    assert abs(noise) < 0.2
+
+
+def test_large_n_path_without_full_distance_matrix_agrees(monkeypatch):
+    from dse_monitor.functional import mutual_information as mi
+
+    z, y = clustered(300, 8, seed=4)
+    full = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0)
+    monkeypatch.setattr(mi, "FULL_DISTANCE_MAX_N", 10)  # force per-subset distances
+    streamed = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0)
+    assert abs(float(full) - float(streamed)) < 1e-10
+
+
+def test_mutual_information_serial_and_threaded_solves_agree():
+    z, y = clustered(300, 8, seed=5)
+    threaded = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0)
+    torch.set_num_threads(1)
+    serial = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0)
+    assert abs(float(threaded) - float(serial)) < 1e-10
+
+
+def test_reference_groups_for_images_flattens_and_clusters():
+    g = torch.Generator().manual_seed(0)
+    imgs = torch.cat([torch.randn(30, 1, 4, 4, generator=g) + 5 * i for i in range(3)])
+    groups = dm.reference_groups(imgs, n_clusters=3)
+    assert groups.shape == (90,) and groups.dtype == torch.int64
+    # each true block falls into a single cluster
+    for i in range(3):
+        assert len(set(groups[30 * i: 30 * (i + 1)].tolist())) == 1
+    assert len(set(groups.tolist())) == 3
+
+
+def test_groups_bypass_reference_and_seed_changes_only_the_unconditional_draws():
+    z, y = clustered(200, 8, seed=6)
+    a, ta = dm.diffusion_spectral_mutual_information(z, groups=y, sigma=3.0, seed=0, return_terms=True)
+    b, tb = dm.diffusion_spectral_mutual_information(z, groups=y, sigma=3.0, seed=1, return_terms=True)
+    assert torch.equal(ta.conditional, tb.conditional)
+    assert not torch.equal(ta.unconditional_draws, tb.unconditional_draws)
+    assert abs(float(a) - float(b)) < 0.1  # seed-to-seed spread is small
+
+
+def test_cse_saturates_in_high_dimension_while_dse_does_not():
+    z, _ = clustered(256, 200, seed=7)
+    assert float(dm.classic_shannon_entropy(z)) == pytest.approx(8.0, abs=1e-6)
+    assert float(dm.diffusion_spectral_entropy(z, sigma="sqrt_dim")) < 7.0
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_inputs_give_cuda_results():
+    z, y = clustered(200, 8)
+    h = dm.diffusion_spectral_entropy(z.cuda(), sigma=4.0, dtype=torch.float32)
+    assert h.device.type == "cuda"
+    assert abs(float(h) - float(dm.diffusion_spectral_entropy(z, sigma=4.0))) < 1e-3
+    m = dm.diffusion_spectral_mutual_information(z.cuda(), y.cuda(), sigma=4.0)
+    assert m.device.type == "cuda"
