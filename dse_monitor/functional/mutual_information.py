@@ -136,18 +136,23 @@ def _diffusion_subset_entropies(
     def run(subsets: list[list[int]]) -> list[torch.Tensor]:
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         big = [s for s in subsets if len(s) > 1]
-        spectra = iter(many_symmetric_eigvals([kernel(s) for s in big]) if x.is_cuda else _solve_lazily(big, kernel))
+        if x.is_cuda:
+            spectra = iter(many_symmetric_eigvals([kernel(s) for s in big]))
+        else:
+            spectra = iter(_solve_lazily(big, kernel, threaded=not (x.requires_grad and torch.is_grad_enabled())))
         return [entropy_of_spectrum(next(spectra), t) if len(s) > 1 else zero for s in subsets]
 
     return run
 
 
-def _solve_lazily(subsets: list[list[int]], kernel: Callable[[list[int]], torch.Tensor]) -> list[torch.Tensor]:
+def _solve_lazily(
+    subsets: list[list[int]], kernel: Callable[[list[int]], torch.Tensor], threaded: bool
+) -> list[torch.Tensor]:
     # On the CPU, build each kernel inside its solve so that at most one kernel per
-    # worker thread is alive at a time.
+    # worker thread is alive at a time. Autograd needs the solves on this thread.
     from .spectrum import _pool, symmetric_eigvals
 
-    if torch.get_num_threads() < 2 or len(subsets) < 2 or torch.is_grad_enabled():
+    if not threaded or torch.get_num_threads() < 2 or len(subsets) < 2:
         return [symmetric_eigvals(kernel(s)) for s in subsets]
     pool = _pool()
     futures = [pool.submit(lambda s=s: symmetric_eigvals(kernel(s))) for s in subsets]
