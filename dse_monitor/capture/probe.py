@@ -1,0 +1,132 @@
+"""The probe set: a fixed, seeded subset of a dataset, its loader, and batch unpacking."""
+from __future__ import annotations
+
+import random
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
+
+#: Dictionary keys tried, in order, for the inputs and the labels of a batch.
+INPUT_KEYS = ("x", "input", "inputs", "image", "images", "img", "pixel_values", "input_ids", "data", "features")
+LABEL_KEYS = ("y", "label", "labels", "target", "targets", "class", "classes")
+
+BatchFn = Callable[[Any], "tuple[Any, torch.Tensor | None]"]
+
+
+def choose_indices(n_total: int, num_samples: int | None, seed: int = 0) -> list[int]:
+    """Indices of the probe subset, sorted (the dataset's order), the same for a given seed.
+
+    ``num_samples=None`` or at least ``n_total`` takes the whole split.
+
+    >>> choose_indices(10, 4, seed=0)
+    [0, 2, 6, 9]
+    >>> choose_indices(3, None)
+    [0, 1, 2]
+    """
+    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2):
+        raise ValueError(f"num_samples must be an integer >= 2 or None (the whole split), got {num_samples!r}")
+    if num_samples is None or num_samples >= n_total:
+        return list(range(n_total))
+    return sorted(random.Random(seed).sample(range(n_total), num_samples))
+
+
+def first_dataloader(loaders: Any) -> Any:
+    """The first loader of what a ``*_dataloader()`` hook may return (a loader, list, dict or CombinedLoader)."""
+    flattened = getattr(loaders, "flattened", None)  # Lightning's CombinedLoader
+    if isinstance(flattened, list):
+        loaders = flattened
+    if isinstance(loaders, dict):
+        loaders = list(loaders.values())
+    if isinstance(loaders, (list, tuple)):
+        if not loaders:
+            raise ValueError("the dataloader hook returned no loader")
+        return first_dataloader(loaders[0])
+    return loaders
+
+
+def source_dataset(source: Dataset | DataLoader) -> Dataset:
+    """The map-style dataset behind a Dataset or DataLoader (what indices refer to)."""
+    dataset = source.dataset if isinstance(source, DataLoader) else source
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__getitem__") or not hasattr(dataset, "__len__"):
+        raise TypeError(
+            f"the probe needs a map-style dataset (with __len__ and __getitem__) to pick a fixed subset; "
+            f"got {type(dataset).__name__}. Pass probe=<a map-style Dataset>."
+        )
+    return dataset
+
+
+def probe_loader(source: Dataset | DataLoader, indices: Sequence[int], batch_size: int | None = None) -> DataLoader:
+    """A loader over ``indices`` of ``source``'s dataset, in that order, never shuffled.
+
+    A DataLoader source lends its batch size, collate function and workers.
+
+    >>> from torch.utils.data import TensorDataset
+    >>> ds = TensorDataset(torch.arange(10.0), torch.arange(10))
+    >>> [b[1].tolist() for b in probe_loader(ds, [1, 3, 5], batch_size=2)]
+    [[1, 3], [5]]
+    """
+    dataset = source_dataset(source)
+    kwargs: dict[str, Any] = {}
+    if isinstance(source, DataLoader):
+        kwargs = dict(collate_fn=source.collate_fn, num_workers=source.num_workers, pin_memory=source.pin_memory)
+        if source.num_workers > 0:
+            kwargs["multiprocessing_context"] = source.multiprocessing_context
+        batch_size = batch_size or source.batch_size
+    return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size or 64, shuffle=False, **kwargs)
+
+
+def unpack_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
+    """``(inputs, labels or None)`` of a batch: ``(x, y, ...)`` tuples/lists, dicts, or bare inputs.
+
+    >>> unpack_batch((torch.zeros(2, 3), torch.tensor([0, 1]), "meta"))[1]
+    tensor([0, 1])
+    >>> x, y = unpack_batch({"image": torch.zeros(2, 3)})
+    >>> x.shape, y
+    (torch.Size([2, 3]), None)
+    """
+    if isinstance(batch, (tuple, list)):
+        if not batch:
+            raise ValueError("empty batch")
+        y = batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
+        return batch[0], y
+    if isinstance(batch, dict):
+        x = next((batch[k] for k in INPUT_KEYS if k in batch), None)
+        if x is None:
+            raise ValueError(
+                f"cannot find the inputs in a batch with keys {sorted(batch)}; expected one of {INPUT_KEYS} "
+                "or pass batch_fn=<callable returning (inputs, labels)>."
+            )
+        return x, next((batch[k] for k in LABEL_KEYS if k in batch), None)
+    return batch, None
+
+
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """Move the tensors of a (nested) tuple/list/dict to ``device``."""
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, dict):
+        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(to_device(v, device) for v in obj)
+    return obj
+
+
+def resize_inputs(x: Any, size: int | None = 64) -> torch.Tensor:
+    """Inputs as flat float32 rows for DSMI(Z;X): images [B, C, H, W] are resized to
+    ``size x size`` (nearest) first; other inputs are flattened as they are.
+
+    >>> resize_inputs(torch.zeros(2, 3, 32, 32), 8).shape
+    torch.Size([2, 192])
+    >>> resize_inputs(torch.zeros(2, 5)).shape
+    torch.Size([2, 5])
+    """
+    if not isinstance(x, torch.Tensor):
+        from .pooling import _first_tensor
+
+        x = _first_tensor(x)
+    x = x.detach().float()
+    if size is not None and x.ndim == 4 and tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="nearest")
+    return x.reshape(x.shape[0], -1)

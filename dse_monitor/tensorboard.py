@@ -1,0 +1,51 @@
+"""TensorBoard extras of the monitor: a custom-scalars layout and eigenvalue histograms.
+
+Works with any writer that has ``add_custom_scalars`` / ``add_histogram``
+(``torch.utils.tensorboard.SummaryWriter``, what Lightning's TensorBoardLogger holds
+as ``logger.experiment``). The layout groups the curves in one chart per metric,
+titled as in the paper::
+
+    DSE monitor
+      DSE(Z)       dse/<layer>/dse        (one line per layer)
+      DSMI(Z;Y)    dse/<layer>/dsmi_y
+      DSMI(Z;X)    dse/<layer>/dsmi_x
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+#: Chart titles of the custom-scalars layout, per metric key.
+TITLES = {
+    "dse": "DSE(Z)",
+    "dsmi_y": "DSMI(Z;Y)",
+    "dsmi_x": "DSMI(Z;X)",
+    "cse": "CSE(Z)",
+    "csmi_y": "CSMI(Z;Y)",
+    "csmi_x": "CSMI(Z;X)",
+}
+
+
+def scalar_layout(prefix: str, layers: Sequence[str], metrics: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
+    """The layout dict of ``SummaryWriter.add_custom_scalars``: one multiline chart per metric.
+
+    >>> scalar_layout("dse", ["penultimate"], ["dse", "dsmi_y"])
+    {'DSE monitor (dse)': {'DSE(Z)': ['Multiline', ['dse/penultimate/dse']], 'DSMI(Z;Y)': ['Multiline', ['dse/penultimate/dsmi_y']]}}
+    """
+    charts = {TITLES[m]: ["Multiline", [f"{prefix}/{layer}/{m}" for layer in layers]] for m in metrics}
+    return {f"DSE monitor ({prefix})": charts}
+
+
+def write_layout(writer: Any, prefix: str, layers: Sequence[str], metrics: Sequence[str]) -> None:
+    """Write the custom-scalars layout (once per run is enough)."""
+    writer.add_custom_scalars(scalar_layout(prefix, layers, metrics))
+
+
+def write_spectrum(writer: Any, tag: str, eigenvalues: Any, step: int) -> None:
+    """The eigenvalue spectrum of the diffusion operator as a histogram at ``step``."""
+    values = np.asarray(eigenvalues, dtype=np.float64)
+    writer.add_histogram(tag, values, global_step=step)
+    flush = getattr(writer, "flush", None)
+    if callable(flush):
+        flush()
