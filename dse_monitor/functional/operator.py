@@ -1,0 +1,221 @@
+"""The diffusion kernel as a linear operator: dense, or streamed from the features.
+
+    K = Q^-1/2 G Q^-1/2,   G_ij = exp(-||z_i - z_j||^2 / (2 sigma^2)),   q_i = sum_j G_ij
+
+The approximate solver (:mod:`.lanczos`) only needs products ``K @ X`` and three exact
+scalars of the operator, all accumulated in float64:
+
+    tr K     = sum_i K_ii            (= sum_i 1/q_i, since G_ii = 1)
+    ||K||_F^2 = sum_ij K_ij^2        (= tr K^2, as K is symmetric)
+    n        = N
+
+``dense``: K is formed once (N^2 entries of the storage dtype). ``streamed``: K is never
+formed; every product recomputes G one block of ``block_size`` rows at a time from the
+features, so memory stays O(N*D + N*block_size) at the price of one pass over all
+pairs (N^2 D multiply-adds) per product.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .kernel import diffusion_kernel
+
+#: Rows of the kernel computed at a time in streamed mode.
+DEFAULT_BLOCK_SIZE = 2048
+
+
+def available_memory(device: torch.device | str = "cpu") -> int:
+    """Bytes that can still be allocated on ``device`` (free GPU memory, or MemAvailable).
+
+    >>> available_memory("cpu") > 0
+    True
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return int(free)
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - non-Linux
+        pass
+    return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))  # pragma: no cover
+
+
+def _gib(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB"
+
+
+def dense_bytes(n: int, dtype: torch.dtype) -> int:
+    """Bytes of one N x N matrix of ``dtype``."""
+    return n * n * torch.empty((), dtype=dtype).element_size()
+
+
+@dataclass
+class KernelOperator:
+    """Symmetric diffusion kernel ``K`` of the rows of ``z``: products and exact traces.
+
+    Build it with :meth:`build`. ``matmat(X)`` returns ``K @ X`` in float64 for any
+    float64 ``X`` [N, b]; ``trace`` and ``frobenius_sq`` are tr K and tr K^2.
+
+    Example:
+        >>> z = torch.randn(300, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> dense = KernelOperator.build(z, 2.0)
+        >>> streamed = KernelOperator.build(z, 2.0, streamed=True, block_size=64)
+        >>> x = torch.randn(300, 3, dtype=torch.float64)
+        >>> torch.allclose(dense.matmat(x), streamed.matmat(x))
+        True
+        >>> abs(dense.trace - streamed.trace) < 1e-9
+        True
+    """
+
+    n: int
+    trace: float
+    frobenius_sq: float
+    mode: str  # "dense" or "streamed"
+    dtype: torch.dtype  # storage / compute dtype of the kernel entries
+    device: torch.device
+    dense_k: torch.Tensor | None = None
+    z: torch.Tensor | None = None
+    scale: torch.Tensor | None = None  # q^-1/2 (storage dtype), streamed mode
+    sigma: float = 1.0
+    block_size: int = DEFAULT_BLOCK_SIZE
+    products: int = 0  # number of K @ X passes done (for benchmarks)
+
+    @classmethod
+    def build(
+        cls,
+        z: torch.Tensor,
+        sigma: float,
+        *,
+        streamed: bool = False,
+        block_size: int = DEFAULT_BLOCK_SIZE,
+        dtype: torch.dtype | None = None,
+    ) -> "KernelOperator":
+        """Dense or streamed operator of the rows of ``z`` (already validated) with bandwidth ``sigma``."""
+        dtype = dtype or z.dtype
+        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+            raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+        x = z.detach().to(dtype)
+        n = x.shape[0]
+        if not streamed:
+            with torch.no_grad():
+                k = diffusion_kernel(x, sigma)
+            trace = float(k.diagonal().double().sum())
+            frob = 0.0
+            for start in range(0, n, block_size):
+                frob += float(k[start : start + block_size].double().square().sum())
+            return cls(n, trace, frob, "dense", dtype, x.device, dense_k=k, sigma=sigma, block_size=block_size)
+        op = cls(n, 0.0, 0.0, "streamed", dtype, x.device, z=x - x.mean(dim=0, keepdim=True), sigma=sigma,
+                 block_size=block_size)
+        with torch.no_grad():
+            q = torch.zeros(n, dtype=torch.float64, device=x.device)
+            for start, g in op._affinity_blocks():
+                q[start : start + g.shape[0]] = g.double().sum(dim=1)
+            op.scale = q.rsqrt().to(dtype)
+            frob = 0.0
+            for start, g in op._affinity_blocks():
+                blk = g * op.scale[start : start + g.shape[0], None] * op.scale[None, :]
+                frob += float(blk.double().square().sum())
+        op.trace = float((1.0 / q).sum())
+        op.frobenius_sq = frob
+        return op
+
+    def _affinity_blocks(self):
+        z = self.z
+        sq = (z * z).sum(dim=1)
+        coef = -0.5 / self.sigma**2
+        for start in range(0, self.n, self.block_size):
+            stop = min(start + self.block_size, self.n)
+            d = z[start:stop] @ z.T
+            d.mul_(-2).add_(sq[start:stop, None]).add_(sq[None, :]).clamp_min_(0)
+            d[:, start:stop].fill_diagonal_(0)
+            yield start, d.mul_(coef).exp_()
+
+    def matmat(self, x: torch.Tensor) -> torch.Tensor:
+        """``K @ x`` for ``x`` [N, b]; computed in the storage dtype, returned in ``x``'s dtype."""
+        self.products += 1
+        xs = x.to(self.dtype)
+        with torch.no_grad():
+            if self.mode == "dense":
+                return (self.dense_k @ xs).to(x.dtype)
+            out = torch.empty_like(xs)
+            y = xs * self.scale[:, None]
+            for start, g in self._affinity_blocks():
+                stop = start + g.shape[0]
+                out[start:stop] = (g @ y) * self.scale[start:stop, None]
+        return out.to(x.dtype)
+
+    def to_dense(self) -> torch.Tensor:
+        """The full matrix (tests and small problems only)."""
+        if self.dense_k is not None:
+            return self.dense_k
+        return self.matmat(torch.eye(self.n, dtype=self.dtype, device=self.device))
+
+
+def plan_storage(
+    n: int, d: int, dtype: torch.dtype, device: torch.device, streamed: bool | None, memory_limit: int | None,
+    block: int,
+) -> tuple[bool, torch.dtype, int]:
+    """Decide dense vs streamed (and the storage dtype) for the approximate path.
+
+    Dense needs one N x N matrix plus about 2 N (block + 2 * krylov) float64 vectors;
+    streamed needs N * D plus ``block_size`` rows of N. When ``streamed`` is None the
+    operator is dense if the matrix fits in ``memory_limit`` (default: 80% of the free
+    memory of the device) in the compute dtype, else dense float32 if the compute dtype
+    is float64 and that fits, else streamed. Raises ``MemoryError`` naming the sizes
+    when even the streamed operator does not fit.
+    """
+    limit = int(0.8 * available_memory(device)) if memory_limit is None else int(memory_limit)
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    vectors = 8 * n * (2 * block + 64)  # Krylov basis, its product, probes, workspace
+    streamed_bytes = itemsize * (n * d + 2 * DEFAULT_BLOCK_SIZE * n) + vectors
+    if streamed is None:
+        if dense_bytes(n, dtype) + vectors <= limit:
+            return False, dtype, DEFAULT_BLOCK_SIZE
+        if dtype == torch.float64 and dense_bytes(n, torch.float32) + vectors <= limit:
+            return False, torch.float32, DEFAULT_BLOCK_SIZE
+        streamed = True
+    if not streamed:
+        need = dense_bytes(n, dtype) + vectors
+        if need > limit:
+            raise MemoryError(
+                f"the dense {n} x {n} {str(dtype).replace('torch.', '')} kernel needs {_gib(need)} but only "
+                f"{_gib(limit)} is available on {device}; pass streamed=True (memory O(N*D)), a smaller max_n, "
+                "or dtype=torch.float32."
+            )
+        return False, dtype, DEFAULT_BLOCK_SIZE
+    rows = DEFAULT_BLOCK_SIZE
+    while rows > 16 and itemsize * (n * d + 2 * rows * n) + vectors > limit:
+        rows //= 2
+    need = itemsize * (n * d + 2 * rows * n) + vectors
+    if need > limit:
+        raise MemoryError(
+            f"even the streamed kernel of N={n} points in D={d} needs {_gib(need)} "
+            f"(features, {rows} kernel rows and the Krylov vectors) but only {_gib(limit)} is available on "
+            f"{device}; pass a smaller max_n."
+        )
+    return True, dtype, rows
+
+
+def exact_bytes(n: int, dtype: torch.dtype) -> int:
+    """Estimated peak bytes of the exact path: the kernel, the solver's copy and workspace."""
+    return int(2.1 * dense_bytes(n, dtype)) + 64 * n * 8
+
+
+def check_exact_fits(n: int, dtype: torch.dtype, device: torch.device, memory_limit: int | None = None) -> None:
+    """Raise ``MemoryError`` naming the sizes when the exact eigen-solve of N points cannot fit."""
+    limit = int(0.9 * available_memory(device)) if memory_limit is None else int(memory_limit)
+    need = exact_bytes(n, dtype)
+    if need > limit:
+        raise MemoryError(
+            f"exact DSE of N={n} points needs about {_gib(need)} (two {n} x {n} "
+            f"{str(dtype).replace('torch.', '')} matrices for the eigen-solve) but only {_gib(limit)} is "
+            f"available on {device}; use solver='lanczos' (or 'auto'), or a smaller max_n."
+        )
+
