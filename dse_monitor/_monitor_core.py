@@ -296,8 +296,9 @@ class DSEMonitorCore:
             if self.num_samples is not None and self.num_samples > n_total:
                 self._warn(
                     trainer,
-                    f"DSEMonitor: num_samples={self.num_samples} is larger than the {self.probe!s} split "
-                    f"({n_total} samples); probing all {n_total}.",
+                    f"DSEMonitor: num_samples={self.num_samples} is larger than the probe split "
+                    f"({self.probe if isinstance(self.probe, str) else type(self.probe).__name__}: "
+                    f"{n_total} samples); probing all {n_total}.",
                 )
             self._indices = choose_indices(n_total, self.num_samples, self.seed)
         elif max(self._indices) >= n_total:
