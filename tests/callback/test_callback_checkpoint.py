@@ -1,0 +1,76 @@
+"""state_dict / resume: probe indices, input clusters and history survive; curves continue exactly once."""
+from __future__ import annotations
+
+import csv
+
+import lightning.pytorch as L
+import pytest
+import torch
+from dse_callback_models import LitClassifier, TinyCNN, trainer_kwargs
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from dse_monitor import DSEMonitor
+
+
+def _model():
+    torch.manual_seed(3)
+    net = TinyCNN()
+    net.drop.p = 0.0  # Lightning does not restore random streams on resume: keep training deterministic
+    return LitClassifier(net=net, n_train=64, shuffle=False)
+
+
+def _monitor():
+    return DSEMonitor(num_samples=40, seed=5)
+
+
+def _fit(root, monitor, max_epochs, ckpt_path=None, extra=()):
+    logger = CSVLogger(str(root), name="csv")
+    ckpt = ModelCheckpoint(dirpath=str(root / "ckpt"), save_last=True)
+    kw = trainer_kwargs(root, max_epochs=max_epochs, logger=logger, enable_checkpointing=True)
+    trainer = L.Trainer(callbacks=[monitor, *extra, ckpt], **kw)
+    trainer.fit(_model(), ckpt_path=ckpt_path)
+    return trainer, logger
+
+
+def _logged_steps(logger, key):
+    with open(logger.log_dir + "/metrics.csv") as f:
+        return [int(r["step"]) for r in csv.DictReader(f) if r.get(key)]
+
+
+def test_resume_continues_the_curves_without_duplicates(tmp_path):
+    straight = _monitor()
+    _fit(tmp_path / "straight", straight, 3)
+
+    first = _monitor()
+    _fit(tmp_path / "resumed", first, 2)
+    state = torch.load(tmp_path / "resumed" / "ckpt" / "last.ckpt", weights_only=False)["callbacks"][first.state_key]
+    assert state["indices"] == first.probe_indices and sorted(state["history"]) == [0, 1, 2]
+    assert torch.equal(state["input_groups"], first.input_groups)
+
+    second = _monitor()
+    _, logger = _fit(tmp_path / "resumed", second, 3, ckpt_path=str(tmp_path / "resumed" / "ckpt" / "last.ckpt"))
+    assert second.probe_indices == straight.probe_indices
+    assert torch.equal(second.input_groups, straight.input_groups)
+    assert sorted(second.history) == [0, 1, 2, 3]
+    assert _logged_steps(logger, "dse/penultimate/dse") == [3]  # only the new epoch is logged again
+    for step in range(4):
+        for key, value in straight.history[step].items():
+            assert second.history[step][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, key)
+
+
+def test_two_monitors_keep_separate_state(tmp_path):
+    a = DSEMonitor(num_samples=40, seed=1, metrics="dse")
+    b = DSEMonitor(layers="net.pool", probe="train", num_samples=30, seed=2, prefix="train", metrics=["dse", "dsmi_y"])
+    assert a.state_key != b.state_key
+    _fit(tmp_path, a, 1, extra=[b])
+    ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
+    assert len(ckpt[a.state_key]["indices"]) == 40 and len(ckpt[b.state_key]["indices"]) == 30
+    assert sorted(b.history[1]) == ["train/net.pool/dse", "train/net.pool/dsmi_y"]
+
+    a2 = DSEMonitor(num_samples=40, seed=1, metrics="dse")
+    b2 = DSEMonitor(layers="net.pool", probe="train", num_samples=30, seed=2, prefix="train", metrics=["dse", "dsmi_y"])
+    a2.load_state_dict(ckpt[a2.state_key])
+    b2.load_state_dict(ckpt[b2.state_key])
+    assert a2.probe_indices == a.probe_indices and b2.probe_indices == b.probe_indices
+    assert a2.history == a.history and b2.history == b.history
