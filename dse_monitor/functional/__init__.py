@@ -8,6 +8,7 @@ grouping of references (:mod:`.grouping`) and mutual information
 from .entropy import classic_shannon_entropy, diffusion_eigenvalues, diffusion_spectral_entropy
 from .grouping import reference_groups
 from .kernel import diffusion_kernel, resolve_sigma, squared_distances
+from .lanczos import EntropyEstimate
 from .mutual_information import (
     MutualInformationTerms,
     classic_shannon_mutual_information,
@@ -17,6 +18,7 @@ from .spectrum import entropy_of_spectrum
 from .variants import adjacency_spectral_entropy, matrix_entry_entropy
 
 __all__ = [
+    "EntropyEstimate",
     "MutualInformationTerms",
     "adjacency_spectral_entropy",
     "classic_shannon_entropy",

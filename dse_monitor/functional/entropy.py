@@ -7,6 +7,8 @@ import torch
 
 from ._checks import EPS, check_features, check_max_n, check_positive
 from .kernel import Sigma, diffusion_kernel, resolve_sigma, subsample_indices
+from .lanczos import EntropyEstimate
+from .solver import check_solver, choose_solver, guard_exact, lanczos_entropy
 from .spectrum import entropy_of_spectrum, symmetric_eigvals
 
 
@@ -38,6 +40,7 @@ def diffusion_eigenvalues(
     """
     t = _subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed)
     s = resolve_sigma(sigma, t, seed)
+    guard_exact(t.shape[0], t.dtype, t.device)
     if t.shape[0] == 1:
         return torch.ones(1, dtype=t.dtype, device=t.device)
     return symmetric_eigvals(diffusion_kernel(t, s)).flip(-1)
@@ -51,7 +54,11 @@ def diffusion_spectral_entropy(
     max_n: int | None = 10_000,
     seed: int = 0,
     dtype: torch.dtype | None = None,
-) -> torch.Tensor:
+    solver: str = "exact",
+    return_bounds: bool = False,
+    streamed: bool | None = None,
+    lanczos_options: dict[str, Any] | None = None,
+) -> torch.Tensor | EntropyEstimate:
     """Diffusion spectral entropy DSE(Z) in bits.
 
         DSE = -sum_i a_i log2 a_i,   a_i = |lambda_i|^t / sum_j |lambda_j|^t,
@@ -75,9 +82,23 @@ def diffusion_spectral_entropy(
         max_n: at most this many points; larger sets are subsampled with ``seed``.
         seed: seed of that subsample (the same draw as the reference package).
         dtype: compute dtype, float64 by default; float32 is about twice as fast.
+        solver: ``"exact"`` (default: all eigenvalues, the reference's value),
+            ``"lanczos"`` (deflated stochastic Lanczos quadrature with guaranteed
+            bounds, t in {1, 2}, not differentiable; see :mod:`.lanczos`) or
+            ``"auto"`` (exact up to ``AUTO_CROSSOVER`` points, lanczos above).
+        return_bounds: return an :class:`EntropyEstimate` (value, standard error,
+            guaranteed lower and upper bounds) instead of a tensor.
+        streamed: lanczos path only: never form K (memory O(N*D)); None decides
+            from free memory (dense float64, dense float32, then streamed).
+        lanczos_options: ``n_probes``, ``lanczos_steps``, ``block``, ``max_rank``,
+            ``bound_tol``, ``lock_tol``, ``memory_limit`` (bytes), ``block_size``
+            (streamed rows) of the lanczos path.
 
     Returns:
-        0-dim tensor (bits) on ``z``'s device.
+        0-dim tensor (bits) on ``z``'s device, or an :class:`EntropyEstimate`.
+
+    Raises:
+        MemoryError: naming the sizes, when the chosen path cannot fit in memory.
 
     Example:
         >>> far = torch.eye(8) * 1000          # 8 points far apart: P = I
@@ -88,6 +109,21 @@ def diffusion_spectral_entropy(
         0.0
     """
     check_positive(t, "t")
+    check_solver(solver)
+    if solver != "exact" or return_bounds or streamed is not None or lanczos_options is not None:
+        x = _subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed)
+        path = choose_solver(x.shape[0], t, solver)
+        if path == "lanczos" and x.shape[0] > 1:
+            est = lanczos_entropy(
+                x, resolve_sigma(sigma, x, seed), t, seed=seed, streamed=streamed, options=lanczos_options
+            )
+            return est if return_bounds else torch.tensor(est.value, dtype=x.dtype, device=x.device)
+        guard_exact(x.shape[0], x.dtype, x.device)
+        value = diffusion_spectral_entropy(x, sigma, t, max_n=None, seed=seed, dtype=x.dtype)
+        if not return_bounds:
+            return value
+        v = float(value)
+        return EntropyEstimate(v, 0.0, v, v, "exact", rank=x.shape[0])
     lam = diffusion_eigenvalues(z, sigma, max_n=max_n, seed=seed, dtype=dtype)
     if lam.numel() == 1:
         return torch.zeros((), dtype=lam.dtype, device=lam.device)

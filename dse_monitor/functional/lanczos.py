@@ -31,6 +31,7 @@ rounded float32 kernel.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,25 @@ from ._checks import EPS
 from .operator import KernelOperator
 
 LOG2E = 1.0 / math.log(2.0)
+
+
+@contextlib.contextmanager
+def _one_thread():
+    """Run small LAPACK calls (QR of N x b, eigh of the projected matrices) on one thread.
+
+    They are too small to gain from a second thread, and on a busy machine OpenMP's
+    barriers make them 10-100x slower with two (measured: eigh of 512 x 512 takes
+    0.05 s on one thread and up to 10 s on two when other processes load the cores).
+    The thread count is per calling thread and restored afterwards.
+    """
+    before = torch.get_num_threads()
+    if before > 1:
+        torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        if before > 1:
+            torch.set_num_threads(before)
 
 
 @dataclass(frozen=True)
@@ -125,7 +145,8 @@ def _orthonormalize(x: torch.Tensor, basis: torch.Tensor | None, gen: torch.Gene
             x = x - basis @ (basis.T @ x)
             x = x - basis @ (basis.T @ x)
         scale = x.norm(dim=0)
-        q, r = torch.linalg.qr(x)
+        with _one_thread():
+            q, r = torch.linalg.qr(x)
         bad = r.diagonal().abs() <= 1e-10 * scale.clamp_min(1e-300)
         if not bool(bad.any()):
             return q
@@ -144,7 +165,8 @@ class _Deflation:
 
 
 def _ritz(q: torch.Tensor, aq: torch.Tensor, tmat: torch.Tensor, lock_tol: float) -> _Deflation:
-    theta, y = torch.linalg.eigh(tmat)
+    with _one_thread():
+        theta, y = torch.linalg.eigh(tmat)
     u = q @ y
     ku = aq @ y
     res = (ku - u * theta).norm(dim=0)
@@ -153,7 +175,8 @@ def _ritz(q: torch.Tensor, aq: torch.Tensor, tmat: torch.Tensor, lock_tol: float
     # Exact Rayleigh-Ritz of the kept vectors against the stored products.
     h = u.T @ ku
     h = 0.5 * (h + h.T)
-    th, rot = torch.linalg.eigh(h)
+    with _one_thread():
+        th, rot = torch.linalg.eigh(h)
     u, ku = u @ rot, ku @ rot
     resid = (ku - u @ (u.T @ ku)).norm(dim=0)
     return _Deflation(u, ku, th, resid, q.shape[1])
@@ -225,25 +248,29 @@ def _slq(
     norm0 = x.norm(dim=0)
     x = x / norm0
     steps = max(1, min(steps, n - u.shape[1]))
-    basis = torch.empty(steps, n, n_probes, dtype=torch.float64, device=dev)
+    basis = torch.empty(n_probes, steps, n, dtype=torch.float64, device=dev)  # per-probe Krylov bases
     alpha = torch.zeros(steps, n_probes, dtype=torch.float64, device=dev)
     beta = torch.zeros(steps, n_probes, dtype=torch.float64, device=dev)
     for i in range(steps):
-        basis[i] = x
+        basis[:, i] = x.T
         w = proj(op.matmat(x))
         a = (x * w).sum(dim=0)
         alpha[i] = a
         if i == steps - 1:
             break
-        w = w - torch.einsum("snp,sp->np", basis[: i + 1], torch.einsum("snp,np->sp", basis[: i + 1], w))
-        w = w - torch.einsum("snp,sp->np", basis[: i + 1], torch.einsum("snp,np->sp", basis[: i + 1], w))
-        w = proj(w)
+        # Full reorthogonalisation of every probe against its own basis (batched, twice).
+        bi = basis[:, : i + 1]
+        wt = w.T.unsqueeze(-1)
+        for _ in range(2):
+            wt = wt - bi.transpose(1, 2) @ (bi @ wt)
+        w = proj(wt.squeeze(-1).T)
         bnorm = w.norm(dim=0)
         alive = bnorm > 1e-12
         beta[i] = torch.where(alive, bnorm, torch.zeros_like(bnorm))
         x = torch.where(alive, w / bnorm.clamp_min(1e-300), torch.zeros_like(w))
     tri = torch.diag_embed(alpha.T) + torch.diag_embed(beta.T[:, :-1], 1) + torch.diag_embed(beta.T[:, :-1], -1)
-    nodes, vecs = torch.linalg.eigh(tri)
+    with _one_thread():
+        nodes, vecs = torch.linalg.eigh(tri)
     weights = vecs[:, 0, :] ** 2
     sq = norm0**2
     g = sq * (weights * phi(nodes.clamp(0, 1), s, t)).sum(dim=1)
@@ -329,7 +356,8 @@ def approximate_entropy(
     if n <= 2 * block + 8:
         # Tiny problem: the Krylov space is the whole space; solve it exactly.
         kd = op.to_dense().double()
-        lam = torch.linalg.eigvalsh(0.5 * (kd + kd.T))
+        with _one_thread():
+            lam = torch.linalg.eigvalsh(0.5 * (kd + kd.T))
         val = float(phi(lam, float(lam.clamp_min(0).pow(t).sum()), t).sum())
         return EntropyEstimate(val, 0.0, val, val, "lanczos", n, 0, 0, f"{op.mode}-dense-solve",
                                time.perf_counter() - start)

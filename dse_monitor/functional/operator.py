@@ -160,11 +160,11 @@ class KernelOperator:
 
 def plan_storage(
     n: int, d: int, dtype: torch.dtype, device: torch.device, streamed: bool | None, memory_limit: int | None,
-    block: int,
+    krylov: int = 512,
 ) -> tuple[bool, torch.dtype, int]:
     """Decide dense vs streamed (and the storage dtype) for the approximate path.
 
-    Dense needs one N x N matrix plus about 2 N (block + 2 * krylov) float64 vectors;
+    Dense needs one N x N matrix plus about N (2 krylov + 1200) float64 vectors;
     streamed needs N * D plus ``block_size`` rows of N. When ``streamed`` is None the
     operator is dense if the matrix fits in ``memory_limit`` (default: 80% of the free
     memory of the device) in the compute dtype, else dense float32 if the compute dtype
@@ -173,7 +173,7 @@ def plan_storage(
     """
     limit = int(0.8 * available_memory(device)) if memory_limit is None else int(memory_limit)
     itemsize = torch.empty((), dtype=dtype).element_size()
-    vectors = 8 * n * (2 * block + 64)  # Krylov basis, its product, probes, workspace
+    vectors = 8 * n * (2 * krylov + 1200)  # Krylov basis, its product, SLQ probe bases
     streamed_bytes = itemsize * (n * d + 2 * DEFAULT_BLOCK_SIZE * n) + vectors
     if streamed is None:
         if dense_bytes(n, dtype) + vectors <= limit:
