@@ -481,6 +481,8 @@ class DSEMonitorCore:
         metrics = trainer.callback_metrics
         for key, value in values.items():
             metrics[key] = torch.tensor(value, device=device) if device is not None else torch.tensor(value)
+        # trainer.log_dir broadcasts under DDP: every rank must ask for it, not only rank 0
+        folder = self.raw_dir(trainer) if self.save_raw else None
         if not trainer.is_global_zero:
             return
         for logger in trainer.loggers:
@@ -493,16 +495,15 @@ class DSEMonitorCore:
                     for name, lam in spectra.items():
                         write_spectrum(writer, self._key(name, "spectrum"), lam, step)
         self._layout_written = True
-        if self.save_raw:
-            self._save_raw(trainer, spectra, step)
+        if folder is not None:
+            self._save_raw(folder, spectra, step)
 
     def raw_dir(self, trainer: Any) -> str:
-        """Where ``save_raw=True`` writes: ``<trainer.log_dir>/<prefix>_monitor``."""
+        """Where ``save_raw=True`` writes: ``<trainer.log_dir>/<prefix>_monitor`` (call it on every rank)."""
         root = getattr(trainer, "log_dir", None) or trainer.default_root_dir
         return os.path.join(root, f"{self.prefix}_monitor")
 
-    def _save_raw(self, trainer: Any, spectra: dict[str, np.ndarray], step: int) -> None:
-        folder = self.raw_dir(trainer)
+    def _save_raw(self, folder: str, spectra: dict[str, np.ndarray], step: int) -> None:
         os.makedirs(folder, exist_ok=True)
         rows = [{"step": s, **self.history[s]} for s in sorted(self.history)]
         with open(os.path.join(folder, "history.json"), "w") as f:

@@ -1,0 +1,47 @@
+"""DDP on 2 CPU processes (gloo): each rank probes its share, values equal the single-process run."""
+from __future__ import annotations
+
+import csv
+import json
+
+import lightning.pytorch as L
+import pytest
+import torch
+from dse_callback_models import LitClassifier, TinyCNN, trainer_kwargs
+from lightning.pytorch.loggers import CSVLogger
+
+from dse_monitor import DSEMonitor
+
+METRICS = ["dse", "dsmi_y", "dsmi_x"]
+
+
+def _model():
+    torch.manual_seed(11)
+    # lr=0 and frozen BatchNorm statistics: the model stays identical whatever the batch split
+    # (under DDP each rank would otherwise update its own running statistics), so every epoch
+    # of the two runs is comparable
+    net = TinyCNN()
+    net.features[1].momentum = 0.0
+    return LitClassifier(net=net, n_train=64, n_val=64, lr=0.0)
+
+
+def _run(root, **kw):
+    monitor = DSEMonitor(num_samples=41, batch_size=8, metrics=METRICS, sigma=1.0, save_raw=True)  # 41: uneven shares
+    logger = CSVLogger(str(root), name="csv")
+    trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(root, max_epochs=2, logger=logger, **kw))
+    trainer.fit(_model())
+    history = json.loads((root / "csv" / "version_0" / "dse_monitor" / "history.json").read_text())
+    with open(root / "csv" / "version_0" / "metrics.csv") as f:
+        rows = [r for r in csv.DictReader(f) if r.get("dse/penultimate/dse")]
+    return monitor, history, rows
+
+
+def test_ddp_spawn_two_cpu_processes_match_single_process(tmp_path):
+    _, single, _ = _run(tmp_path / "single")
+    _, ddp, rows = _run(tmp_path / "ddp", strategy="ddp_spawn", devices=2)
+    assert [int(r["step"]) for r in rows] == [0, 1, 2]  # logged once per step, by rank 0 only
+    assert ddp["indices"] == single["indices"] and len(ddp["indices"]) == 41
+    assert [r["step"] for r in ddp["history"]] == [0, 1, 2]
+    for a, b in zip(single["history"], ddp["history"]):
+        for key in a:
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
