@@ -1,0 +1,318 @@
+"""The ``dse-monitor`` command: ``fit`` (LightningCLI), ``sweep`` and ``compare``.
+
+    dse-monitor fit --config configs/digits.yaml [--model.init_std 0.01 --seed_everything 2 ...]
+    dse-monitor sweep --config configs/digits.yaml --grid model.init_std=0.01,0.1 --seeds 1,2,3 [--root runs/init] [--key value ...]
+    dse-monitor compare runs/init --metric dse --group-by model.init_std [--out fig.png]
+
+``fit`` (and ``validate``/``test``) is Lightning's ``LightningCLI`` over
+:class:`~dse_monitor.train.model.ImageClassifier` and
+:class:`~dse_monitor.train.data.ImageDataModule`: every argument of the model, the data,
+the trainer and its callbacks (``DSEMonitor`` among them) can be set in the YAML config
+and overridden on the command line. ``data.num_classes`` and ``data.image_size`` are
+passed to the model, ``model.in_chans`` to the data.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import math
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+__all__ = ["format_run_table", "main", "parse_grid", "plan_sweep"]
+
+OVERVIEW = """usage: dse-monitor {fit,validate,test,sweep,compare} ...
+
+  fit       train with DSE/DSMI monitoring: dse-monitor fit --config configs/digits.yaml
+            (LightningCLI: every option can be overridden, e.g. --model.init_std 0.01
+             --seed_everything 2 --trainer.max_epochs 5; see `dse-monitor fit --help`)
+  validate  / test: LightningCLI's other subcommands
+  sweep     run a grid of fits into one log root:
+            dse-monitor sweep --config configs/digits.yaml --grid model.init_std=0.01,0.1 --seeds 1,2,3 --root runs/init
+  compare   mean +/- std over seeds per epoch, grouped by a hyperparameter:
+            dse-monitor compare runs/init --metric dse --group-by model.init_std --out init.png
+"""
+
+
+# ---------------------------------------------------------------------------------- fit
+def _cli_class():
+    from lightning.pytorch.cli import LightningCLI
+
+    class DSEMonitorCLI(LightningCLI):
+        """LightningCLI that links data and model and reports where the logs are."""
+
+        def add_arguments_to_parser(self, parser: Any) -> None:
+            parser.link_arguments("data.image_size", "model.img_size")
+            parser.link_arguments("model.in_chans", "data.in_chans")
+            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+
+        def _hparams(self) -> dict[str, Any]:
+            from .compare import flatten
+
+            cfg = self.config.get(self.subcommand, self.config) if self.subcommand else self.config
+            tree = cfg.as_dict() if hasattr(cfg, "as_dict") else dict(cfg)
+            flat = flatten({k: tree.get(k) for k in ("model", "data")})
+            flat["seed_everything"] = tree.get("seed_everything")
+            return {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool)) or v is None}
+
+        def before_fit(self) -> None:
+            trainer = self.trainer
+            for logger in trainer.loggers:
+                logger.log_hyperparams(self._hparams())
+            if trainer.is_global_zero:
+                tb = _tensorboard_logger(trainer)
+                if tb is not None:
+                    print(f"dse-monitor: logs in {tb.log_dir}")
+                    print(f"dse-monitor: view them with: tensorboard --logdir {tb.save_dir}")
+                elif trainer.loggers:
+                    print(f"dse-monitor: logs in {trainer.log_dir}")
+                else:
+                    print("dse-monitor: no logger configured; the curves are only printed at the end")
+                sys.stdout.flush()
+
+        def after_fit(self) -> None:
+            if self.trainer.is_global_zero:
+                table = run_table(self.trainer)
+                if table:
+                    print(table)
+                    sys.stdout.flush()
+
+    return DSEMonitorCLI
+
+
+def _tensorboard_logger(trainer: Any) -> Any:
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    for logger in trainer.loggers:
+        if isinstance(logger, TensorBoardLogger):
+            return logger
+    return None
+
+
+def format_run_table(curves: dict[str, dict[int, float]]) -> str:
+    """Epoch-by-epoch table of the monitor's curves and validation accuracy.
+
+    Example:
+        >>> print(format_run_table({"dse/penultimate/dse": {0: 8.4, 1: 5.25}, "val_acc": {1: 0.9}}))
+        epoch  DSE(Z)  val_acc
+            0   8.400        -
+            1   5.250    0.900
+    """
+    from .compare import TITLES, _is_monitor_tag
+
+    tags = sorted(t for t in curves if _is_monitor_tag(t))
+    order = {m: i for i, m in enumerate(("dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x"))}
+    tags.sort(key=lambda t: ("/".join(t.split("/")[:-1]), order.get(t.split("/")[-1], 99)))
+    layers = {"/".join(t.split("/")[1:-1]) for t in tags}
+    names = []
+    for t in tags:
+        title = TITLES.get(t.split("/")[-1], t)
+        names.append(title if len(layers) <= 1 else f"{title}@{'/'.join(t.split('/')[1:-1])}")
+    if "val_acc" in curves:
+        tags.append("val_acc")
+        names.append("val_acc")
+    if not tags:
+        return ""
+    epochs = sorted({e for t in tags for e in curves[t]})
+    widths = [max(len(n), 6) for n in names]
+    lines = ["epoch  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))]
+    for e in epochs:
+        cells = []
+        for t, w in zip(tags, widths):
+            v = curves[t].get(e)
+            cells.append(("-" if v is None else ("nan" if math.isnan(v) else f"{v:.3f}")).rjust(w))
+        lines.append(f"{e:5d}  " + "  ".join(cells))
+    return "\n".join(lines)
+
+
+def run_table(trainer: Any) -> str:
+    """The end-of-run table, read back from the TensorBoard event files (what the user sees),
+    else from the monitors' history."""
+    curves: dict[str, dict[int, float]] = {}
+    tb = _tensorboard_logger(trainer)
+    if tb is not None:
+        from .compare import read_run
+
+        try:
+            tb.experiment.flush()
+            curves = read_run(tb.log_dir).curves
+        except Exception:  # noqa: BLE001 - fall back to the callbacks' own history
+            curves = {}
+    if not curves:
+        for cb in trainer.callbacks:
+            for step, values in getattr(cb, "history", {}).items() if isinstance(getattr(cb, "history", None), dict) else []:
+                for k, v in values.items():
+                    curves.setdefault(k, {})[int(step)] = float(v)
+    if not curves:
+        return ""
+    return "DSE/DSMI in bits by completed epoch (0 = at initialisation):\n" + format_run_table(curves)
+
+
+def run_fit_cli(args: Sequence[str]) -> int:
+    from .data import ImageDataModule
+    from .model import ImageClassifier
+
+    cli_cls = _cli_class()
+    cli_cls(
+        ImageClassifier,
+        ImageDataModule,
+        args=list(args),
+        save_config_kwargs={"overwrite": True},
+        auto_configure_optimizers=False,
+    )
+    return 0
+
+
+# -------------------------------------------------------------------------------- sweep
+def parse_grid(specs: Sequence[str]) -> dict[str, list[str]]:
+    """``["model.init_std=0.01,0.1"]`` -> ``{"model.init_std": ["0.01", "0.1"]}``.
+
+    Example:
+        >>> parse_grid(["model.init_std=0.01,0.1", "data.label_noise=none,permute"])
+        {'model.init_std': ['0.01', '0.1'], 'data.label_noise': ['none', 'permute']}
+    """
+    grid: dict[str, list[str]] = {}
+    for spec in specs:
+        key, sep, values = spec.partition("=")
+        key = key.strip().lstrip("-")
+        vals = [v.strip() for v in values.split(",") if v.strip()]
+        if not sep or not key or not vals:
+            raise ValueError(f"--grid wants KEY=V1,V2,... (e.g. model.init_std=0.01,0.1), got {spec!r}")
+        if key in grid:
+            raise ValueError(f"--grid names {key!r} twice")
+        grid[key] = vals
+    return grid
+
+
+def _short(key: str, keys: Sequence[str]) -> str:
+    tail = key.rsplit(".", 1)[-1]
+    return tail if sum(k.rsplit(".", 1)[-1] == tail for k in keys) == 1 else key
+
+
+def plan_sweep(grid: dict[str, list[str]], seeds: Sequence[int]) -> list[tuple[str, dict[str, str], int]]:
+    """Every grid point times every seed: ``(run name, {key: value}, seed)``, in order.
+
+    Example:
+        >>> [name for name, _, _ in plan_sweep({"model.init_std": ["0.01", "0.1"]}, [1, 2])]
+        ['init_std=0.01_seed=1', 'init_std=0.01_seed=2', 'init_std=0.1_seed=1', 'init_std=0.1_seed=2']
+    """
+    keys = list(grid)
+    plan = []
+    for values in itertools.product(*(grid[k] for k in keys)):
+        point = dict(zip(keys, values))
+        for seed in seeds:
+            name = "_".join([f"{_short(k, keys)}={v}" for k, v in point.items()] + [f"seed={seed}"])
+            plan.append((name.replace("/", "-"), point, seed))
+    return plan
+
+
+def sweep_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dse-monitor sweep", allow_abbrev=False,
+        description="Run `dse-monitor fit` over a grid of values and seeds, one run after another, "
+                    "into one log root. Further --key value arguments are passed to every run.")
+    parser.add_argument("--config", action="append", required=True, help="config file(s) for every run")
+    parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
+                        help="a hyperparameter and its values (repeatable; the grid is their product)")
+    parser.add_argument("--seeds", default="1", help="comma-separated seeds (seed_everything), default 1")
+    parser.add_argument("--root", default=None, help="log root (default runs/sweep_<config name>)")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args, extra = parser.parse_known_args(list(argv))
+    try:
+        grid = parse_grid(args.grid)
+        seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
+    except ValueError as err:
+        parser.error(str(err))
+    if not seeds:
+        parser.error("--seeds needs at least one seed")
+    root = Path(args.root or f"runs/sweep_{Path(args.config[0]).stem}")
+    plan = plan_sweep(grid, seeds)
+    root.mkdir(parents=True, exist_ok=True)
+    print(f"dse-monitor sweep: {len(plan)} runs into {root}  (view: tensorboard --logdir {root})")
+    results = []
+    for i, (name, point, seed) in enumerate(plan, 1):
+        cmd = [sys.executable, "-m", "dse_monitor.train.cli", "fit"]
+        for c in args.config:
+            cmd += ["--config", c]
+        for k, v in point.items():
+            cmd += [f"--{k}", v]
+        cmd += ["--seed_everything", str(seed), "--trainer.default_root_dir", str(root / name)]
+        cmd += list(extra)
+        print(f"\n[sweep {i}/{len(plan)}] {name}\n  $ {' '.join(cmd[2:])}", flush=True)
+        if args.dry_run:
+            continue
+        start = time.perf_counter()
+        try:
+            rc = subprocess.call(cmd)
+        except KeyboardInterrupt:
+            print("sweep interrupted", file=sys.stderr)
+            rc = 130
+        seconds = time.perf_counter() - start
+        status = "ok" if rc == 0 else f"FAILED (exit {rc})"
+        print(f"[sweep {i}/{len(plan)}] {name}: {status} in {seconds:.0f} s", flush=True)
+        results.append({"name": name, "values": point, "seed": seed, "returncode": rc,
+                        "seconds": round(seconds, 1), "command": cmd[2:]})
+        with open(root / "sweep.json", "w") as f:
+            json.dump({"configs": args.config, "grid": grid, "seeds": seeds, "extra": extra, "runs": results}, f,
+                      indent=1)
+        if rc == 130:
+            break
+    if args.dry_run:
+        return 0
+    failed = [r["name"] for r in results if r["returncode"] != 0]
+    print(f"\ndse-monitor sweep: {len(results) - len(failed)} of {len(plan)} runs finished in {root}")
+    if failed:
+        print("failed runs: " + ", ".join(failed))
+    group = next(iter(grid), None)
+    if group:
+        print(f"compare them: dse-monitor compare {root} --metric dse,dsmi_y,dsmi_x --group-by {group}")
+    return 1 if failed else 0
+
+
+# ------------------------------------------------------------------------------ compare
+def compare_main(argv: Sequence[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="dse-monitor compare", allow_abbrev=False,
+        description="Group runs by a hyperparameter and draw mean +/- std over seeds per epoch "
+                    "(one panel per metric, validation accuracy beside them); also writes the curves as CSV.")
+    parser.add_argument("root", help="log root holding the runs (searched recursively for event files)")
+    parser.add_argument("--metric", action="append", default=None,
+                        help="dse, dsmi_y, dsmi_x, cse, ... or a full tag like dse/penultimate/dse; "
+                             "repeat or comma-separate for several panels (default dse,dsmi_y,dsmi_x)")
+    parser.add_argument("--group-by", default="model.init_std", help="hyperparameter (dotted, as in the config)")
+    parser.add_argument("--out", default=None, help="PNG path (default <root>/compare_<metric>.png)")
+    parser.add_argument("--csv", default=None, help="CSV path (default: the PNG's with .csv)")
+    parser.add_argument("--no-accuracy", action="store_true", help="leave out the validation-accuracy panel")
+    args = parser.parse_args(list(argv))
+    metrics = [m.strip() for spec in (args.metric or ["dse,dsmi_y,dsmi_x"]) for m in spec.split(",") if m.strip()]
+    from .compare import compare
+
+    try:
+        compare(args.root, metrics, args.group_by, out=args.out, csv_path=args.csv,
+                accuracy=None if args.no_accuracy else "val_acc")
+    except (FileNotFoundError, ValueError) as err:
+        print(f"dse-monitor compare: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+# --------------------------------------------------------------------------------- main
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(OVERVIEW)
+        return 0 if argv else 2
+    if argv[0] == "sweep":
+        return sweep_main(argv[1:])
+    if argv[0] == "compare":
+        return compare_main(argv[1:])
+    return run_fit_cli(argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
