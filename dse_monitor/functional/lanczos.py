@@ -164,13 +164,17 @@ class _Deflation:
     krylov_dim: int
 
 
-def _ritz(q: torch.Tensor, aq: torch.Tensor, tmat: torch.Tensor, lock_tol: float) -> _Deflation:
+def _ritz(q: torch.Tensor, aq: torch.Tensor, tmat: torch.Tensor, lock_tol: float, budget: float) -> _Deflation:
+    """Lock the Ritz pairs with the smallest residuals: each <= lock_tol, their sum <= budget."""
     with _one_thread():
         theta, y = torch.linalg.eigh(tmat)
     u = q @ y
     ku = aq @ y
     res = (ku - u * theta).norm(dim=0)
-    keep = res <= lock_tol
+    order = torch.argsort(res)
+    cum = torch.cumsum(res[order], 0)
+    keep = order[(res[order] <= lock_tol) & (cum <= budget)]
+    keep = keep.sort().values
     u, ku = u[:, keep], ku[:, keep]
     # Exact Rayleigh-Ritz of the kept vectors against the stored products.
     h = u.T @ ku
@@ -188,6 +192,7 @@ def block_lanczos_deflation(
     block: int,
     max_rank: int,
     lock_tol: float,
+    budget: float,
     gen: torch.Generator,
     stop=None,
     check_every: int = 4,
@@ -222,7 +227,7 @@ def block_lanczos_deflation(
         full = j >= dim_max
         if full or it % check_every == 0:
             t = tmat[:j, :j]
-            defl = _ritz(q[:, :j], aq[:, :j], 0.5 * (t + t.T), lock_tol)
+            defl = _ritz(q[:, :j], aq[:, :j], 0.5 * (t + t.T), lock_tol, budget)
             if full or (stop is not None and stop(defl)):
                 return defl
         w = w - q[:, :j] @ coeff
@@ -301,18 +306,21 @@ def approximate_entropy(
     *,
     seed: int = 0,
     n_probes: int = 32,
-    lanczos_steps: int = 32,
+    lanczos_steps: int = 20,
     block: int = 32,
-    max_rank: int = 512,
+    max_rank: int = 256,
     bound_tol: float = 0.05,
-    lock_tol: float | None = None,
+    lock_tol: float = 1e-3,
+    slack: float = 2e-3,
 ) -> EntropyEstimate:
     """DSE (bits) of the operator ``op`` by deflated stochastic Lanczos quadrature, with bounds.
 
     Grows the deflated rank k (block Lanczos, ``block`` columns per product, at most
     ``max_rank`` Krylov vectors) until the guaranteed bounds are ``bound_tol`` bits
     apart, then estimates the remainder with ``n_probes`` Rademacher probes of
-    ``lanczos_steps`` Lanczos steps each. See the module docstring for the math.
+    ``lanczos_steps`` Lanczos steps each. Ritz pairs with residual <= ``lock_tol`` are
+    deflated while the bound slack they cost stays <= ``slack`` bits. See the module
+    docstring for the math.
 
     Example:
         >>> g = torch.Generator().manual_seed(0)
@@ -334,8 +342,9 @@ def approximate_entropy(
     gen = torch.Generator().manual_seed(seed)
     s = op.trace if t == 1 else op.frobenius_sq
     lip = _lipschitz(s, t)
-    if lock_tol is None:
-        lock_tol = 1e-9 if op.dtype == torch.float64 else 2e-5
+    # Locking a Ritz pair with residual r widens both bounds by 2 L r: lock the best
+    # converged pairs while that total stays below ``slack`` bits.
+    budget = slack / (2 * lip)
     products0 = op.products
 
     def bounds(d: _Deflation, resid_sq: float | None = None) -> tuple[float, float, float, float, float]:
@@ -362,7 +371,7 @@ def approximate_entropy(
         return EntropyEstimate(val, 0.0, val, val, "lanczos", n, 0, 0, f"{op.mode}-dense-solve",
                                time.perf_counter() - start)
     defl = block_lanczos_deflation(
-        op, block=block, max_rank=min(max_rank, n - 1), lock_tol=lock_tol, gen=gen, stop=stop
+        op, block=block, max_rank=min(max_rank, n - 1), lock_tol=lock_tol, budget=budget, gen=gen, stop=stop
     )
     lo, hi, top, m1, m2 = bounds(defl)
     k = defl.theta.numel()

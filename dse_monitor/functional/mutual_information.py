@@ -22,7 +22,9 @@ from ._checks import as_tensor, check_features, check_max_n, check_positive
 from .entropy import classic_shannon_entropy
 from .grouping import reference_groups
 from .kernel import Sigma, affinity_to_diffusion_kernel, gaussian_affinity, resolve_sigma, squared_distances
-from .spectrum import entropy_of_spectrum, many_symmetric_eigvals
+from .operator import available_memory
+from .solver import check_options, check_solver, choose_solver, guard_exact, lanczos_entropy
+from .spectrum import entropy_of_spectrum, many_symmetric_eigvals, symmetric_eigvals
 
 #: Up to this N the full distance matrix is computed once and blocks are gathered from it.
 FULL_DISTANCE_MAX_N = 8192
@@ -121,9 +123,15 @@ def _check_repetitions(num_repetitions: int) -> int:
 
 
 def _diffusion_subset_entropies(
-    x: torch.Tensor, sigma: float, t: float
+    x: torch.Tensor,
+    sigma: float,
+    t: float,
+    solver: str = "exact",
+    seed: int = 0,
+    streamed: bool | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Callable[[list[list[int]]], list[torch.Tensor]]:
-    full = squared_distances(x) if x.shape[0] <= FULL_DISTANCE_MAX_N else None
+    full = squared_distances(x) if x.shape[0] <= FULL_DISTANCE_MAX_N and solver == "exact" else None
 
     def kernel(idx: list[int]) -> torch.Tensor:
         if full is not None:
@@ -133,16 +141,46 @@ def _diffusion_subset_entropies(
             d = squared_distances(x[idx])
         return affinity_to_diffusion_kernel(gaussian_affinity(d, sigma))
 
+    def approx(idx: list[int]) -> torch.Tensor:
+        est = lanczos_entropy(x[idx], sigma, t, seed=seed, streamed=streamed, options=options)
+        return torch.tensor(est.value, dtype=x.dtype, device=x.device)
+
     def run(subsets: list[list[int]]) -> list[torch.Tensor]:
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        big = [s for s in subsets if len(s) > 1]
+        lanczos = {i for i, s in enumerate(subsets) if len(s) > 1 and choose_solver(len(s), t, solver) == "lanczos"}
+        big = [s for i, s in enumerate(subsets) if len(s) > 1 and i not in lanczos]
+        if big:
+            guard_exact(max(len(s) for s in big), x.dtype, x.device)
         if x.is_cuda:
-            spectra = iter(many_symmetric_eigvals([kernel(s) for s in big]))
+            spectra = iter(_batched_cuda_eigvals([kernel(s) for s in big]))
         else:
             spectra = iter(_solve_lazily(big, kernel, threaded=not (x.requires_grad and torch.is_grad_enabled())))
-        return [entropy_of_spectrum(next(spectra), t) if len(s) > 1 else zero for s in subsets]
+        return [
+            approx(s) if i in lanczos else entropy_of_spectrum(next(spectra), t) if len(s) > 1 else zero
+            for i, s in enumerate(subsets)
+        ]
 
     return run
+
+
+def _batched_cuda_eigvals(mats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Eigenvalues of many kernels on CUDA: one batched ``eigvalsh`` per size (chunked to fit)."""
+    if not mats or (torch.is_grad_enabled() and any(m.requires_grad for m in mats)):
+        return many_symmetric_eigvals(mats)
+    out: list[torch.Tensor | None] = [None] * len(mats)
+    by_size: dict[int, list[int]] = {}
+    for i, m in enumerate(mats):
+        by_size.setdefault(m.shape[-1], []).append(i)
+    free = available_memory(mats[0].device)
+    for size, idx in by_size.items():
+        per = 3 * size * size * mats[0].element_size()
+        chunk = max(1, min(len(idx), int(0.25 * free) // max(per, 1)))
+        for start in range(0, len(idx), chunk):
+            part = idx[start : start + chunk]
+            lam = symmetric_eigvals(torch.stack([mats[i] for i in part]))
+            for j, i in enumerate(part):
+                out[i] = lam[j]
+    return out  # type: ignore[return-value]
 
 
 def _solve_lazily(
@@ -173,6 +211,9 @@ def diffusion_spectral_mutual_information(
     max_n: int | None = 10_000,
     dtype: torch.dtype | None = None,
     return_terms: bool = False,
+    solver: str = "exact",
+    streamed: bool | None = None,
+    lanczos_options: dict[str, Any] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, MutualInformationTerms]:
     """Diffusion spectral mutual information DSMI(Z; B) in bits.
 
@@ -193,6 +234,8 @@ def diffusion_spectral_mutual_information(
         max_n: cap on the points of any one entropy, as in DSE.
         dtype: compute dtype (float64 by default).
         return_terms: also return the :class:`MutualInformationTerms`.
+        solver, streamed, lanczos_options: how each entropy is computed, as in
+            :func:`diffusion_spectral_entropy` (``"auto"`` decides per subset by its size).
 
     A group with a single member contributes 0 (DSE of one point is 0 on both sides).
 
@@ -210,7 +253,10 @@ def diffusion_spectral_mutual_information(
     max_n = check_max_n(max_n)
     g = _resolve_groups(x.shape[0], reference, groups, n_clusters, reference_discrete, seed)
     s = resolve_sigma(sigma, x, seed)
-    terms = _mutual_information(x.shape[0], g, _diffusion_subset_entropies(x, s, t), num_repetitions, seed, max_n)
+    check_solver(solver)
+    check_options(lanczos_options)
+    entropies = _diffusion_subset_entropies(x, s, t, solver, seed, streamed, lanczos_options)
+    terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
     return (terms.value, terms) if return_terms else terms.value
 
 

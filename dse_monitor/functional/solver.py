@@ -29,8 +29,8 @@ AUTO_CROSSOVER = 4096
 SOLVERS = ("exact", "lanczos", "auto")
 
 #: Options of the approximate path that the functional API passes through.
-LANCZOS_OPTIONS = ("n_probes", "lanczos_steps", "block", "max_rank", "bound_tol", "lock_tol", "memory_limit",
-                   "block_size")
+LANCZOS_OPTIONS = ("n_probes", "lanczos_steps", "block", "max_rank", "bound_tol", "lock_tol", "slack",
+                   "memory_limit", "block_size")
 
 
 def check_solver(solver: str) -> str:
@@ -74,7 +74,7 @@ def lanczos_entropy(
     rows = opts.pop("block_size", None)
     n, d = x.shape
     stream, dtype, auto_rows = plan_storage(
-        n, d, x.dtype, x.device, streamed, memory_limit, int(opts.get("max_rank", 512))
+        n, d, x.dtype, x.device, streamed, memory_limit, int(opts.get("max_rank", 256))
     )
     op = KernelOperator.build(x, sigma, streamed=stream, block_size=rows or auto_rows, dtype=dtype)
     return approximate_entropy(op, t, seed=seed, **opts)
