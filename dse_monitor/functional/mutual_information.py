@@ -131,7 +131,7 @@ def _diffusion_subset_entropies(
     streamed: bool | None = None,
     options: dict[str, Any] | None = None,
 ) -> Callable[[list[list[int]]], list[torch.Tensor]]:
-    full = squared_distances(x) if x.shape[0] <= FULL_DISTANCE_MAX_N and solver == "exact" else None
+    full = squared_distances(x) if x.shape[0] <= FULL_DISTANCE_MAX_N and solver != "lanczos" else None
 
     def kernel(idx: list[int]) -> torch.Tensor:
         if full is not None:
