@@ -198,6 +198,7 @@ class DSEMonitorCore:
         self._source: Any = None
         self._layers: list[Layer] = []
         self._loader: DataLoader | None = None
+        self._capture: FeatureCapture | None = None
         self._spectra: dict[str, np.ndarray] = {}
         self._layout_written = False
         self.last_duration_s: float | None = None
@@ -273,7 +274,9 @@ class DSEMonitorCore:
         return any(m in self.metrics for m in INPUT_METRICS)
 
     def _forward(self, trainer: Any, pl_module: Any, x: Any) -> Any:
-        with trainer.precision_plugin.val_step_context():
+        precision = trainer.precision_plugin
+        x = precision.convert_input(x)  # e.g. float64 inputs under precision="64-true"
+        with precision.val_step_context():
             return pl_module(x)
 
     # ------------------------------------------------------------------ hooks
@@ -309,12 +312,20 @@ class DSEMonitorCore:
         self._loader = None
         peek = probe_loader(self._source, self._indices[: min(len(self._indices), 8)], batch_size=8)
         x, y = self.batch_fn(next(iter(peek)))
-        if self._needs_labels() and y is None:
+        if self._needs_labels():
             asked = [m for m in self.metrics if m in LABEL_METRICS]
-            raise ValueError(
-                f"DSEMonitor: metrics {asked} need labels, but the probe batches carry none (batch_fn returned "
-                "no labels). Use batches like (x, y) or {'x': ..., 'y': ...}, pass batch_fn, or drop those metrics."
-            )
+            if y is None:
+                raise ValueError(
+                    f"DSEMonitor: metrics {asked} need labels, but the probe batches carry none (batch_fn returned "
+                    "no labels). Use batches like (x, y) or {'x': ..., 'y': ...}, pass batch_fn, or drop those metrics."
+                )
+            try:
+                torch.as_tensor(y)
+            except Exception as err:
+                raise ValueError(
+                    f"DSEMonitor: metrics {asked} need labels as a tensor (one per sample); the probe batches carry "
+                    f"a {type(y).__name__} ({err}). Pass batch_fn returning (inputs, label tensor)."
+                ) from err
         x = to_device(x, pl_module.device)
 
         def run_forward() -> Any:
@@ -333,7 +344,11 @@ class DSEMonitorCore:
             self.measure(trainer, pl_module, step=step)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        self._loader = None  # hooks never outlive a probe pass; drop the loader (and its workers)
+        # Hooks never outlive a probe pass (a context manager removes them); removing again is a no-op
+        # that guards against an interrupted pass. Drop the loader (and its workers) too.
+        if self._capture is not None:
+            self._capture.remove()
+        self._loader = None
 
     # ------------------------------------------------------------------ measurement
     def measure(self, trainer: Any, pl_module: Any, step: int) -> dict[str, float] | None:
@@ -341,10 +356,10 @@ class DSEMonitorCore:
 
         Must be called on every rank (it gathers and broadcasts).
         """
-        if not self._layers:
-            self._prepare(trainer, pl_module)
         start = time.perf_counter()
         with isolated_rng(pl_module.device), torch.no_grad():
+            if not self._layers:  # called without on_fit_start (e.g. by hand)
+                self._prepare(trainer, pl_module)
             feats, labels, inputs = self._probe_pass(trainer, pl_module)
         payload = None
         if trainer.is_global_zero:
@@ -375,20 +390,24 @@ class DSEMonitorCore:
             mine = self._indices[rank * share : (rank + 1) * share]
             mine = mine + [self._indices[0]] * (share - len(mine))  # equal shapes for all_gather
             self._loader = probe_loader(self._source, mine, self.batch_size)
-        want_labels = self._needs_labels() and self._label_groups is None
         want_inputs = self._needs_inputs() and self._input_groups is None and not self._input_groups_failed
+        # labels: for DSMI(Z;Y), or to count the classes (the default n_clusters of X)
+        want_labels = self._label_groups is None and (
+            self._needs_labels() or (want_inputs and self.n_clusters is None)
+        )
         device = pl_module.device
         feats: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in self._layers}
         ys: list[torch.Tensor] = []
         xs: list[torch.Tensor] = []
-        with eval_mode(pl_module), FeatureCapture(self._layers, self.pooling) as cap:
+        self._capture = FeatureCapture(self._layers, self.pooling)
+        with eval_mode(pl_module), self._capture as cap:
             for batch in self._loader:
                 x, y = self.batch_fn(batch)
                 x = to_device(x, device)
                 self._forward(trainer, pl_module, x)
                 for name, z in cap.take().items():
                     feats[name].append(z)
-                if want_labels:
+                if want_labels and y is not None:
                     ys.append(torch.as_tensor(y).to(device))
                 if want_inputs:
                     xs.append(resize_inputs(x, self.x_size))
@@ -399,19 +418,19 @@ class DSEMonitorCore:
             return t[:n]
 
         out = {name: gather(torch.cat(zs)) for name, zs in feats.items()}
-        labels = gather(torch.cat(ys)) if want_labels else None
+        labels = gather(torch.cat(ys)) if ys else None
         inputs = gather(torch.cat(xs)) if want_inputs else None
         return out, labels, inputs
 
     def _groups(self, trainer: Any, labels: torch.Tensor | None, inputs: torch.Tensor | None):
         label_groups, input_groups, failed = self._label_groups, self._input_groups, False
-        if label_groups is None and labels is not None:
+        if label_groups is None and labels is not None and self._needs_labels():
             label_groups = reference_groups(labels.cpu(), n_clusters=self.n_clusters or FALLBACK_CLUSTERS).cpu()
         if input_groups is None and inputs is not None:
             if self.n_clusters is not None:
                 k = self.n_clusters
-            elif label_groups is not None:
-                k = int(torch.unique(label_groups).numel())
+            elif labels is not None or label_groups is not None:
+                k = int(torch.unique(label_groups if label_groups is not None else labels.cpu(), dim=0).shape[0])
             else:
                 k = FALLBACK_CLUSTERS
             try:

@@ -12,6 +12,7 @@ titled as in the paper::
 """
 from __future__ import annotations
 
+import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -37,9 +38,21 @@ def scalar_layout(prefix: str, layers: Sequence[str], metrics: Sequence[str]) ->
     return {f"DSE monitor ({prefix})": charts}
 
 
+_LAYOUTS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()
+
+
 def write_layout(writer: Any, prefix: str, layers: Sequence[str], metrics: Sequence[str]) -> None:
-    """Write the custom-scalars layout (once per run is enough)."""
-    writer.add_custom_scalars(scalar_layout(prefix, layers, metrics))
+    """Write the custom-scalars layout (once per run is enough).
+
+    TensorBoard shows only the last layout of a run, so the categories of several
+    monitors sharing one writer are merged and written together.
+    """
+    try:
+        merged = _LAYOUTS.setdefault(writer, {})
+    except TypeError:  # a writer that cannot be weakly referenced
+        merged = {}
+    merged.update(scalar_layout(prefix, layers, metrics))
+    writer.add_custom_scalars(dict(merged))
 
 
 def write_spectrum(writer: Any, tag: str, eigenvalues: Any, step: int) -> None:

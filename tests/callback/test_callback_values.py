@@ -112,3 +112,21 @@ def test_real_models_penultimate(tmp_path, make):
         "dsmi_y": diffusion_spectral_mutual_information(z, y, sigma="sqrt_dim"),
     }
     _check(monitor.history, 1, "dse", "penultimate", expected)
+
+
+@pytest.mark.parametrize("precision", ["64-true", "bf16-mixed"])
+def test_probe_pass_uses_the_trainers_precision(tmp_path, precision):
+    class Recorder(LitClassifier):
+        dtypes: list = []
+
+        def forward(self, x):
+            if not self.training:
+                self.dtypes.append((x.dtype, torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None))
+            return super().forward(x)
+
+    model = Recorder(n_train=32)
+    monitor = DSEMonitor(num_samples=32, metrics="dse")
+    L.Trainer(callbacks=[monitor], precision=precision, **trainer_kwargs(tmp_path, max_epochs=1, limit_val_batches=0)).fit(model)
+    expected = (torch.float64, None) if precision == "64-true" else (torch.float32, torch.bfloat16)
+    assert model.dtypes and all(d == expected for d in model.dtypes)
+    assert all(v == v for step in monitor.history.values() for v in step.values())
