@@ -33,6 +33,11 @@ DOC = """Measure diffusion spectral entropy and mutual information of a layer du
     untouched: every module's mode is restored, hooks are removed, random streams are
     forked and restored. Under DDP each rank probes its share and rank 0 computes.
 
+    Measurements run in ``on_train_epoch_end``, after the epoch's validation. To watch a
+    value with ``EarlyStopping`` / ``ModelCheckpoint``, list the monitor before them and
+    let them check at train-epoch end (their default when validation runs once per
+    epoch; ``check_on_train_epoch_end=True`` / ``save_on_train_epoch_end=True`` otherwise).
+
     Args:
         layers: module names from ``named_modules()``, or ``"penultimate"``: the input of
             the final classifier (timm ``get_classifier()``, torchvision ``fc`` /

@@ -7,9 +7,11 @@ import json
 import lightning.pytorch as L
 import numpy as np
 import pytest
-from dse_callback_models import LitClassifier, trainer_kwargs
+import torch
+from dse_callback_models import LitClassifier, make_data, trainer_kwargs
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.custom_scalar import layout_pb2
 
@@ -85,3 +87,39 @@ def test_schedule_every_n_epochs_without_init_and_without_logger(tmp_path):
 def test_bad_arguments_fail_at_construction(kwargs, match):
     with pytest.raises(ValueError, match=match):
         DSEMonitor(**kwargs)
+
+
+class _DictData(torch.utils.data.Dataset):
+    """Samples as dicts with unusual keys: needs a batch_fn."""
+
+    def __init__(self):
+        self.x, self.y = make_data(40, seed=3).tensors
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"pixels": self.x[i], "target": self.y[i]}
+
+
+class _Data(L.LightningDataModule):
+    def train_dataloader(self):
+        return DataLoader(make_data(32, seed=1), batch_size=16)
+
+    def val_dataloader(self):
+        return [DataLoader(make_data(48, seed=2), batch_size=16)]  # a list: the first loader is probed
+
+
+def test_probe_from_a_datamodule_and_a_batch_fn_for_dict_samples(tmp_path):
+    class NoLoaders(LitClassifier):
+        train_dataloader = val_dataloader = None
+
+    from_dm = DSEMonitor(num_samples=None, metrics=["dse", "dsmi_y"])
+    from_dicts = DSEMonitor(probe=_DictData(), batch_fn=lambda b: (b["pixels"], b["target"]), prefix="dict",
+                            metrics=["dsmi_y"], num_samples=None)
+    trainer = L.Trainer(callbacks=[from_dm, from_dicts], **trainer_kwargs(tmp_path, max_epochs=1))
+    trainer.fit(NoLoaders(), datamodule=_Data())
+    assert from_dm.probe_indices == list(range(48)) and sorted(from_dm.history) == [0, 1]
+    assert torch.equal(from_dm.label_groups, make_data(48, seed=2).tensors[1])
+    assert torch.equal(from_dicts.label_groups, make_data(40, seed=3).tensors[1])
+    assert sorted(from_dicts.history[1]) == ["dict/penultimate/dsmi_y"]
