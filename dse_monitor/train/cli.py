@@ -161,7 +161,8 @@ def run_fit_cli(args: Sequence[str]) -> int:
     cli_cls(
         ImageClassifier,
         ImageDataModule,
-        args=list(args),
+        # None: LightningCLI reads sys.argv itself (it warns when given both).
+        args=None if list(args) == sys.argv[1:] else list(args),
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
     )

@@ -193,7 +193,8 @@ def _select_runs(paths: Iterable[Path], root: Path, tags_wanted: Sequence[str], 
         try:
             run = read_run(p, root)
         except Exception as err:  # noqa: BLE001 - an unreadable run is reported, not fatal
-            say(f"skipped {p}: unreadable ({err})")
+            name = str(p.relative_to(root)) if p != root else p.name
+            say(f"skipped {name}: unreadable ({err})")
             continue
         try:
             run.get(group_by)

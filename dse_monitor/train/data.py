@@ -164,8 +164,9 @@ def _md5(path: Path) -> str:
 
 def _missing_error(name: str, folder: Path, files: Sequence[str], missing: Sequence[str], how: str) -> DatasetFilesNotFoundError:
     lines = "\n".join(f"  {folder / f}{'   <- missing' if f in missing else ''}" for f in files)
+    what = "files not found" if missing else "files present but not readable (corrupted, truncated or another dataset)"
     return DatasetFilesNotFoundError(
-        f"{name} files not found. The loader reads:\n{lines}\n{how}\n"
+        f"{name} {what}. The loader reads:\n{lines}\n{how}\n"
         f"Place these files there, or pass `--data.download true` (needs internet)."
     )
 
@@ -360,12 +361,12 @@ class ImageDataModule(pl.LightningDataModule):
         return train, val
 
     def _torchvision(self, name: str, factory: Callable[..., Dataset], folder: Path, files: Sequence[str],
-                     how: str, **split_kwargs: dict[str, Any]) -> tuple[Dataset, Dataset]:
+                     how: str, train_kwargs: dict[str, Any], val_kwargs: dict[str, Any]) -> tuple[Dataset, Dataset]:
         out = []
-        for train in (True, False):
+        for train, split_kwargs in ((True, train_kwargs), (False, val_kwargs)):
             try:
                 out.append(factory(root=str(self.root), download=self.download,
-                                   transform=self._transform(train), **split_kwargs[train]))
+                                   transform=self._transform(train), **split_kwargs))
             except RuntimeError as err:
                 missing = [f for f in files if not (folder / f).is_file()]
                 raise _missing_error(name, folder, files, missing, how) from err
@@ -384,7 +385,7 @@ class ImageDataModule(pl.LightningDataModule):
         how = ("These are the four MNIST idx files, unpacked (gunzip) from the official "
                "train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz, t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz.")
         return self._torchvision("MNIST", MNIST, self.root / "MNIST" / "raw", files, how,
-                                 **{True: {"train": True}, False: {"train": False}})
+                                 {"train": True}, {"train": False})
 
     def _build_cifar10(self) -> tuple[Dataset, Dataset]:
         cls = _torchvision_cifar10()
@@ -392,7 +393,7 @@ class ImageDataModule(pl.LightningDataModule):
         files = [f for f, _ in cls.train_list + cls.test_list] + [cls.meta["filename"]]
         how = f"Unpack cifar-10-python.tar.gz (the python version) in {self.root}."
         train, val = self._torchvision("CIFAR-10", cls, folder, files, how,
-                                       **{True: {"train": True}, False: {"train": False}})
+                                       {"train": True}, {"train": False})
         _warn_unofficial("CIFAR-10", folder, cls.train_list + cls.test_list)
         return train, val
 
@@ -401,7 +402,7 @@ class ImageDataModule(pl.LightningDataModule):
         folder = self.root / cls.base_folder
         how = f"Unpack stl10_binary.tar.gz in {self.root} (unlabeled_X.bin is not needed)."
         train, val = self._torchvision("STL-10", cls, folder, list(cls.required), how,
-                                       **{True: {"split": "train"}, False: {"split": "test"}})
+                                       {"split": "train"}, {"split": "test"})
         _warn_unofficial("STL-10", folder, [e for e in cls.train_list + cls.test_list if e[0] in cls.required])
         return train, val
 
