@@ -190,18 +190,23 @@ class DSEMonitorCore:
 
     # ------------------------------------------------------------------ state
     def _reset(self) -> None:
+        """Forget the stored state (probe, groups, history) and the per-run objects."""
         self.history = {}
         self._indices: list[int] | None = None
         self._label_groups: torch.Tensor | None = None
         self._input_groups: torch.Tensor | None = None
         self._input_groups_failed = False
+        self._spectra: dict[str, np.ndarray] = {}
+        self.last_duration_s: float | None = None
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the per-run objects: data source, loader, resolved layers (which reference the model)."""
         self._source: Any = None
         self._layers: list[Layer] = []
         self._loader: DataLoader | None = None
         self._capture: FeatureCapture | None = None
-        self._spectra: dict[str, np.ndarray] = {}
         self._layout_written = False
-        self.last_duration_s: float | None = None
 
     @property
     def state_key(self) -> str:
@@ -281,9 +286,13 @@ class DSEMonitorCore:
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
-        if str(getattr(stage, "value", stage)) == "fit":
+        if str(getattr(stage, "value", stage)) != "fit":
+            return
+        if trainer.current_epoch == 0:
             # A new fit starts fresh; a resumed one gets its state from load_state_dict after this.
             self._reset()
+        else:  # fit called again on a trainer that already trained: continue the curves
+            self._release()
 
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         """Choose the probe subset and resolve the layers: configuration errors surface here, before training."""
@@ -345,10 +354,11 @@ class DSEMonitorCore:
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # Hooks never outlive a probe pass (a context manager removes them); removing again is a no-op
-        # that guards against an interrupted pass. Drop the loader (and its workers) too.
+        # that guards against an interrupted pass. Then drop the loader and the references to the model.
         if self._capture is not None:
             self._capture.remove()
-        self._loader = None
+        if str(getattr(stage, "value", stage)) == "fit":
+            self._release()
 
     # ------------------------------------------------------------------ measurement
     def measure(self, trainer: Any, pl_module: Any, step: int) -> dict[str, float] | None:

@@ -74,3 +74,16 @@ def test_two_monitors_keep_separate_state(tmp_path):
     b2.load_state_dict(ckpt[b2.state_key])
     assert a2.probe_indices == a.probe_indices and b2.probe_indices == b.probe_indices
     assert a2.history == a.history and b2.history == b.history
+
+
+def test_fit_again_on_the_same_trainer_continues_and_the_model_is_released(tmp_path):
+    monitor = DSEMonitor(num_samples=32, metrics="dse")
+    model = LitClassifier(n_train=32)
+    trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, limit_val_batches=0))
+    trainer.fit(model)
+    trainer.fit_loop.max_epochs = 2
+    trainer.fit(model)
+    assert sorted(monitor.history) == [0, 1, 2]
+    # after fit the monitor holds no layer (module), loader or data source of its own
+    # (Lightning itself binds callback.log to the model; that is not the monitor's doing)
+    assert monitor._layers == [] and monitor._source is None and monitor._loader is None
