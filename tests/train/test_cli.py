@@ -1,0 +1,91 @@
+"""`dse-monitor fit | sweep | compare` for real: LightningCLI on the shipped digits.yaml with
+tiny overrides, a real Trainer with the real DSEMonitor, real event files read back; a sweep
+of real subprocess runs (one of which fails) followed by compare writing PNG and CSV."""
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from dse_monitor.train.cli import format_run_table, main
+from dse_monitor.train.compare import read_run
+
+REPO = Path(__file__).resolve().parents[2]
+DIGITS = str(REPO / "configs" / "digits.yaml")
+TINY = ["--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.callbacks.init_args.num_samples", "100", "--data.image_size", "16"]
+
+
+def test_fit_logs_every_epoch_from_0_and_prints_where_and_a_table(tmp_path, capsys):
+    root = tmp_path / "run"
+    main(["fit", "--config", DIGITS, "--trainer.max_epochs", "2", "--trainer.limit_train_batches", "3",
+          "--trainer.default_root_dir", str(root), "--model.init_std", "0.1", "--seed_everything", "3",
+          "--model.backbone_kwargs", '{"channels": [8, 16, 32, 64], "stem_width": 8}', *TINY])
+    printed = capsys.readouterr().out
+    log_dir = root / "lightning_logs" / "version_0"
+    assert f"dse-monitor: logs in {log_dir}" in printed
+    assert f"tensorboard --logdir {root}" in printed
+    run = read_run(log_dir)
+    for metric in ("dse", "dsmi_y", "dsmi_x"):
+        assert sorted(run.curves[f"dse/penultimate/{metric}"]) == [0, 1, 2]  # epoch 0 = at init
+    assert sorted(run.curves["val_acc"]) == [1, 2]
+    assert all(0 <= v <= math.log2(100) + 1e-6 for v in run.curves["dse/penultimate/dse"].values())
+    assert format_run_table(run.curves) in printed  # the closing table is what was logged
+    assert "epoch  DSE(Z)  DSMI(Z;Y)  DSMI(Z;X)  val_acc" in printed
+    # overrides reached the model and the run records them as hyperparameters
+    assert run.get("model.init_std") == 0.1 and run.get("seed_everything") == 3
+    config = yaml.safe_load((log_dir / "config.yaml").read_text())
+    assert config["model"]["init_std"] == 0.1 and config["seed_everything"] == 3
+    hparams = yaml.safe_load((log_dir / "hparams.yaml").read_text())
+    assert hparams["num_classes"] == 10 and hparams["img_size"] == 16  # the model took them from the data
+    assert hparams["in_chans"] == 3 and hparams["model.in_chans"] == 3
+    assert hparams["model.init_std"] == 0.1 and hparams["data.dataset"] == "digits"
+
+
+def _console(*args: str) -> list[str]:
+    script = Path(sys.executable).with_name("dse-monitor")
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "dse_monitor.train.cli", *args]
+
+
+def test_overview_names_the_subcommands(capsys):
+    assert main(["--help"]) == 0 and main([]) == 2
+    out = capsys.readouterr().out
+    assert "fit" in out and "sweep" in out and "compare" in out
+
+
+def test_sweep_runs_the_grid_survives_a_failed_run_and_compare_draws_it(tmp_path, capsys):
+    root = tmp_path / "init"
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run(
+        _console("sweep", "--config", DIGITS, "--grid", "model.init_std=0.01,0.1,-1", "--seeds", "1",
+                 "--root", str(root), "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2", *TINY),
+        capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
+    out = proc.stdout
+    assert proc.returncode == 1, out + proc.stderr[-3000:]  # one run failed ...
+    assert "[sweep 3/3] init_std=-1_seed=1: FAILED" in out
+    assert "2 of 3 runs finished" in out and "failed runs: init_std=-1_seed=1" in out
+    summary = json.loads((root / "sweep.json").read_text())
+    assert [r["returncode"] == 0 for r in summary["runs"]] == [True, True, False]
+    assert "--trainer.max_epochs" in summary["runs"][0]["command"]  # extra args passed through
+
+    png, table = tmp_path / "fig.png", tmp_path / "fig.csv"
+    assert main(["compare", str(root), "--metric", "dse,dsmi_y", "--group-by", "model.init_std",
+                 "--out", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "DSE(Z)" in printed and "model.init_std" in printed
+    with Image.open(png) as im:
+        assert im.format == "PNG"
+    rows = list(csv.DictReader(open(table)))
+    dse = {(r["group"], r["epoch"]): float(r["mean"]) for r in rows if r["metric"] == "dse/penultimate/dse"}
+    assert set(dse) == {("0.01", "0"), ("0.01", "1"), ("0.1", "0"), ("0.1", "1")}
+    assert dse[("0.01", "0")] < 0.1 and dse[("0.1", "0")] > dse[("0.01", "0")] + 3  # collapse vs spread
+    assert any(r["metric"] == "val_acc" for r in rows)
