@@ -34,7 +34,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from .capture.hooks import FeatureCapture, eval_mode
-from .capture.layers import Layer, resolve_layer
+from .capture.layers import Layer, LayerNotFoundError, resolve_layer
 from .capture.pooling import Pooling, check_pooling
 from .capture.probe import (
     choose_indices,
@@ -196,6 +196,7 @@ class DSEMonitorCore:
         self._label_groups: torch.Tensor | None = None
         self._input_groups: torch.Tensor | None = None
         self._input_groups_failed = False
+        self._label_groups_failed = False
         self._spectra: dict[str, np.ndarray] = {}
         self.last_duration_s: float | None = None
         self._release()
@@ -342,9 +343,19 @@ class DSEMonitorCore:
                 return self._forward(trainer, pl_module, x)
 
         self._layers = [resolve_layer(pl_module, name, run_forward) for name in self.layers]
+        # One pass over the peek batch: a layer that forward() never calls, or an activation the
+        # pooling cannot handle, is a configuration error now rather than after the first epoch.
+        with FeatureCapture(self._layers, self.pooling) as cap:
+            run_forward()
+            try:
+                cap.take()
+            except RuntimeError as err:
+                raise LayerNotFoundError(f"DSEMonitor: {err}") from err
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
-        if self.at_init and trainer.current_epoch == 0:
+        # global_step > 0: resumed from a checkpoint taken inside the first epoch; the model is no
+        # longer at its initialisation and step 0 is already in the restored history
+        if self.at_init and trainer.current_epoch == 0 and trainer.global_step == 0 and 0 not in self.history:
             self.measure(trainer, pl_module, step=0)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
@@ -360,6 +371,12 @@ class DSEMonitorCore:
         if str(getattr(stage, "value", stage)) == "fit":
             self._release()
 
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # Lightning skips teardown when fit raises: drop the hooks and the references to the model here.
+        if self._capture is not None:
+            self._capture.remove()
+        self._release()
+
     # ------------------------------------------------------------------ measurement
     def measure(self, trainer: Any, pl_module: Any, step: int) -> dict[str, float] | None:
         """Probe, compute and log at ``step``; returns the logged values (None when skipped).
@@ -370,18 +387,41 @@ class DSEMonitorCore:
         with isolated_rng(pl_module.device), torch.no_grad():
             if not self._layers:  # called without on_fit_start (e.g. by hand)
                 self._prepare(trainer, pl_module)
-            feats, labels, inputs = self._probe_pass(trainer, pl_module)
+            try:
+                local = self._probe_pass(trainer, pl_module)
+            except Exception as err:  # e.g. out of memory, a batch the model rejects: never kill the run
+                local = None
+                warnings.warn(
+                    f"DSEMonitor: the probe pass at epoch {step} failed on rank {trainer.global_rank} "
+                    f"({type(err).__name__}: {err}); skipping this measurement.",
+                    DSEMonitorWarning,
+                    stacklevel=2,
+                )
+            # all ranks agree before gathering: one rank skipping alone would leave the others waiting
+            ok = local is not None
+            if trainer.world_size > 1:
+                ok = trainer.strategy.reduce_boolean_decision(ok, all=True)
+            if not ok:
+                self.last_duration_s = time.perf_counter() - start
+                return None
+            feats, labels, inputs = self._gather(trainer, *local)
         payload = None
         if trainer.is_global_zero:
-            payload = self._compute_all(trainer, feats, labels, inputs, step)
+            try:
+                payload = self._compute_all(trainer, feats, labels, inputs, step)
+            except Exception as err:  # rank 0 must still reach the broadcast below
+                self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "
+                                    f"({type(err).__name__}: {err}); skipping it.")
+                payload = ({}, {}, self._label_groups, self._input_groups, (False, False))
         if trainer.world_size > 1:
             payload = trainer.strategy.broadcast(payload, src=0)
-        values, spectra, label_groups, input_groups, failed = payload
+        values, spectra, label_groups, input_groups, (labels_failed, inputs_failed) = payload
         if self._label_groups is None:
             self._label_groups = label_groups
         if self._input_groups is None:
             self._input_groups = input_groups
-        self._input_groups_failed = self._input_groups_failed or failed
+        self._label_groups_failed = self._label_groups_failed or labels_failed
+        self._input_groups_failed = self._input_groups_failed or inputs_failed
         self.last_duration_s = time.perf_counter() - start
         if not values:
             return None
@@ -392,7 +432,10 @@ class DSEMonitorCore:
     def _probe_pass(
         self, trainer: Any, pl_module: Any
     ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
-        """Features [N, D] float32 per layer (gathered, probe order); labels and resized inputs when still needed."""
+        """This rank's share: features [share, D] float32 per layer; labels and resized inputs when still needed.
+
+        No collective calls here, so that a failure on one rank cannot leave the others waiting.
+        """
         assert self._indices is not None
         n, world, rank = len(self._indices), trainer.world_size, trainer.global_rank
         share = math.ceil(n / world)
@@ -403,7 +446,7 @@ class DSEMonitorCore:
         want_inputs = self._needs_inputs() and self._input_groups is None and not self._input_groups_failed
         # labels: for DSMI(Z;Y), or to count the classes (the default n_clusters of X)
         want_labels = self._label_groups is None and (
-            self._needs_labels() or (want_inputs and self.n_clusters is None)
+            (self._needs_labels() and not self._label_groups_failed) or (want_inputs and self.n_clusters is None)
         )
         device = pl_module.device
         feats: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in self._layers}
@@ -421,21 +464,33 @@ class DSEMonitorCore:
                     ys.append(torch.as_tensor(y).to(device))
                 if want_inputs:
                     xs.append(resize_inputs(x, self.x_size))
+        out = {name: torch.cat(zs) for name, zs in feats.items()}
+        return out, (torch.cat(ys) if ys else None), (torch.cat(xs) if want_inputs else None)
+
+    def _gather(
+        self, trainer: Any, feats: dict[str, torch.Tensor], labels: torch.Tensor | None, inputs: torch.Tensor | None
+    ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, torch.Tensor | None]:
+        """The ranks' shares concatenated in probe order (rank 0's share first), cut to the N probe samples."""
+        assert self._indices is not None
+        n, world = len(self._indices), trainer.world_size
 
         def gather(t: torch.Tensor) -> torch.Tensor:
             if world > 1:
-                t = trainer.strategy.all_gather(t.contiguous()).reshape(world * share, *t.shape[1:])
+                t = trainer.strategy.all_gather(t.contiguous()).reshape(world * t.shape[0], *t.shape[1:])
             return t[:n]
 
-        out = {name: gather(torch.cat(zs)) for name, zs in feats.items()}
-        labels = gather(torch.cat(ys)) if ys else None
-        inputs = gather(torch.cat(xs)) if want_inputs else None
-        return out, labels, inputs
+        out = {name: gather(z) for name, z in feats.items()}
+        return out, (gather(labels) if labels is not None else None), (gather(inputs) if inputs is not None else None)
 
     def _groups(self, trainer: Any, labels: torch.Tensor | None, inputs: torch.Tensor | None):
-        label_groups, input_groups, failed = self._label_groups, self._input_groups, False
-        if label_groups is None and labels is not None and self._needs_labels():
-            label_groups = reference_groups(labels.cpu(), n_clusters=self.n_clusters or FALLBACK_CLUSTERS).cpu()
+        label_groups, input_groups, labels_failed, failed = self._label_groups, self._input_groups, False, False
+        if label_groups is None and labels is not None and self._needs_labels() and not self._label_groups_failed:
+            try:
+                label_groups = reference_groups(labels.cpu(), n_clusters=self.n_clusters or FALLBACK_CLUSTERS).cpu()
+            except Exception as err:  # e.g. NaN labels: the other metrics still go on
+                labels_failed = True
+                self._warn(trainer, f"DSEMonitor: grouping the probe labels for DSMI(Z;Y) failed ({err}); "
+                           "DSMI(Z;Y) and CSMI(Z;Y) will not be logged.")
         if input_groups is None and inputs is not None:
             if self.n_clusters is not None:
                 k = self.n_clusters
@@ -449,7 +504,7 @@ class DSEMonitorCore:
                 failed = True
                 self._warn(trainer, f"DSEMonitor: clustering the probe inputs for DSMI(Z;X) failed ({err}); "
                            "DSMI(Z;X) and CSMI(Z;X) will not be logged.")
-        return label_groups, input_groups, failed
+        return label_groups, input_groups, (labels_failed, failed)
 
     def _compute_all(self, trainer, feats, labels, inputs, step):
         label_groups, input_groups, failed = self._groups(trainer, labels, inputs)
@@ -459,7 +514,10 @@ class DSEMonitorCore:
             z = feats[layer.name]
             if self.device is not None:
                 z = z.to(self.device)
-            metrics = [m for m in self.metrics if not (m in INPUT_METRICS and input_groups is None)]
+            metrics = [
+                m for m in self.metrics
+                if not (m in INPUT_METRICS and input_groups is None) and not (m in LABEL_METRICS and label_groups is None)
+            ]
             if not bool(torch.isfinite(z).all()):
                 self._warn(
                     trainer,
@@ -517,15 +575,25 @@ class DSEMonitorCore:
         for logger in trainer.loggers:
             logger.log_metrics(dict(values), step=step)
             if self._tensorboard_loggers and isinstance(logger, self._tensorboard_loggers):
-                writer = logger.experiment
-                if not self._layout_written:
-                    write_layout(writer, self.prefix, self.layers, self.metrics)
-                if self.log_spectrum:
-                    for name, lam in spectra.items():
-                        write_spectrum(writer, self._key(name, "spectrum"), lam, step)
+                try:
+                    self._write_tensorboard_extras(logger.experiment, spectra, step)
+                except Exception as err:  # the extras are optional: never kill the run for them
+                    self._warn(trainer, f"DSEMonitor: writing the TensorBoard layout/spectrum at epoch {step} "
+                               f"failed ({type(err).__name__}: {err}).")
         self._layout_written = True
         if folder is not None:
-            self._save_raw(folder, spectra, step)
+            try:
+                self._save_raw(folder, spectra, step)
+            except Exception as err:  # e.g. a full disk or a file in the way
+                self._warn(trainer, f"DSEMonitor: save_raw could not write to {folder} at epoch {step} "
+                           f"({type(err).__name__}: {err}); training goes on.")
+
+    def _write_tensorboard_extras(self, writer: Any, spectra: dict[str, np.ndarray], step: int) -> None:
+        if not self._layout_written:
+            write_layout(writer, self.prefix, self.layers, self.metrics)
+        if self.log_spectrum:
+            for name, lam in spectra.items():
+                write_spectrum(writer, self._key(name, "spectrum"), lam, step)
 
     def raw_dir(self, trainer: Any) -> str:
         """Where ``save_raw=True`` writes: ``<trainer.log_dir>/<prefix>_monitor`` (call it on every rank)."""

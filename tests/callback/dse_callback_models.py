@@ -75,3 +75,21 @@ def trainer_kwargs(tmp_path, **overrides):
     )
     kw.update(overrides)
     return kw
+
+
+class FailsOnRank1:
+    """A ``batch_fn`` that raises on rank 1 at its ``fail_on_call``-th call only (calls: 1 = the setup peek).
+
+    Module level so that ddp_spawn can pickle it; each process counts its own calls.
+    """
+
+    def __init__(self, fail_on_call: int) -> None:
+        self.fail_on_call = fail_on_call
+        self.calls = 0
+
+    def __call__(self, batch):
+        self.calls += 1
+        rank = torch.distributed.get_rank() if torch.distributed.is_initialized() else 0
+        if rank == 1 and self.calls == self.fail_on_call:
+            raise RuntimeError("probe batch failed on rank 1 only")
+        return batch[0], batch[1]

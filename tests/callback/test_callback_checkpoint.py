@@ -87,3 +87,19 @@ def test_fit_again_on_the_same_trainer_continues_and_the_model_is_released(tmp_p
     # after fit the monitor holds no layer (module), loader or data source of its own
     # (Lightning itself binds callback.log to the model; that is not the monitor's doing)
     assert monitor._layers == [] and monitor._source is None and monitor._loader is None
+
+
+def test_resume_inside_the_first_epoch_does_not_measure_at_init_again(tmp_path):
+    first = _monitor()
+    every_step = ModelCheckpoint(dirpath=str(tmp_path / "steps"), every_n_train_steps=1, save_top_k=-1)
+    kw = trainer_kwargs(tmp_path, max_epochs=1, max_steps=1, limit_val_batches=0, enable_checkpointing=True)
+    L.Trainer(callbacks=[first, every_step], **kw).fit(_model())
+    (mid_epoch,) = (tmp_path / "steps").iterdir()  # saved after 1 of the 2 steps of epoch 0
+
+    second = _monitor()
+    logger = CSVLogger(str(tmp_path), name="csv")
+    kw = trainer_kwargs(tmp_path, max_epochs=1, limit_val_batches=0, logger=logger)
+    L.Trainer(callbacks=[second], **kw).fit(_model(), ckpt_path=str(mid_epoch))
+    assert sorted(second.history) == [0, 1]
+    assert second.history[0] == first.history[0]  # the init value, not a re-measure of the trained model
+    assert _logged_steps(logger, "dse/penultimate/dse") == [1]

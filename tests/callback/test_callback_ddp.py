@@ -7,7 +7,7 @@ import json
 import lightning.pytorch as L
 import pytest
 import torch
-from dse_callback_models import LitClassifier, TinyCNN, trainer_kwargs
+from dse_callback_models import FailsOnRank1, LitClassifier, TinyCNN, trainer_kwargs
 from lightning.pytorch.loggers import CSVLogger
 
 from dse_monitor import DSEMonitor
@@ -27,19 +27,24 @@ def _model():
 
 def _run(root, **kw):
     monitor = DSEMonitor(num_samples=41, batch_size=8, metrics=METRICS, sigma=1.0, save_raw=True)  # 41: uneven shares
+    # a second monitor whose probe pass fails on rank 1 alone at step 1 (call 3: peek, step 0, step 1)
+    flaky = DSEMonitor(num_samples=16, batch_size=8, metrics="dse", prefix="flaky", batch_fn=FailsOnRank1(3))
     logger = CSVLogger(str(root), name="csv")
-    trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(root, max_epochs=2, logger=logger, **kw))
+    trainer = L.Trainer(callbacks=[monitor, flaky], **trainer_kwargs(root, max_epochs=2, logger=logger, **kw))
     trainer.fit(_model())
     history = json.loads((root / "csv" / "version_0" / "dse_monitor" / "history.json").read_text())
     with open(root / "csv" / "version_0" / "metrics.csv") as f:
-        rows = [r for r in csv.DictReader(f) if r.get("dse/penultimate/dse")]
-    return monitor, history, rows
+        rows = list(csv.DictReader(f))
+    flaky_steps = [int(r["step"]) for r in rows if r.get("flaky/penultimate/dse")]
+    return flaky_steps, history, [r for r in rows if r.get("dse/penultimate/dse")]
 
 
 def test_ddp_spawn_two_cpu_processes_match_single_process(tmp_path):
-    _, single, _ = _run(tmp_path / "single")
-    _, ddp, rows = _run(tmp_path / "ddp", strategy="ddp_spawn", devices=2)
+    flaky_single, single, _ = _run(tmp_path / "single")
+    flaky_ddp, ddp, rows = _run(tmp_path / "ddp", strategy="ddp_spawn", devices=2)
     assert [int(r["step"]) for r in rows] == [0, 1, 2]  # logged once per step, by rank 0 only
+    # a failure on one rank skips that step on all ranks (no deadlock, no dead run), then measuring resumes
+    assert flaky_single == [0, 1, 2] and flaky_ddp == [0, 2]
     assert ddp["indices"] == single["indices"] and len(ddp["indices"]) == 41
     assert [r["step"] for r in ddp["history"]] == [0, 1, 2]
     for a, b in zip(single["history"], ddp["history"]):

@@ -84,12 +84,59 @@ class BreaksInEval(LitClassifier):
         return super().forward(x)
 
 
-def test_hooks_removed_and_modes_restored_when_the_probe_pass_raises(tmp_path):
+def test_a_failing_probe_pass_is_skipped_with_hooks_removed_and_modes_restored(tmp_path):
     model = BreaksInEval(n_train=32)
-    trainer = L.Trainer(callbacks=[DSEMonitor(num_samples=32, layers=["net.pool", "penultimate"])],
-                        **trainer_kwargs(tmp_path, max_epochs=3, limit_val_batches=0))
-    with pytest.raises(RuntimeError, match="forward broke"):
+    monitor = DSEMonitor(num_samples=32, layers=["net.pool", "penultimate"], metrics="dse")
+    trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=3, limit_val_batches=0))
+    with pytest.warns(DSEMonitorWarning, match=r"probe pass at epoch 2 failed on rank 0 \(RuntimeError: forward broke"):
         trainer.fit(model)
+    assert trainer.current_epoch == 3 and len(model.losses) == 3  # training went on
+    assert sorted(monitor.history) == [0, 1]
     assert _hooks(model) == 0
     assert all(m.training for m in model.modules())
     assert torch.is_grad_enabled()
+
+
+class Unused(LitClassifier):
+    def __init__(self):
+        super().__init__(n_train=32)
+        self.unused = nn.Linear(4, 4)  # registered, never called in forward
+
+
+def test_a_layer_that_forward_never_calls_is_a_configuration_error_before_training(tmp_path):
+    model = Unused()
+    monitor = DSEMonitor(layers="unused", num_samples=32, at_init=False)
+    trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, limit_val_batches=0))
+    with pytest.raises(LayerNotFoundError, match=r"\['unused'\] did not run in the forward pass"):
+        trainer.fit(model)
+    assert model.losses == []  # found at setup, not after an epoch of training
+
+
+def test_labels_that_cannot_be_grouped_skip_dsmi_y_and_training_goes_on(tmp_path):
+    x, y = make_data(32).tensors
+    labels = y.float()
+    labels[3] = float("nan")  # e.g. a regression target with a missing value
+    monitor = DSEMonitor(probe=TensorDataset(x, labels), num_samples=None, metrics=["dse", "dsmi_y"])
+    trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, limit_val_batches=0))
+    with pytest.warns(DSEMonitorWarning, match="grouping the probe labels for DSMI.*NaN"):
+        trainer.fit(LitClassifier(n_train=32))
+    assert trainer.current_epoch == 1
+    assert sorted(monitor.history) == [0, 1] and all(sorted(v) == ["dse/penultimate/dse"] for v in monitor.history.values())
+
+
+class FailsInSecondEpoch(LitClassifier):
+    def training_step(self, batch, batch_idx):
+        if self.current_epoch == 1:
+            raise RuntimeError("user bug in training_step")
+        return super().training_step(batch, batch_idx)
+
+
+def test_when_fit_raises_the_monitor_lets_go_of_the_model(tmp_path):
+    model = FailsInSecondEpoch(n_train=32)
+    monitor = DSEMonitor(num_samples=32, metrics="dse")
+    trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=2, limit_val_batches=0))
+    with pytest.raises(RuntimeError, match="user bug"):
+        trainer.fit(model)
+    assert sorted(monitor.history) == [0, 1] and _hooks(model) == 0
+    # Lightning calls on_exception, not teardown: the monitor must still drop its layers, loader and source
+    assert monitor._layers == [] and monitor._loader is None and monitor._source is None

@@ -123,3 +123,14 @@ def test_probe_from_a_datamodule_and_a_batch_fn_for_dict_samples(tmp_path):
     assert torch.equal(from_dm.label_groups, make_data(48, seed=2).tensors[1])
     assert torch.equal(from_dicts.label_groups, make_data(40, seed=3).tensors[1])
     assert sorted(from_dicts.history[1]) == ["dict/penultimate/dsmi_y"]
+
+
+def test_save_raw_that_cannot_write_warns_and_training_goes_on(tmp_path):
+    from dse_monitor._monitor_core import DSEMonitorWarning
+
+    (tmp_path / "dse_monitor").write_text("a file where the raw folder should go")
+    monitor = DSEMonitor(num_samples=32, metrics="dse", save_raw=True)
+    trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, limit_val_batches=0))
+    with pytest.warns(DSEMonitorWarning, match="save_raw could not write"):
+        trainer.fit(LitClassifier(n_train=32))
+    assert trainer.current_epoch == 1 and sorted(monitor.history) == [0, 1]
