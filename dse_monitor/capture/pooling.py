@@ -59,7 +59,8 @@ def pool_features(x: Any, pooling: Pooling = "mean") -> torch.Tensor:
     if callable(pooling):
         out = _first_tensor(pooling(x))
     else:
-        t = _first_tensor(x)
+        # float32 before averaging: a mean over many bf16/fp16 tokens or pixels loses digits
+        t = _first_tensor(x).float()
         if pooling == "flatten" or t.ndim <= 1:
             out = t.reshape(t.shape[0], -1) if t.ndim else t.reshape(1, 1)
         elif t.ndim == 2:
@@ -67,7 +68,7 @@ def pool_features(x: Any, pooling: Pooling = "mean") -> torch.Tensor:
         elif t.ndim == 3:
             out = t[:, 0] if pooling == "cls" else t.mean(dim=1)
         elif pooling in POOLINGS:
-            out = t.float().mean(dim=tuple(range(2, t.ndim)))
+            out = t.mean(dim=tuple(range(2, t.ndim)))
         else:
             raise ValueError(f"pooling must be one of {POOLINGS} or a callable, got {pooling!r}")
     if out.ndim != 2:

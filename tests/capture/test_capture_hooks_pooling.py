@@ -58,3 +58,10 @@ def test_pooling_rules():
         FeatureCapture([], pooling="max")
     with pytest.raises(TypeError, match="callable"):
         pool_features("not a tensor")
+
+
+@pytest.mark.parametrize("shape", [(2, 197, 64), (2, 64, 14, 14)])
+def test_low_precision_activations_are_averaged_in_float32(shape):
+    x = (torch.randn(*shape) + 3).to(torch.bfloat16)  # e.g. precision="bf16-true"
+    expected = x.float().mean(dim=tuple(range(2, x.ndim))) if x.ndim == 4 else x.float().mean(dim=1)
+    torch.testing.assert_close(pool_features(x), expected, rtol=1e-6, atol=1e-6)
