@@ -60,7 +60,8 @@ def source_dataset(source: Dataset | DataLoader) -> Dataset:
 def probe_loader(source: Dataset | DataLoader, indices: Sequence[int], batch_size: int | None = None) -> DataLoader:
     """A loader over ``indices`` of ``source``'s dataset, in that order, never shuffled.
 
-    A DataLoader source lends its batch size, collate function and workers.
+    A DataLoader source lends its batch size, collate function and workers (with their
+    ``worker_init_fn``: datasets that open files or connections per worker need it).
 
     >>> from torch.utils.data import TensorDataset
     >>> ds = TensorDataset(torch.arange(10.0), torch.arange(10))
@@ -73,6 +74,7 @@ def probe_loader(source: Dataset | DataLoader, indices: Sequence[int], batch_siz
         kwargs = dict(collate_fn=source.collate_fn, num_workers=source.num_workers, pin_memory=source.pin_memory)
         if source.num_workers > 0:
             kwargs["multiprocessing_context"] = source.multiprocessing_context
+            kwargs["worker_init_fn"] = source.worker_init_fn
         batch_size = batch_size or source.batch_size
     return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size or 64, shuffle=False, **kwargs)
 

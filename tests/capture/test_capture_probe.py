@@ -25,6 +25,8 @@ def test_probe_loader_keeps_order_and_borrows_loader_settings():
     assert loader.batch_size == 3 and loader.collate_fn is source.collate_fn
     assert torch.cat([b[1] for b in loader]).tolist() == [7, 2, 11, 5]
     assert [len(b[1]) for b in probe_loader(ds, range(5), batch_size=2)] == [2, 2, 1]
+    with_workers = DataLoader(ds, batch_size=4, num_workers=2, worker_init_fn=print)
+    assert probe_loader(with_workers, [1, 2]).worker_init_fn is print  # e.g. datasets that open files per worker
     assert first_dataloader([{"a": source}]) is source
 
     class Stream(IterableDataset):
