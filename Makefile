@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m dse_monitor.demo
+	$(BIN)/dse-monitor fit --config configs/digits.yaml
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
