@@ -263,15 +263,21 @@ class DSEMonitorCore:
             return self.probe
         loop = trainer.fit_loop if self.probe == "train" else trainer.fit_loop.epoch_loop.val_loop
         source = getattr(loop, "_data_source", None)
+        other = "train" if self.probe == "val" else "val"
+        fix = f"pass probe={other!r} or probe=<Dataset or DataLoader>."
         if source is None or not source.is_defined():
             raise ValueError(
                 f"DSEMonitor(probe={self.probe!r}) found no {self.probe} dataloader on the trainer, model or "
-                "datamodule; pass probe=<Dataset or DataLoader>."
+                f"datamodule; {fix}"
             )
         loaders = source.dataloader()
-        if loaders is None:
-            raise ValueError(f"DSEMonitor(probe={self.probe!r}): the {self.probe} dataloader hook returned None.")
-        return first_dataloader(loaders)
+        try:
+            if loaders is None:
+                raise ValueError("it returned None")
+            return first_dataloader(loaders)
+        except ValueError as err:  # e.g. an empty list: a split the datamodule does not have
+            raise ValueError(f"DSEMonitor(probe={self.probe!r}): the {self.probe} dataloader hook gave no loader "
+                             f"({err}); {fix}") from err
 
     def _needs_labels(self) -> bool:
         return any(m in self.metrics for m in LABEL_METRICS)

@@ -140,3 +140,19 @@ def test_when_fit_raises_the_monitor_lets_go_of_the_model(tmp_path):
     assert sorted(monitor.history) == [0, 1] and _hooks(model) == 0
     # Lightning calls on_exception, not teardown: the monitor must still drop its layers, loader and source
     assert monitor._layers == [] and monitor._loader is None and monitor._source is None
+
+
+class NoValSplit(LitClassifier):
+    val_dataloader = None
+
+
+class EmptyValSplit(LitClassifier):
+    def val_dataloader(self):
+        return []  # e.g. a datamodule built without a validation split
+
+
+@pytest.mark.parametrize("model_class", [NoValSplit, EmptyValSplit])
+def test_probe_val_without_a_val_split_says_what_to_pass_instead(tmp_path, model_class):
+    trainer = L.Trainer(callbacks=[DSEMonitor(num_samples=16)], **trainer_kwargs(tmp_path, limit_val_batches=0))
+    with pytest.raises(ValueError, match=r"DSEMonitor\(probe='val'\).*pass probe='train' or probe=<Dataset"):
+        trainer.fit(model_class(n_train=32))
