@@ -616,7 +616,16 @@ class DSEMonitorCore:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
             writer.writerows(rows)
+        path = os.path.join(folder, "spectra.npz")
+        if not self._spectra and os.path.exists(path):
+            # A run resumed into the same folder (e.g. logger=False): keep the spectra of the restored
+            # history's earlier steps, which this process did not compute; drop anything else in the file.
+            with np.load(path) as previous:
+                self._spectra = {
+                    key: previous[key] for key in previous.files
+                    if int(key.rsplit("/step_", 1)[-1]) < step and int(key.rsplit("/step_", 1)[-1]) in self.history
+                }
         for name, lam in spectra.items():
             self._spectra[f"{name}/step_{step}"] = lam
         if self._spectra:
-            np.savez(os.path.join(folder, "spectra.npz"), **self._spectra)
+            np.savez(path, **self._spectra)

@@ -103,3 +103,20 @@ def test_resume_inside_the_first_epoch_does_not_measure_at_init_again(tmp_path):
     assert sorted(second.history) == [0, 1]
     assert second.history[0] == first.history[0]  # the init value, not a re-measure of the trained model
     assert _logged_steps(logger, "dse/penultimate/dse") == [1]
+
+
+def test_resumed_run_writing_raw_files_to_the_same_folder_keeps_the_earlier_spectra(tmp_path):
+    import numpy as np
+
+    def fit(max_epochs, ckpt_path=None):
+        monitor = DSEMonitor(num_samples=32, metrics="dse", save_raw=True)
+        last = ModelCheckpoint(dirpath=str(tmp_path / "ckpt"), save_last=True)
+        kw = trainer_kwargs(tmp_path, max_epochs=max_epochs, limit_val_batches=0, enable_checkpointing=True)
+        L.Trainer(callbacks=[monitor, last], **kw).fit(_model(), ckpt_path=ckpt_path)  # logger=False: one folder
+        return monitor
+
+    fit(1)
+    monitor = fit(2, ckpt_path=str(tmp_path / "ckpt" / "last.ckpt"))
+    with np.load(tmp_path / "dse_monitor" / "spectra.npz") as spectra:
+        assert sorted(spectra.files) == ["penultimate/step_0", "penultimate/step_1", "penultimate/step_2"]
+    assert sorted(monitor.history) == [0, 1, 2]
