@@ -6,8 +6,11 @@
 1. timm: the module returned by ``get_classifier()`` of the shallowest submodule that
    has one (``forward_head(pre_logits=True)`` returns exactly that input);
 2. torchvision: the shallowest child named ``fc``, ``classifier``, ``head`` or ``heads``;
-3. otherwise the last :class:`torch.nn.Linear` that runs in ``forward`` (found by one
-   forward pass on an example batch).
+3. otherwise the last :class:`torch.nn.Linear` that runs in ``forward``.
+
+With an example forward pass (``run_forward``), rules 1 and 2 only count when that
+module actually runs: a timm backbone used through ``forward_features`` under the
+user's own head skips its ``get_classifier()`` module, and the next rule applies.
 
 Any other name is looked up in ``model.named_modules()``; an unknown name raises
 :class:`LayerNotFoundError` listing the closest names (:mod:`difflib`).
@@ -180,12 +183,30 @@ def resolve_layer(model: nn.Module, name: str, run_forward: Callable[[], Any] | 
         raise LayerNotFoundError(f"layer names must be non-empty strings, got {name!r}")
     if name != PENULTIMATE:
         return Layer(name, name, find_module(model, name), "output")
-    found = timm_classifier(model) or named_classifier(model)
-    if found is None:
-        if run_forward is None:
+    candidates = [c for c in (timm_classifier(model), named_classifier(model)) if c is not None]
+    if run_forward is None:
+        if not candidates:
             raise LayerNotFoundError(
                 f"{type(model).__name__} has no get_classifier() and no child named {', '.join(CLASSIFIER_NAMES)}; "
                 "finding the last nn.Linear needs an example forward pass."
             )
+        return Layer(name, *candidates[0], "input")
+    ran = _modules_called(model, [m for _, m in candidates], run_forward)
+    found = next(((path, m) for path, m in candidates if m in ran), None)
+    if found is None:
         found = last_linear_in_forward(model, run_forward)
     return Layer(name, found[0], found[1], "input")
+
+
+def _modules_called(model: nn.Module, modules: list[nn.Module], run_forward: Callable[[], Any]) -> list[nn.Module]:
+    """Which of ``modules`` run while ``run_forward()`` runs (pre-hooks, always removed)."""
+    called: list[nn.Module] = []
+    handles = []
+    try:
+        for m in {id(m): m for m in modules}.values():
+            handles.append(m.register_forward_pre_hook(lambda mod, _args: called.append(mod)))
+        run_forward()
+    finally:
+        for h in handles:
+            h.remove()
+    return called

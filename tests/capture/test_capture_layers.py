@@ -97,3 +97,30 @@ def test_named_layer_reads_the_output_and_a_layer_that_does_not_run_is_reported(
     with FeatureCapture([layer]) as cap, pytest.raises(RuntimeError, match="did not run"):
         side["used"](x)
         cap.take()
+
+
+def test_penultimate_skips_a_classifier_that_forward_does_not_call():
+    class FeaturesOnly(nn.Module):
+        """A timm backbone used through forward_features under the user's own head (named 'out')."""
+
+        def __init__(self):
+            super().__init__()
+            self.backbone = timm.create_model("resnet10t", pretrained=False, num_classes=0)
+            self.out = nn.Linear(self.backbone.num_features, 3)
+
+        def forward(self, x):
+            return self.out(self.backbone.forward_features(x).mean(dim=(2, 3)))
+
+    model = FeaturesOnly().eval()
+    x = torch.randn(2, 3, 32, 32)
+    assert resolve_layer(model, "penultimate").module_name == "backbone.fc"  # without a forward pass: rule 1
+    layer = resolve_layer(model, "penultimate", lambda: model(x))
+    assert layer.module_name == "out" and layer.read == "input"
+    with torch.no_grad():
+        expected = model.backbone.forward_features(x).mean(dim=(2, 3))
+    torch.testing.assert_close(_captured(model, "penultimate", x), expected)
+    assert _hook_count(model) == 0
+
+
+def _hook_count(model: nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
