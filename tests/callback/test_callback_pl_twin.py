@@ -37,7 +37,12 @@ def test_pytorch_lightning_trainer_with_its_twin(tmp_path):
     trainer = pl.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=2, logger=logger))
     trainer.fit(PLClassifier(), train_dataloaders=DataLoader(make_data(64, seed=1), batch_size=16))
     assert sorted(monitor.history) == [0, 1, 2]
-    assert monitor.state_key.startswith("DSEMonitor{")  # same key as the lightning class: checkpoints interchange
+    # same key as the lightning class, so checkpoints interchange
+    assert monitor.state_key == dse_monitor.DSEMonitor(probe=make_data(8), metrics=["dse", "dsmi_y"]).state_key
+    twin_state = monitor.state_dict()
+    other = dse_monitor.DSEMonitor(probe=make_data(8))
+    other.load_state_dict(twin_state)
+    assert other.probe_indices == monitor.probe_indices and other.history == monitor.history
     acc = EventAccumulator(logger.log_dir, size_guidance={"scalars": 0, "histograms": 0}).Reload()
     assert [e.step for e in acc.Scalars("dse/penultimate/dsmi_y")] == [0, 1, 2]
     assert [h.step for h in acc.Histograms("dse/penultimate/spectrum")] == [0, 1, 2]
