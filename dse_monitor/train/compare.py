@@ -205,6 +205,26 @@ def _select_runs(paths: Iterable[Path], root: Path, tags_wanted: Sequence[str], 
     return runs
 
 
+def _drop_duplicates(runs: list[Run], say: Any) -> list[Run]:
+    """Runs with identical hyperparameters (a sweep re-run into the same root): the newest counts."""
+    def newest(r: Run) -> float:
+        return max((f.stat().st_mtime for f in r.path.glob("events.out.tfevents.*")), default=0.0)
+
+    by_config: dict[str, list[Run]] = {}
+    for r in runs:
+        if not r.hparams:
+            by_config[f"__{r.path}"] = [r]
+            continue
+        by_config.setdefault(repr(sorted((k, repr(v)) for k, v in r.hparams.items())), []).append(r)
+    kept = []
+    for group in by_config.values():
+        group.sort(key=newest)
+        for old in group[:-1]:
+            say(f"skipped {old.name}: same hyperparameters as the newer {group[-1].name}")
+        kept.append(group[-1])
+    return sorted(kept, key=lambda r: r.name)
+
+
 def _drop_partial(runs: list[Run], tags: Sequence[str], group_by: str, say: Any) -> list[Run]:
     """Runs missing a requested curve, or stopped before the others of their group, are skipped."""
     kept = []
@@ -332,6 +352,7 @@ def compare(
     tags = resolve_tags(runs, metrics)
     if accuracy and any(accuracy in r.curves for r in runs) and accuracy not in tags:
         tags.append(accuracy)
+    runs = _drop_duplicates(runs, say)
     runs = _drop_partial(runs, [t for t in tags if t != accuracy], group_by, say)
     if not runs:
         raise ValueError("every run was skipped")

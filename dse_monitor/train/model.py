@@ -70,7 +70,25 @@ def create_backbone(
     pretrained: bool = False,
     **kwargs: Any,
 ) -> nn.Module:
-    """``timm.create_model`` from scratch; ``img_size`` is passed only to models that take it."""
+    """``timm.create_model`` from scratch; ``img_size`` is passed only to models that take it.
+
+    ``pretrained=True`` loads timm's weights, which must already be in the local cache
+    (e.g. ``~/.cache/huggingface``) when there is no network: a clear error says so.
+    """
+    if pretrained:
+        try:
+            return _create(name, num_classes, in_chans, img_size, True, **kwargs)
+        except (OSError, RuntimeError, ValueError) as err:
+            raise RuntimeError(
+                f"pretrained weights for {name!r} could not be loaded ({type(err).__name__}: {err}). "
+                "They must be in timm's local cache (download them once with network access, or set "
+                "HF_HUB_CACHE to where they are), or use pretrained: false (the paper trains from scratch)."
+            ) from err
+    return _create(name, num_classes, in_chans, img_size, False, **kwargs)
+
+
+def _create(name: str, num_classes: int, in_chans: int, img_size: int | None, pretrained: bool,
+            **kwargs: Any) -> nn.Module:
     if img_size is not None:
         try:
             return timm.create_model(
@@ -125,6 +143,8 @@ class ImageClassifier(pl.LightningModule):
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        if pretrained and init_std is not None:
+            raise ValueError("init_std re-initialises every layer: it cannot be combined with pretrained=True")
         self.save_hyperparameters()
         kwargs = dict(backbone_kwargs or {})
         if "channels" in kwargs and isinstance(kwargs["channels"], list):

@@ -87,6 +87,21 @@ def test_unreadable_partial_and_unlabelled_runs_are_named_and_skipped(root, tmp_
     assert len(out["runs"]) == 6
 
 
+def test_a_rerun_with_the_same_hyperparameters_replaces_the_older_run(root, tmp_path):
+    import os
+    import time
+
+    older = root / "std=0.1_seed=1"
+    past = time.time() - 100
+    for f in older.glob("events.out.tfevents.*"):
+        os.utime(f, (past, past))
+    rerun = _write_run(root, "rerun_of_std=0.1_seed=1", 0.1, 1, epochs=3)
+    said = []
+    out = compare(root, ["dse"], "model.init_std", out=tmp_path / "f.png", say=said.append)
+    assert f"skipped std=0.1_seed=1: same hyperparameters as the newer {rerun.name}" in said
+    assert out["curves"]["dse/penultimate/dse"][0.1][0][2] == 3
+
+
 def test_compare_command_line(root, tmp_path, capsys):
     assert main(["compare", str(root), "--metric", "dse", "--group-by", "model.init_std",
                  "--out", str(tmp_path / "cli.png")]) == 0

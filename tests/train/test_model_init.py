@@ -91,3 +91,16 @@ def test_digits_yaml_model_at_init_spreads_or_collapses_the_probe(init_std):
         dse = diffusion_spectral_entropy(z, sigma=monitor["sigma"]).item()
         target = math.log2(n) if init_std == 0.1 else 0.0
         assert abs(dse - target) < 0.1, (seed, dse, target)
+
+
+def test_pretrained_offline_without_cached_weights_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # no network: only the local cache counts
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    import huggingface_hub.constants as hf_constants
+
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(hf_constants, "HF_HUB_CACHE", str(tmp_path))
+    with pytest.raises(RuntimeError, match="local cache"):
+        ImageClassifier("resnet10t", num_classes=3, pretrained=True)
+    with pytest.raises(ValueError, match="cannot be combined"):
+        ImageClassifier("resnet10t", num_classes=3, pretrained=True, init_std=0.01)
