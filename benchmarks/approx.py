@@ -10,6 +10,8 @@ then the exact float64 solve), 2 pinned threads, medians of paired runs where re
   multiple (3, 0.6, 0.15) of the median pairwise distance (low / middle / high
   entropy); N = 10,000 (quick: 2,000). Note: exact and approximate value, error, the
   guaranteed bounds and whether they contain the exact value.
+- f32: the same at N = 10,000, middle entropy, with the kernel stored in float32 (what
+  the approximate path falls back to when float64 does not fit).
 - speed: N = 20,000, D = 512, clustered, middle entropy: lanczos vs exact float64.
 - scale: N = 50,000, D = 512: lanczos only (exact needs two 50,000^2 float64 matrices,
   40 GB); wall time and peak memory.
@@ -161,6 +163,18 @@ def accuracy_rows(n: int, d: int = 64, kinds=KINDS, levels=tuple(LEVELS)) -> lis
     return out
 
 
+def float32_storage_rows(n: int = 10_000, d: int = 64) -> list[dict]:
+    """The float32 kernel storage that the approximate path falls back to when float64 does not fit."""
+    out = []
+    for kind in KINDS:
+        limit = int(0.75 * 8 * n * n)  # float64 does not fit, float32 does
+        r = run_child({"kind": kind, "n": n, "d": d, "mult": LEVELS["mid"], "level": "mid f32-storage",
+                       "options": {"memory_limit": limit}})
+        out.append(_accuracy_row(r))
+        print(out[-1], flush=True)
+    return out
+
+
 def speed_rows(n: int = 20_000, d: int = 512) -> list[dict]:
     r = run_child({"kind": "clustered", "n": n, "d": d, "mult": LEVELS["mid"], "level": "mid"})
     return [_accuracy_row(r)]
@@ -211,12 +225,14 @@ def rows(quick: bool = False, only: list[str] | None = None) -> list[dict]:
     """Rows for the suite; ``quick`` (< 2 minutes): N = 2,000 accuracy grid and a short crossover."""
     if quick:
         return accuracy_rows(2000, kinds=KINDS, levels=("mid",)) + crossover_rows((2000, 4000), repeats=1)
-    only = only or ["accuracy", "speed", "scale", "streamed", "crossover"]
+    only = only or ["accuracy", "f32", "speed", "scale", "streamed", "crossover"]
     out = []
     if "crossover" in only:
         out += crossover_rows()
     if "accuracy" in only:
         out += accuracy_rows(10_000)
+    if "f32" in only:
+        out += float32_storage_rows()
     if "speed" in only:
         out += speed_rows()
     if "scale" in only:
@@ -229,7 +245,7 @@ def rows(quick: bool = False, only: list[str] | None = None) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", nargs="*", choices=["accuracy", "speed", "scale", "streamed", "crossover"])
+    parser.add_argument("--only", nargs="*", choices=["accuracy", "f32", "speed", "scale", "streamed", "crossover"])
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
