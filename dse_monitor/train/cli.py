@@ -16,8 +16,6 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import math
-import os
 import subprocess
 import sys
 import time
@@ -103,7 +101,7 @@ def format_run_table(curves: dict[str, dict[int, float]]) -> str:
             0   8.400        -
             1   5.250    0.900
     """
-    from .compare import TITLES, _is_monitor_tag
+    from .compare import TITLES, _is_monitor_tag, _num
 
     tags = sorted(t for t in curves if _is_monitor_tag(t))
     order = {m: i for i, m in enumerate(("dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x"))}
@@ -125,7 +123,7 @@ def format_run_table(curves: dict[str, dict[int, float]]) -> str:
         cells = []
         for t, w in zip(tags, widths):
             v = curves[t].get(e)
-            cells.append(("-" if v is None else ("nan" if math.isnan(v) else f"{v:.3f}")).rjust(w))
+            cells.append(("-" if v is None else _num(v)).rjust(w))
         lines.append(f"{e:5d}  " + "  ".join(cells))
     return "\n".join(lines)
 

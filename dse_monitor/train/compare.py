@@ -251,10 +251,18 @@ def _drop_partial(runs: list[Run], tags: Sequence[str], group_by: str, say: Any)
     return kept
 
 
+def _num(v: float) -> str:
+    """Three decimals, without the ``-0.000`` of tiny negative estimates."""
+    if math.isnan(v):
+        return "nan"
+    text = f"{v:.3f}"
+    return "0.000" if text == "-0.000" else text
+
+
 def _fmt(mean: float, std: float, n: int) -> str:
     if math.isnan(mean):
         return "nan"
-    return f"{mean:.3f}" if n <= 1 else f"{mean:.3f}±{std:.3f}"
+    return _num(mean) if n <= 1 else f"{_num(mean)}±{_num(std)}"
 
 
 def format_table(curves: dict[str, dict[Any, dict[int, tuple[float, float, int]]]], group_by: str) -> str:
