@@ -311,14 +311,16 @@ def plot(curves: dict[str, dict[Any, dict[int, tuple[float, float, int]]]], grou
     plt = _pyplot()
     n = len(curves)
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.5), squeeze=False)
-    cmap = plt.get_cmap("viridis")
+    from matplotlib.ticker import MaxNLocator
+
     for ax, (tag, groups) in zip(axes[0], curves.items()):
         k = len(groups)
+        cmap = plt.get_cmap("tab10") if k <= 10 else plt.get_cmap("viridis")
         for i, (value, table) in enumerate(groups.items()):
             epochs = np.array(sorted(table))
             mean = np.array([table[e][0] for e in epochs])
             std = np.array([table[e][1] for e in epochs])
-            color = cmap(i / max(1, k - 1) * 0.9)
+            color = cmap(i) if k <= 10 else cmap(i / max(1, k - 1) * 0.9)
             nruns = max(v[2] for v in table.values())
             ax.plot(epochs, mean, color=color, marker="o", markersize=2.5, label=f"{value} (n={nruns})")
             ax.fill_between(epochs, mean - std, mean + std, color=color, alpha=0.2, linewidth=0)
@@ -327,7 +329,8 @@ def plot(curves: dict[str, dict[Any, dict[int, tuple[float, float, int]]]], grou
         layer = f" — {'/'.join(parts[1:-1])}" if len(parts) >= 3 and parts[1:-1] != ["penultimate"] else ""
         ax.set_title(TITLES.get(metric, tag) + layer)
         ax.set_xlabel("epoch")
-        ax.set_ylabel("bits" if metric in MONITOR_METRICS else metric)
+        ax.set_ylabel("bits" if metric in MONITOR_METRICS else ("accuracy" if "acc" in metric else metric))
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].legend(title=group_by, fontsize=8, title_fontsize=8)
     if title:
