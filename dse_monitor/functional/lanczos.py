@@ -86,7 +86,11 @@ class EntropyEstimate:
 
     @property
     def width(self) -> float:
+        """``upper - lower`` in bits."""
         return self.upper - self.lower
+
+    def __float__(self) -> float:
+        return self.value
 
 
 def phi(x: torch.Tensor, s: float, t: float) -> torch.Tensor:
