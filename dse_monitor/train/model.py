@@ -23,11 +23,11 @@ def paper_init_(model: nn.Module, std: float, linear_std: float = 1e-3) -> nn.Mo
     initialisation (DSE ~ 0), a large one (>= 0.05) spreads them apart (DSE ~ log2 N).
 
     Example:
-        >>> net = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.Flatten(), nn.LazyLinear(2))
+        >>> net = nn.Sequential(nn.Conv2d(3, 64, 3), nn.BatchNorm2d(64), nn.Flatten(), nn.LazyLinear(2))
         >>> _ = net(torch.zeros(1, 3, 5, 5))
         >>> _ = paper_init_(net, std=0.05)
-        >>> round(net[0].weight.std().item(), 1), net[0].bias.abs().max().item(), net[1].weight.min().item()
-        (0.1, 0.0, 1.0)
+        >>> abs(net[0].weight.std().item() - 0.05) < 0.005, net[0].bias.abs().max().item(), net[1].weight.min().item()
+        (True, 0.0, 1.0)
     """
     if std <= 0:
         raise ValueError(f"init_std must be positive, got {std}")
