@@ -78,7 +78,10 @@ def _cli_class():
                 table = run_table(self.trainer)
                 if table:
                     print(table)
-                    sys.stdout.flush()
+                tb = _tensorboard_logger(self.trainer)
+                if tb is not None:
+                    print(f"dse-monitor: logs in {tb.log_dir}  (tensorboard --logdir {tb.save_dir})")
+                sys.stdout.flush()
 
     return DSEMonitorCLI
 

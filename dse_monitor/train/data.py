@@ -447,3 +447,7 @@ class ImageDataModule(pl.LightningDataModule):
 
     def val_dataloader(self) -> DataLoader:
         return self._loader(self.val_dataset, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The validation split (for MNIST/CIFAR-10/STL-10 it is the official test split)."""
+        return self._loader(self.val_dataset, shuffle=False)

@@ -175,6 +175,13 @@ class ImageClassifier(pl.LightningModule):
         self.log("val_loss", self.criterion(logits, y), on_epoch=True, prog_bar=True)
         self.log("val_acc", self.val_acc, on_epoch=True, prog_bar=True)
 
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        self.val_acc(logits, y)
+        self.log("test_loss", self.criterion(logits, y), on_epoch=True)
+        self.log("test_acc", self.val_acc, on_epoch=True)
+
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
         total = int(self.trainer.estimated_stepping_batches)
