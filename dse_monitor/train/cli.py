@@ -144,9 +144,12 @@ def run_table(trainer: Any) -> str:
             curves = read_run(tb.log_dir).curves
         except Exception:  # noqa: BLE001 - fall back to the callbacks' own history
             curves = {}
-    if not curves:
+    if not curves:  # no TensorBoard logger: the DSEMonitor callbacks keep {epoch: {key: value}}
         for cb in trainer.callbacks:
-            for step, values in getattr(cb, "history", {}).items() if isinstance(getattr(cb, "history", None), dict) else []:
+            history = getattr(cb, "history", None)
+            if not isinstance(history, dict):
+                continue
+            for step, values in history.items():
                 for k, v in values.items():
                     curves.setdefault(k, {})[int(step)] = float(v)
     if not curves:

@@ -49,6 +49,19 @@ def test_fit_logs_every_epoch_from_0_and_prints_where_and_a_table(tmp_path, caps
     assert hparams["model.init_std"] == 0.1 and hparams["data.dataset"] == "digits"
 
 
+def test_closing_table_without_a_tensorboard_logger_comes_from_the_monitor_history():
+    import lightning.pytorch as pl
+
+    from dse_monitor import DSEMonitor
+    from dse_monitor.train.cli import run_table
+
+    monitor = DSEMonitor()
+    monitor.history = {0: {"dse/penultimate/dse": 8.25}, 1: {"dse/penultimate/dse": 5.5}}
+    trainer = pl.Trainer(logger=False, callbacks=[monitor], enable_progress_bar=False)
+    table = run_table(trainer)
+    assert "epoch  DSE(Z)" in table and "    0   8.250" in table and "    1   5.500" in table
+
+
 def _console(*args: str) -> list[str]:
     script = Path(sys.executable).with_name("dse-monitor")
     return [str(script), *args] if script.exists() else [sys.executable, "-m", "dse_monitor.train.cli", *args]
