@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import shlex
 import subprocess
 import sys
 import time
@@ -248,7 +249,8 @@ def sweep_main(argv: Sequence[str]) -> int:
             cmd += [f"--{k}", v]
         cmd += ["--seed_everything", str(seed), "--trainer.default_root_dir", str(root / name)]
         cmd += list(extra)
-        print(f"\n[sweep {i}/{len(plan)}] {name}\n  $ {' '.join(cmd[2:])}", flush=True)
+        shown = ["dse-monitor", *cmd[3:]]  # what to type to rerun this one run by hand
+        print(f"\n[sweep {i}/{len(plan)}] {name}\n  $ {shlex.join(shown)}", flush=True)
         if args.dry_run:
             continue
         start = time.perf_counter()
@@ -261,7 +263,7 @@ def sweep_main(argv: Sequence[str]) -> int:
         status = "ok" if rc == 0 else f"FAILED (exit {rc})"
         print(f"[sweep {i}/{len(plan)}] {name}: {status} in {seconds:.0f} s", flush=True)
         results.append({"name": name, "values": point, "seed": seed, "returncode": rc,
-                        "seconds": round(seconds, 1), "command": cmd[2:]})
+                        "seconds": round(seconds, 1), "command": shown})
         with open(root / "sweep.json", "w") as f:
             json.dump({"configs": args.config, "grid": grid, "seeds": seeds, "extra": extra, "runs": results}, f,
                       indent=1)
