@@ -95,7 +95,7 @@ def case(spec: dict) -> dict:
     z = make_data(kind, n, d, dtype=dtype)
     sigma = spec.get("mult", 0.6) * median_distance(z)
     out = {"spec": spec, "sigma": sigma, "rss_data_gb": peak_rss_gb()}
-    kw = {}
+    kw = {"dtype": dtype}
     if spec.get("streamed"):
         kw["streamed"] = True
     if spec.get("options"):

@@ -22,10 +22,11 @@ from .lanczos import EntropyEstimate, approximate_entropy
 from .operator import KernelOperator, check_exact_fits, plan_storage
 
 #: Above this many points ``solver="auto"`` uses the approximate path. Measured with
-#: benchmarks/approx.py (2 threads, shared 2-core Xeon, clustered D = 64, medians of 3):
-#: break-even near N = 1,500 (N = 1,000: 0.77x; 2,000 and 3,000: 1.4x; 6,000: 6.8x;
-#: 10,000: 3.6-9.8x; 20,000 / D = 512: 7.0x). Below 4,096 the gain is under ~1.5x, so
-#: auto keeps the exact value there (reference parity); above it lanczos wins clearly.
+#: benchmarks/approx.py (2 threads, shared 2-core Xeon, clustered D = 64, medians of 3;
+#: speed-up of lanczos over exact float64): N = 1,000: 0.77x; 2,000: 1.4x; 3,000:
+#: 1.4-2.2x; 4,000: 2.1x; 5,000: 2.8x; 6,000: 6.8x; 8,000: 6.4x; 10,000: 3.6-9.8x;
+#: 20,000 (D = 512): 7.0x. Break-even is near N = 1,500; below 4,096 the exact solve
+#: takes under ~2 s and gives the reference's value, so auto switches only above it.
 AUTO_CROSSOVER = 4096
 
 SOLVERS = ("exact", "lanczos", "auto")
