@@ -49,10 +49,12 @@ from .functional import (
     classic_shannon_entropy,
     classic_shannon_mutual_information,
     diffusion_eigenvalues,
+    diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
     entropy_of_spectrum,
     reference_groups,
 )
+from .functional.solver import check_solver, choose_solver, guard_exact
 from .tensorboard import write_layout, write_spectrum
 
 METRICS = ("dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x")
@@ -134,6 +136,7 @@ class DSEMonitorCore:
         prefix: str = "dse",
         log_spectrum: bool = True,
         save_raw: bool = False,
+        solver: str = "auto",
     ) -> None:
         super().__init__()
         names = [layers] if isinstance(layers, str) else list(layers)
@@ -184,6 +187,7 @@ class DSEMonitorCore:
         self.prefix = prefix
         self.log_spectrum = bool(log_spectrum)
         self.save_raw = bool(save_raw)
+        self.solver = check_solver(solver)
         #: ``{step: {"<prefix>/<layer>/<metric>": value}}``, step = completed epochs.
         self.history: dict[int, dict[str, float]] = {}
         self._reset()
@@ -198,6 +202,7 @@ class DSEMonitorCore:
         self._input_groups_failed = False
         self._label_groups_failed = False
         self._spectra: dict[str, np.ndarray] = {}
+        self._memory_warned = False
         self.last_duration_s: float | None = None
         self._release()
 
@@ -553,13 +558,13 @@ class DSEMonitorCore:
         groups = {"y": label_groups, "x": input_groups}
         for m in metrics:
             if m == "dse":
-                lam = diffusion_eigenvalues(z, self.sigma, seed=self.seed, dtype=self.dtype)
-                out[m] = 0.0 if lam.numel() == 1 else float(entropy_of_spectrum(lam, self.t))
-                spectrum = lam.detach().cpu().double().numpy()
+                out[m], spectrum = self._entropy_and_spectrum(z)
             elif m == "cse":
                 out[m] = float(classic_shannon_entropy(z, dtype=self.dtype))
             elif m.startswith("dsmi_"):
-                out[m] = float(diffusion_spectral_mutual_information(z, groups=groups[m[-1]], **common))
+                out[m] = float(
+                    diffusion_spectral_mutual_information(z, groups=groups[m[-1]], solver=self.solver, **common)
+                )
             else:  # csmi_y, csmi_x
                 out[m] = float(
                     classic_shannon_mutual_information(
@@ -567,6 +572,34 @@ class DSEMonitorCore:
                     )
                 )
         return out, spectrum
+
+    def _entropy_and_spectrum(self, z: torch.Tensor) -> tuple[float, np.ndarray | None]:
+        """DSE of ``z`` and, on the exact path, its whole spectrum (for the histogram).
+
+        ``solver="auto"`` takes the exact path up to ``AUTO_CROSSOVER`` points and the
+        approximate one above. A probe too large for an exact solve in the free memory
+        is not an error here: warn once and use the streamed approximate path.
+        """
+        n = min(z.shape[0], 10_000)
+        dtype = self.dtype or torch.float64
+        if choose_solver(n, self.t, self.solver) == "exact":
+            try:
+                guard_exact(n, dtype, z.device)
+            except MemoryError as err:
+                if self.t not in (1, 2):
+                    raise
+                if not self._memory_warned:
+                    self._memory_warned = True
+                    warnings.warn(f"DSEMonitor: {err} Switching to the streamed approximate solver.",
+                                  DSEMonitorWarning, stacklevel=2)
+                est = diffusion_spectral_entropy(z, self.sigma, self.t, seed=self.seed, dtype=self.dtype,
+                                                 solver="lanczos", streamed=True, return_bounds=True)
+                return float(est), None
+            lam = diffusion_eigenvalues(z, self.sigma, seed=self.seed, dtype=self.dtype)
+            return (0.0 if lam.numel() == 1 else float(entropy_of_spectrum(lam, self.t))), lam.cpu().double().numpy()
+        est = diffusion_spectral_entropy(z, self.sigma, self.t, seed=self.seed, dtype=self.dtype,
+                                         solver=self.solver, return_bounds=True)
+        return float(est), None
 
     # ------------------------------------------------------------------ logging
     def _log(self, trainer: Any, values: dict[str, float], spectra: dict[str, np.ndarray], step: int) -> None:

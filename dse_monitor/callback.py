@@ -68,6 +68,11 @@ DOC = """Measure diffusion spectral entropy and mutual information of a layer du
         log_spectrum: write eigenvalue histograms to TensorBoard.
         save_raw: write ``history.json``, ``history.csv`` and ``spectra.npz`` to
             ``<log_dir>/<prefix>_monitor``.
+        solver: ``"auto"`` (exact eigen-solve up to ``AUTO_CROSSOVER`` = 4,096 probe
+            points, the approximate Lanczos solver with guaranteed bounds above),
+            ``"exact"`` or ``"lanczos"``. A probe too large for an exact solve in the free
+            memory warns once and is measured with the streamed approximate solver. The
+            spectrum histogram needs the exact path.
 
     Example:
         >>> monitor = DSEMonitor(layers="penultimate", num_samples=500, metrics=["dse", "dsmi_y"])

@@ -1,0 +1,52 @@
+"""The monitor's eigen-solver choice: solver='auto'|'exact'|'lanczos' and the memory fallback."""
+from __future__ import annotations
+
+import lightning.pytorch as L
+import pytest
+from dse_callback_models import LitClassifier, trainer_kwargs
+
+import dse_monitor._monitor_core as core
+from dse_monitor import DSEMonitor
+from dse_monitor.functional.solver import guard_exact
+
+
+def test_lanczos_monitor_agrees_with_exact_monitor(tmp_path):
+    exact = DSEMonitor(num_samples=64, metrics=["dse", "dsmi_y"], sigma=1.0, solver="exact", prefix="exact")
+    approx = DSEMonitor(num_samples=64, metrics=["dse", "dsmi_y"], sigma=1.0, solver="lanczos", prefix="approx")
+    L.Trainer(callbacks=[exact, approx], **trainer_kwargs(tmp_path)).fit(LitClassifier())
+    assert sorted(exact.history) == sorted(approx.history) == [0, 1, 2]
+    for step in exact.history:
+        for metric in ("dse", "dsmi_y"):
+            e = exact.history[step][f"exact/penultimate/{metric}"]
+            a = approx.history[step][f"approx/penultimate/{metric}"]
+            assert abs(e - a) < 0.05, (step, metric, e, a)
+
+
+def test_default_auto_is_exact_below_the_crossover(tmp_path):
+    auto = DSEMonitor(num_samples=64, metrics=["dse"], sigma=1.0, prefix="auto")
+    exact = DSEMonitor(num_samples=64, metrics=["dse"], sigma=1.0, solver="exact", prefix="exact")
+    assert auto.solver == "auto"
+    L.Trainer(callbacks=[auto, exact], **trainer_kwargs(tmp_path, max_epochs=1)).fit(LitClassifier())
+    for step in auto.history:
+        assert auto.history[step]["auto/penultimate/dse"] == exact.history[step]["exact/penultimate/dse"]
+
+
+def test_probe_too_large_for_exact_warns_and_streams(tmp_path, monkeypatch):
+    # The real memory guard, told that only one byte is free: the exact solve "cannot fit".
+    monkeypatch.setattr(core, "guard_exact", lambda n, dtype, device: guard_exact(n, dtype, device, memory_limit=1))
+    small = DSEMonitor(num_samples=64, metrics=["dse"], sigma=1.0, solver="exact", prefix="small")
+    L.seed_everything(3)
+    with pytest.warns(core.DSEMonitorWarning, match=r"exact DSE of N=64 points needs .*streamed approximate"):
+        L.Trainer(callbacks=[small], **trainer_kwargs(tmp_path)).fit(LitClassifier())
+    assert sorted(small.history) == [0, 1, 2]  # every epoch still measured
+    monkeypatch.undo()
+    reference = DSEMonitor(num_samples=64, metrics=["dse"], sigma=1.0, solver="exact", prefix="small")
+    L.seed_everything(3)  # the same model and the same training as above
+    L.Trainer(callbacks=[reference], **trainer_kwargs(tmp_path)).fit(LitClassifier())
+    for step, values in reference.history.items():
+        assert abs(values["small/penultimate/dse"] - small.history[step]["small/penultimate/dse"]) < 0.05
+
+
+def test_unknown_solver_is_a_configuration_error():
+    with pytest.raises(ValueError, match="solver must be one of"):
+        DSEMonitor(solver="eigh")
