@@ -27,6 +27,9 @@ from .solver import check_options, check_solver, choose_solver, guard_exact, lan
 from .spectrum import entropy_of_spectrum, many_symmetric_eigvals, symmetric_eigvals
 
 #: Up to this N the full distance matrix is computed once and blocks are gathered from it.
+#: (CUDA only: on the CPU each subset's distances come from one small matrix product
+#: inside its worker thread, which measured 2.7x cheaper than gathering random
+#: blocks from the full matrix at N = 5,000, D = 512, and needs no N x N memory.)
 FULL_DISTANCE_MAX_N = 8192
 
 
@@ -131,7 +134,8 @@ def _diffusion_subset_entropies(
     streamed: bool | None = None,
     options: dict[str, Any] | None = None,
 ) -> Callable[[list[list[int]]], list[torch.Tensor]]:
-    full = squared_distances(x) if x.shape[0] <= FULL_DISTANCE_MAX_N and solver != "lanczos" else None
+    use_full = x.is_cuda and x.shape[0] <= FULL_DISTANCE_MAX_N and solver != "lanczos"
+    full = squared_distances(x) if use_full else None
 
     def kernel(idx: list[int]) -> torch.Tensor:
         if full is not None:

@@ -124,16 +124,6 @@ def test_mutual_information_is_high_for_informative_labels_and_near_zero_for_ran
     assert abs(noise) < 0.2
 
 
-def test_large_n_path_without_full_distance_matrix_agrees(monkeypatch):
-    from dse_monitor.functional import mutual_information as mi
-
-    z, y = clustered(300, 8, seed=4)
-    full = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0)
-    monkeypatch.setattr(mi, "FULL_DISTANCE_MAX_N", 10)  # force per-subset distances
-    streamed = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0)
-    assert abs(float(full) - float(streamed)) < 1e-10
-
-
 def test_mutual_information_serial_and_threaded_solves_agree():
     z, y = clustered(300, 8, seed=5)
     threaded = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0)
