@@ -20,18 +20,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import yaml
 
+from ..tensorboard import TITLES as MONITOR_TITLES
+
 __all__ = ["Run", "aggregate", "compare", "find_runs", "flatten", "read_run"]
 
-MONITOR_METRICS = ("dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x")
-TITLES = {
-    "dse": "DSE(Z)",
-    "dsmi_y": "DSMI(Z;Y)",
-    "dsmi_x": "DSMI(Z;X)",
-    "cse": "CSE(Z)",
-    "csmi_y": "CSMI(Z;Y)",
-    "csmi_x": "CSMI(Z;X)",
-    "val_acc": "validation accuracy",
-}
+MONITOR_METRICS = tuple(MONITOR_TITLES)
+TITLES = {**MONITOR_TITLES, "val_acc": "validation accuracy"}
 
 
 @dataclass
