@@ -31,8 +31,8 @@ def compute_dtype(z: torch.Tensor, dtype: torch.dtype | None) -> torch.dtype:
     """float64 unless the caller asks for another floating dtype."""
     if dtype is None:
         return torch.float64
-    if not dtype.is_floating_point:
-        raise ValueError(f"dtype must be a floating point dtype such as torch.float32, got {dtype}")
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64 (what the eigen-solvers support), got {dtype}")
     return dtype
 
 

@@ -151,12 +151,15 @@ def entropy_of_counts(counts: torch.Tensor) -> torch.Tensor:
     return -(p * torch.log2(p)).sum()
 
 
-def classic_shannon_entropy(z: Any, num_bins_per_dim: int = 2, *, dtype: torch.dtype | None = None) -> torch.Tensor:
+def classic_shannon_entropy(
+    z: Any, num_bins_per_dim: int = 2, *, max_n: int | None = 10_000, seed: int = 0, dtype: torch.dtype | None = None
+) -> torch.Tensor:
     """Classic Shannon entropy CSE(Z) of binned features, in bits (the baseline DSE replaces).
 
     Each dimension is min-max scaled to [0, 1] and cut into ``num_bins_per_dim``
     equal bins; CSE is the entropy of the counts of distinct bin vectors. In high
-    dimension every point gets its own bin and CSE saturates at log2 N.
+    dimension every point gets its own bin and CSE saturates at log2 N. Above
+    ``max_n`` points, the reference's seeded subsample (as in DSE).
 
     Example:
         >>> z = torch.tensor([[0.0, 0.0], [0.1, 0.0], [1.0, 1.0], [0.9, 1.0]])
@@ -165,6 +168,6 @@ def classic_shannon_entropy(z: Any, num_bins_per_dim: int = 2, *, dtype: torch.d
     """
     if isinstance(num_bins_per_dim, bool) or not isinstance(num_bins_per_dim, int) or num_bins_per_dim < 1:
         raise ValueError(f"num_bins_per_dim must be a positive integer, got {num_bins_per_dim!r}")
-    x = check_features(z, dtype=dtype)
+    x = _subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed)
     _, counts = torch.unique(_bin_codes(x, num_bins_per_dim), dim=0, return_counts=True)
     return entropy_of_counts(counts).to(device=x.device, dtype=x.dtype)

@@ -54,7 +54,14 @@ def reference_groups(
             raise ValueError(
                 f"reference_discrete=True needs one label per sample (shape [N] or [N, 1]); got {tuple(ref.shape)}"
             )
-        return torch.as_tensor(arr.reshape(-1).astype(np.int64), device=device)
+        labels = arr.reshape(-1)
+        if np.issubdtype(labels.dtype, np.integer):
+            return torch.as_tensor(labels.astype(np.int64), device=device)
+        if np.issubdtype(labels.dtype, np.floating) and not np.isfinite(labels).all():
+            raise ValueError("reference labels contain NaN or Inf; repair them before grouping.")
+        # Non-integer labels (0.5, 'cat', True) are groups by value, numbered in sorted order as the
+        # reference's np.unique orders them: casting them to int would merge 0.0 and 0.5.
+        return torch.as_tensor(np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64), device=device)
     if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 1:
         raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}")
     if not np.isfinite(arr).all():

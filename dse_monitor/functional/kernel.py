@@ -112,6 +112,11 @@ def affinity_to_diffusion_kernel(g: torch.Tensor) -> torch.Tensor:
 
 def gaussian_affinity(d: torch.Tensor, sigma: float) -> torch.Tensor:
     """``G = exp(-d / (2 sigma^2))`` from squared distances (in place when possible)."""
+    if 2 * sigma**2 < torch.finfo(d.dtype).tiny:
+        raise ValueError(
+            f"sigma={sigma!r} is too small for {d.dtype}: 2 sigma^2 underflows to 0. "
+            "Use a larger sigma (every point is then far from every other) or sigma='median'."
+        )
     if not (torch.is_grad_enabled() and d.requires_grad):
         return d.mul_(-0.5 / sigma**2).exp_()
     return torch.exp(d * (-0.5 / sigma**2))

@@ -52,14 +52,15 @@ def _draws(n: int, k: int, num_repetitions: int, seed: int, max_n: int | None) -
     """The reference's random subsets for a group of size k out of n.
 
     It re-seeds Python's ``random`` with ``seed`` before each group's draws; a subset
-    larger than ``max_n`` is then subsampled inside its DSE call, re-seeding again.
+    larger than ``max_n`` is then subsampled inside its DSE call, which re-seeds the
+    same generator with its own default seed, 0 (whatever ``seed`` is).
     """
     rng = random.Random(seed)
     out = []
     for _ in range(num_repetitions):
         idx = rng.sample(range(n), k)
         if max_n is not None and k > max_n:
-            rng.seed(seed)
+            rng.seed(0)
             idx = [idx[j] for j in rng.sample(range(k), max_n)]
         out.append(idx)
     return out
@@ -78,7 +79,7 @@ def _mutual_information(
     members = [np.flatnonzero(labels == g).tolist() for g in ids]
     for i, m in enumerate(members):
         if max_n is not None and len(m) > max_n:
-            members[i] = [m[j] for j in random.Random(seed).sample(range(len(m)), max_n)]
+            members[i] = [m[j] for j in random.Random(0).sample(range(len(m)), max_n)]  # the reference's inner seed
     draws = {int(k): _draws(n, int(k), num_repetitions, seed, max_n) for k in set(counts.tolist())}
     # One solve per distinct subset: equal-sized groups share their draws.
     unique: dict[tuple[int, ...], int] = {}
@@ -114,6 +115,8 @@ def _resolve_groups(
             )
         return reference_groups(ref, n_clusters=n_clusters, reference_discrete=reference_discrete, seed=seed)
     g = as_tensor(groups, "groups").reshape(-1)
+    if g.is_floating_point() and not bool(torch.isfinite(g).all()):
+        raise ValueError("groups has NaN or Inf entries; pass one finite group id per sample.")
     if g.shape[0] != n:
         raise ValueError(f"groups has {g.shape[0]} entries but z has {n} rows; pass one group id per sample.")
     return g
@@ -274,6 +277,7 @@ def classic_shannon_mutual_information(
     groups: Any = None,
     num_repetitions: int = 5,
     seed: int = 0,
+    max_n: int | None = 10_000,
     dtype: torch.dtype | None = None,
     return_terms: bool = False,
 ) -> torch.Tensor | tuple[torch.Tensor, MutualInformationTerms]:
@@ -295,7 +299,7 @@ def classic_shannon_mutual_information(
     g = _resolve_groups(x.shape[0], reference, groups, n_clusters, reference_discrete, seed)
 
     def run(subsets: list[list[int]]) -> list[torch.Tensor]:
-        return [classic_shannon_entropy(x[s], num_bins_per_dim) for s in subsets]
+        return [classic_shannon_entropy(x[s], num_bins_per_dim, max_n=None, dtype=x.dtype) for s in subsets]
 
-    terms = _mutual_information(x.shape[0], g, run, num_repetitions, seed, None)
+    terms = _mutual_information(x.shape[0], g, run, num_repetitions, seed, check_max_n(max_n))
     return (terms.value, terms) if return_terms else terms.value

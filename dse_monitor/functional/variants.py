@@ -50,16 +50,19 @@ def adjacency_spectral_entropy(
         2.0
     """
     x = _subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed)
-    d = squared_distances(x)
     if knn is not None:
         if isinstance(knn, bool) or not isinstance(knn, int) or not 1 <= knn <= x.shape[0]:
             raise ValueError(f"knn must be an integer in [1, N={x.shape[0]}], got {knn!r}")
-        dist = d.sqrt_()
+        # Binarising at the k-th distance makes ties decisive (duplicate rows): compute the
+        # distances exactly as the reference does, with scikit-learn, not our centred product.
+        from sklearn.metrics import pairwise_distances
+
+        dist = torch.as_tensor(pairwise_distances(x.detach().cpu().numpy()), dtype=x.dtype, device=x.device)
         kth = dist.kthvalue(knn, dim=1).values
         adj = (dist <= kth[:, None]).to(x.dtype)
         lam = symmetric_eigvals(adj) if _is_symmetric(adj) else general_eigvals_abs(adj)
     else:
-        g = gaussian_affinity(d, resolve_sigma(sigma, x, seed))
+        g = gaussian_affinity(squared_distances(x), resolve_sigma(sigma, x, seed))
         if anisotropic:
             g = affinity_to_diffusion_kernel(g)
         lam = symmetric_eigvals(g)

@@ -94,7 +94,7 @@ def test_bad_knn_bins_max_n_dtype():
         dm.classic_shannon_entropy(Z, 0)
     with pytest.raises(ValueError, match="max_n"):
         dm.diffusion_spectral_entropy(Z, max_n=0)
-    with pytest.raises(ValueError, match="floating point dtype"):
+    with pytest.raises(ValueError, match="float32 or torch.float64"):
         dm.diffusion_spectral_entropy(Z, dtype=torch.int64)
 
 
@@ -119,3 +119,31 @@ def test_extreme_scales_give_finite_values():
     assert math.isfinite(float(dm.diffusion_spectral_entropy(tiny)))
     mi = dm.diffusion_spectral_mutual_information(far, torch.arange(16) % 2)
     assert math.isfinite(float(mi))
+
+
+@pytest.mark.parametrize("fn", MUTUAL)
+def test_mutual_information_rejects_bad_z_and_non_finite_groups(fn):
+    with pytest.raises(ValueError, match="empty"):
+        fn(np.zeros((0, 3)), np.zeros(0, dtype=int))
+    with pytest.raises(ValueError, match=r"shape \[N, D\]"):
+        fn(torch.zeros(20), Y)
+    groups = torch.cat([torch.zeros(10), torch.ones(9), torch.tensor([float("nan")])])
+    with pytest.raises(ValueError, match="groups has NaN or Inf"):
+        fn(Z, groups=groups)
+
+
+def test_labels_with_nan_are_rejected():
+    with pytest.raises(ValueError, match="labels contain NaN"):
+        dm.reference_groups(np.array([0.0, 1.0, np.nan]), reference_discrete=True)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_precision_is_a_clear_error(dtype):
+    with pytest.raises(ValueError, match="float32 or torch.float64"):
+        dm.diffusion_spectral_entropy(Z, dtype=dtype)
+
+
+@pytest.mark.parametrize("sigma,dtype", [(1e-200, torch.float64), (1e-25, torch.float32)])
+def test_sigma_whose_square_underflows_is_a_clear_error(sigma, dtype):
+    with pytest.raises(ValueError, match="too small"):
+        dm.diffusion_spectral_entropy(Z, sigma=sigma, dtype=dtype)

@@ -160,3 +160,41 @@ def test_dsmi_single_member_group_contributes_zero(ref):
     assert abs(float(got) - expected) < TOL
     single = terms.group_ids.tolist().index(2)
     assert float(terms.conditional[single]) == 0.0 and float(terms.unconditional[single]) == 0.0
+
+
+def test_knn_adjacency_with_duplicate_rows_matches_reference(ref):
+    z = make_data("isotropic", 40, 5, 12)
+    z = np.concatenate([z, z[:15]])  # duplicates make the k-th distance a tie
+    for k in (1, 3):
+        expected = ref[0].adjacency_spectral_entropy(z, use_knn=True, knn=k)
+        assert abs(float(dm.adjacency_spectral_entropy(z, knn=k)) - expected) < TOL
+
+
+def test_non_integer_discrete_labels_are_grouped_by_value_like_reference(ref):
+    z = make_data("clustered", 120, 4, 13)
+    labels = np.repeat([0.0, 0.5, 1.0, 1.5], 30)
+    expected, _ = ref[1].diffusion_spectral_mutual_information(z, labels, reference_discrete=True, gaussian_kernel_sigma=2.0)
+    groups = dm.reference_groups(labels, reference_discrete=True)
+    assert len(set(groups.tolist())) == 4
+    got = dm.diffusion_spectral_mutual_information(z, labels, reference_discrete=True, sigma=2.0)
+    assert abs(float(got) - expected) < TOL
+
+
+@pytest.mark.parametrize("seed", [0, 3])
+def test_dsmi_with_subsampled_groups_matches_reference_for_any_seed(ref, seed, monkeypatch):
+    # Groups and draws larger than max_n are subsampled inside the reference's DSE with its
+    # default seed 0, whatever random_seed the caller gave.
+    z = make_data("clustered", 300, 5, 14)
+    y = np.random.default_rng(14).integers(0, 3, 300)
+    defaults = list(ref[0].diffusion_spectral_entropy.__defaults__)
+    defaults[2] = 50  # the reference's max_N, lowered so that the case is small
+    monkeypatch.setattr(ref[0].diffusion_spectral_entropy, "__defaults__", tuple(defaults))
+    expected, _ = ref[1].diffusion_spectral_mutual_information(z, y, gaussian_kernel_sigma=3.0, random_seed=seed)
+    got = dm.diffusion_spectral_mutual_information(z, y, sigma=3.0, seed=seed, max_n=50)
+    assert abs(float(got) - expected) < TOL
+
+
+def test_cse_and_csmi_subsample_above_max_n_like_reference(ref):
+    z = make_data("isotropic", 400, 12, 15)
+    expected = ref[0].diffusion_spectral_entropy(z, classic_shannon_entropy=True, max_N=150)
+    assert abs(float(dm.classic_shannon_entropy(z, max_n=150)) - expected) < TOL
