@@ -13,8 +13,6 @@ row-stochastic diffusion matrix P = Q^-1 G. The reference's constant factor
 from __future__ import annotations
 
 import random
-from typing import Sequence
-
 import torch
 
 from ._checks import check_positive
@@ -131,8 +129,3 @@ def diffusion_kernel(z: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     return affinity_to_diffusion_kernel(gaussian_affinity(squared_distances(z), sigma))
 
-
-def gather_blocks(d: torch.Tensor, subsets: Sequence[Sequence[int]]) -> torch.Tensor:
-    """Stack the square blocks ``d[idx][:, idx]`` of equal-sized index sets: [B, k, k]."""
-    idx = torch.as_tensor(list(subsets), dtype=torch.long, device=d.device)
-    return d[idx[:, :, None], idx[:, None, :]]

@@ -24,7 +24,7 @@ from .grouping import reference_groups
 from .kernel import Sigma, affinity_to_diffusion_kernel, gaussian_affinity, resolve_sigma, squared_distances
 from .operator import available_memory
 from .solver import check_options, check_solver, choose_solver, guard_exact, lanczos_entropy
-from .spectrum import entropy_of_spectrum, many_symmetric_eigvals, symmetric_eigvals
+from .spectrum import _pool, entropy_of_spectrum, symmetric_eigvals
 
 #: Up to this N the full distance matrix is computed once and blocks are gathered from it.
 #: (CUDA only: on the CPU each subset's distances come from one small matrix product
@@ -173,7 +173,7 @@ def _diffusion_subset_entropies(
 def _batched_cuda_eigvals(mats: list[torch.Tensor]) -> list[torch.Tensor]:
     """Eigenvalues of many kernels on CUDA: one batched ``eigvalsh`` per size (chunked to fit)."""
     if not mats or (torch.is_grad_enabled() and any(m.requires_grad for m in mats)):
-        return many_symmetric_eigvals(mats)
+        return [symmetric_eigvals(m) for m in mats]
     out: list[torch.Tensor | None] = [None] * len(mats)
     by_size: dict[int, list[int]] = {}
     for i, m in enumerate(mats):
@@ -195,8 +195,6 @@ def _solve_lazily(
 ) -> list[torch.Tensor]:
     # On the CPU, build each kernel inside its solve so that at most one kernel per
     # worker thread is alive at a time. Autograd needs the solves on this thread.
-    from .spectrum import _pool, symmetric_eigvals
-
     if not threaded or torch.get_num_threads() < 2 or len(subsets) < 2:
         return [symmetric_eigvals(kernel(s)) for s in subsets]
     pool = _pool()

@@ -11,8 +11,6 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from typing import Sequence
-
 import numpy as np
 import torch
 
@@ -62,29 +60,6 @@ def _pool() -> ThreadPoolExecutor:
         workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
         _POOL = ThreadPoolExecutor(workers, initializer=_single_thread_init, thread_name_prefix="dse-eig")
     return _POOL
-
-
-def many_symmetric_eigvals(mats: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-    """Eigenvalues of many independent symmetric matrices (any sizes).
-
-    CUDA: one batched call per size. CPU: small matrices are solved in parallel,
-    one thread each; large ones use all threads one after another.
-    """
-    if not mats:
-        return []
-    if mats[0].is_cuda or torch.is_grad_enabled() and any(m.requires_grad for m in mats):
-        return [symmetric_eigvals(m) for m in mats]
-    small = [m for m in mats if m.shape[-1] <= 1500]
-    if torch.get_num_threads() < 2 or len(small) < 2:
-        return [symmetric_eigvals(m) for m in mats]
-    out: dict[int, torch.Tensor] = {}
-    futures = {i: _pool().submit(symmetric_eigvals, m) for i, m in enumerate(mats) if m.shape[-1] <= 1500}
-    for i, m in enumerate(mats):
-        if i not in futures:
-            out[i] = symmetric_eigvals(m)
-    for i, f in futures.items():
-        out[i] = f.result()
-    return [out[i] for i in range(len(mats))]
 
 
 def entropy_of_spectrum(eigenvalues: torch.Tensor, t: float = 1) -> torch.Tensor:
