@@ -38,12 +38,16 @@ def diffusion_eigenvalues(
         >>> diffusion_eigenvalues(z, sigma=1.0).round(decimals=3)
         tensor([1.0000, 1.0000, 0.0020], dtype=torch.float64)
     """
-    t = _subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed)
-    s = resolve_sigma(sigma, t, seed)
-    guard_exact(t.shape[0], t.dtype, t.device)
-    if t.shape[0] == 1:
-        return torch.ones(1, dtype=t.dtype, device=t.device)
-    return symmetric_eigvals(diffusion_kernel(t, s)).flip(-1)
+    return _exact_eigenvalues(_subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed), sigma, seed)
+
+
+def _exact_eigenvalues(x: torch.Tensor, sigma: Sigma, seed: int) -> torch.Tensor:
+    """The descending spectrum of already validated and subsampled features."""
+    s = resolve_sigma(sigma, x, seed)
+    guard_exact(x.shape[0], x.dtype, x.device)
+    if x.shape[0] == 1:
+        return torch.ones(1, dtype=x.dtype, device=x.device)
+    return symmetric_eigvals(diffusion_kernel(x, s)).flip(-1)
 
 
 def diffusion_spectral_entropy(
@@ -110,24 +114,16 @@ def diffusion_spectral_entropy(
     """
     check_positive(t, "t")
     check_solver(solver)
-    if solver != "exact" or return_bounds or streamed is not None or lanczos_options is not None:
-        x = _subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed)
-        path = choose_solver(x.shape[0], t, solver)
-        if path == "lanczos" and x.shape[0] > 1:
-            est = lanczos_entropy(
-                x, resolve_sigma(sigma, x, seed), t, seed=seed, streamed=streamed, options=lanczos_options
-            )
-            return est if return_bounds else torch.tensor(est.value, dtype=x.dtype, device=x.device)
-        guard_exact(x.shape[0], x.dtype, x.device)
-        value = diffusion_spectral_entropy(x, sigma, t, max_n=None, seed=seed, dtype=x.dtype)
-        if not return_bounds:
-            return value
-        v = float(value)
-        return EntropyEstimate(v, 0.0, v, v, "exact", rank=x.shape[0])
-    lam = diffusion_eigenvalues(z, sigma, max_n=max_n, seed=seed, dtype=dtype)
-    if lam.numel() == 1:
-        return torch.zeros((), dtype=lam.dtype, device=lam.device)
-    return entropy_of_spectrum(lam, t)
+    x = _subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed)
+    if choose_solver(x.shape[0], t, solver) == "lanczos" and x.shape[0] > 1:
+        est = lanczos_entropy(x, resolve_sigma(sigma, x, seed), t, seed=seed, streamed=streamed, options=lanczos_options)
+        return est if return_bounds else torch.tensor(est.value, dtype=x.dtype, device=x.device)
+    lam = _exact_eigenvalues(x, sigma, seed)
+    value = torch.zeros((), dtype=lam.dtype, device=lam.device) if lam.numel() == 1 else entropy_of_spectrum(lam, t)
+    if not return_bounds:
+        return value
+    v = float(value)
+    return EntropyEstimate(v, 0.0, v, v, "exact", rank=x.shape[0])
 
 
 def _bin_codes(z: torch.Tensor, num_bins_per_dim: int) -> torch.Tensor:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .kernel import diffusion_kernel
+from .kernel import diffusion_kernel, gaussian_affinity
 
 #: Rows of the kernel computed at a time in streamed mode.
 DEFAULT_BLOCK_SIZE = 2048
@@ -129,13 +129,12 @@ class KernelOperator:
     def _affinity_blocks(self):
         z = self.z
         sq = (z * z).sum(dim=1)
-        coef = -0.5 / self.sigma**2
         for start in range(0, self.n, self.block_size):
             stop = min(start + self.block_size, self.n)
             d = z[start:stop] @ z.T
             d.mul_(-2).add_(sq[start:stop, None]).add_(sq[None, :]).clamp_min_(0)
             d[:, start:stop].fill_diagonal_(0)
-            yield start, d.mul_(coef).exp_()
+            yield start, gaussian_affinity(d, self.sigma)
 
     def matmat(self, x: torch.Tensor) -> torch.Tensor:
         """``K @ x`` for ``x`` [N, b]; computed in the storage dtype, returned in ``x``'s dtype."""
@@ -174,7 +173,6 @@ def plan_storage(
     limit = int(0.8 * available_memory(device)) if memory_limit is None else int(memory_limit)
     itemsize = torch.empty((), dtype=dtype).element_size()
     vectors = 8 * n * (2 * krylov + 1200)  # Krylov basis, its product, SLQ probe bases
-    streamed_bytes = itemsize * (n * d + 2 * DEFAULT_BLOCK_SIZE * n) + vectors
     if streamed is None:
         if dense_bytes(n, dtype) + vectors <= limit:
             return False, dtype, DEFAULT_BLOCK_SIZE
