@@ -54,7 +54,7 @@ from .functional import (
     entropy_of_spectrum,
     reference_groups,
 )
-from .functional.solver import check_solver, choose_solver, guard_exact
+from .functional.solver import check_solver, choose_solver
 from .tensorboard import write_layout, write_spectrum
 
 METRICS = ("dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x")
@@ -580,26 +580,21 @@ class DSEMonitorCore:
         approximate one above. A probe too large for an exact solve in the free memory
         is not an error here: warn once and use the streamed approximate path.
         """
-        n = min(z.shape[0], 10_000)
-        dtype = self.dtype or torch.float64
-        if choose_solver(n, self.t, self.solver) == "exact":
-            try:
-                guard_exact(n, dtype, z.device)
-            except MemoryError as err:
-                if self.t not in (1, 2):
-                    raise
-                if not self._memory_warned:
-                    self._memory_warned = True
-                    warnings.warn(f"DSEMonitor: {err} Switching to the streamed approximate solver.",
-                                  DSEMonitorWarning, stacklevel=2)
-                est = diffusion_spectral_entropy(z, self.sigma, self.t, seed=self.seed, dtype=self.dtype,
-                                                 solver="lanczos", streamed=True, return_bounds=True)
-                return float(est), None
-            lam = diffusion_eigenvalues(z, self.sigma, seed=self.seed, dtype=self.dtype)
-            return (0.0 if lam.numel() == 1 else float(entropy_of_spectrum(lam, self.t))), lam.cpu().double().numpy()
-        est = diffusion_spectral_entropy(z, self.sigma, self.t, seed=self.seed, dtype=self.dtype,
-                                         solver=self.solver, return_bounds=True)
-        return float(est), None
+        common = dict(seed=self.seed, dtype=self.dtype)
+        if choose_solver(min(z.shape[0], 10_000), self.t, self.solver) != "exact":  # 10,000: the core's max_n
+            return float(diffusion_spectral_entropy(z, self.sigma, self.t, solver=self.solver, **common)), None
+        try:
+            lam = diffusion_eigenvalues(z, self.sigma, **common)  # raises MemoryError before allocating
+        except MemoryError as err:
+            if self.t not in (1, 2):
+                raise
+            if not self._memory_warned:
+                self._memory_warned = True
+                warnings.warn(f"DSEMonitor: {err} Switching to the streamed approximate solver.",
+                              DSEMonitorWarning, stacklevel=2)
+            lanczos = diffusion_spectral_entropy(z, self.sigma, self.t, solver="lanczos", streamed=True, **common)
+            return float(lanczos), None
+        return float(entropy_of_spectrum(lam, self.t)) if lam.numel() > 1 else 0.0, lam.cpu().double().numpy()
 
     # ------------------------------------------------------------------ logging
     def _log(self, trainer: Any, values: dict[str, float], spectra: dict[str, np.ndarray], step: int) -> None:
