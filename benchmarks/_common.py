@@ -30,19 +30,25 @@ def reference():
 
 
 def paired(ours: Callable[[], object], baseline: Callable[[], object], repeats: int) -> tuple[float, float, float]:
-    """Alternate the two callables ``repeats`` times; return medians (ours, baseline) and the median ratio."""
+    """Run the two callables ``repeats`` times each, in pairs; return medians (ours, baseline) and the median ratio.
+
+    The order inside a pair alternates: whichever runs second pays for the first one's
+    BLAS threads still spinning on the 2 cores, so a fixed order would bias the ratio.
+    """
     ours()  # warm-up: first calls load kernels and start worker threads
     baseline()
     t_ours, t_base, ratios = [], [], []
-    for _ in range(repeats):
+    for i in range(repeats):
+        first, second = (baseline, ours) if i % 2 == 0 else (ours, baseline)
         t0 = time.perf_counter()
-        baseline()
+        first()
         t1 = time.perf_counter()
-        ours()
+        second()
         t2 = time.perf_counter()
-        t_base.append(t1 - t0)
-        t_ours.append(t2 - t1)
-        ratios.append((t1 - t0) / (t2 - t1))
+        base, mine = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
+        t_base.append(base)
+        t_ours.append(mine)
+        ratios.append(base / mine)
     return statistics.median(t_ours), statistics.median(t_base), statistics.median(ratios)
 
 
