@@ -35,34 +35,41 @@ def subsample_indices(n: int, k: int, seed: int) -> list[int]:
     return random.Random(seed).sample(range(n), k)
 
 
-def squared_distances(z: torch.Tensor, other: torch.Tensor | None = None) -> torch.Tensor:
-    """Squared Euclidean distances ``d_ij = ||z_i - y_j||^2`` with one matrix product.
+def centre(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(a, ||a_i||^2)`` with ``a = z - mean(z)``: the inputs of :func:`distances_from_centred`.
 
-    The points are centred first (distances do not change, rounding error does), the
-    result is clamped at 0 and the diagonal of a self-distance matrix is exactly 0.
-    Differentiable; in-place (one N x N buffer) when no gradient is needed.
+    Distances do not change under a shift, rounding error does: centring first keeps
+    the cancellation in ``||a_i||^2 + ||a_j||^2 - 2 a_i.a_j`` small. Any subset of the
+    rows of a centred cloud is centred well enough, so DSMI centres once for all subsets.
+    """
+    a = z - z.mean(dim=0, keepdim=True)
+    return a, (a * a).sum(dim=1)
+
+
+def distances_from_centred(a: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
+    """Squared distances among the rows of a centred ``a`` with norms ``sq``, one matrix product.
+
+    Clamped at 0, exact 0 on the diagonal; in place (one N x N buffer) when no gradient is needed.
+    """
+    if not torch.is_grad_enabled() or not a.requires_grad:
+        d = a @ a.T
+        d.mul_(-2).add_(sq[:, None]).add_(sq[None, :]).clamp_min_(0)
+        return d.fill_diagonal_(0)
+    d = (sq[:, None] + sq[None, :] - 2 * (a @ a.T)).clamp_min(0)
+    return d * (1 - torch.eye(d.shape[0], dtype=d.dtype, device=d.device))
+
+
+def squared_distances(z: torch.Tensor) -> torch.Tensor:
+    """Squared Euclidean distances ``d_ij = ||z_i - z_j||^2`` among the rows of ``z``.
+
+    One matrix product on the centred points (:func:`centre`), clamped at 0, with an
+    exact 0 diagonal. Differentiable; in place (one N x N buffer) when no gradient is needed.
 
     >>> squared_distances(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
     tensor([[ 0., 25.],
             [25.,  0.]])
     """
-    same = other is None
-    center = z.mean(dim=0, keepdim=True)
-    a = z - center
-    b = a if same else other - center
-    sq_a = (a * a).sum(dim=1)
-    sq_b = sq_a if same else (b * b).sum(dim=1)
-    inplace = not torch.is_grad_enabled() or not (a.requires_grad or b.requires_grad)
-    if inplace:
-        d = a @ b.T
-        d.mul_(-2).add_(sq_a[:, None]).add_(sq_b[None, :]).clamp_min_(0)
-        if same:
-            d.fill_diagonal_(0)
-        return d
-    d = (sq_a[:, None] + sq_b[None, :] - 2 * (a @ b.T)).clamp_min(0)
-    if same:
-        d = d * (1 - torch.eye(d.shape[0], dtype=d.dtype, device=d.device))
-    return d
+    return distances_from_centred(*centre(z))
 
 
 def resolve_sigma(sigma: Sigma, z: torch.Tensor, seed: int = 0) -> float:

@@ -12,8 +12,10 @@ share their subsets; each distinct subset is solved once.
 from __future__ import annotations
 
 import random
+from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from functools import partial
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -21,7 +23,15 @@ import torch
 from ._checks import as_tensor, check_features, check_max_n, check_positive
 from .entropy import classic_shannon_entropy
 from .grouping import reference_groups
-from .kernel import Sigma, affinity_to_diffusion_kernel, gaussian_affinity, resolve_sigma, squared_distances
+from .kernel import (
+    Sigma,
+    affinity_to_diffusion_kernel,
+    centre,
+    distances_from_centred,
+    gaussian_affinity,
+    resolve_sigma,
+    squared_distances,
+)
 from .operator import available_memory
 from .solver import check_options, check_solver, choose_solver, guard_exact, lanczos_entropy
 from .spectrum import _pool, entropy_of_spectrum, symmetric_eigvals
@@ -66,10 +76,13 @@ def _draws(n: int, k: int, num_repetitions: int, seed: int, max_n: int | None) -
     return out
 
 
+SubsetEntropies = Callable[[Iterable[list[int]]], list[torch.Tensor]]
+
+
 def _mutual_information(
     n: int,
     groups: torch.Tensor,
-    subset_entropies: Callable[[list[list[int]]], list[torch.Tensor]],
+    subset_entropies: SubsetEntropies,
     num_repetitions: int,
     seed: int,
     max_n: int | None,
@@ -80,16 +93,28 @@ def _mutual_information(
     for i, m in enumerate(members):
         if max_n is not None and len(m) > max_n:
             members[i] = [m[j] for j in random.Random(0).sample(range(len(m)), max_n)]  # the reference's inner seed
-    draws = {int(k): _draws(n, int(k), num_repetitions, seed, max_n) for k in set(counts.tolist())}
-    # One solve per distinct subset: equal-sized groups share their draws.
-    unique: dict[tuple[int, ...], int] = {}
-    for subset in members + [d for ds in draws.values() for d in ds]:
-        unique.setdefault(tuple(sorted(subset)), len(unique))
-    keys = list(unique)
-    values = subset_entropies([list(k) for k in keys])
+    draws: dict[int, list[list[int]]] = {}
+    index: dict[tuple[int, ...], int] = {}
+
+    def distinct_subsets() -> Iterator[list[int]]:
+        # Lazily, members first: solves start while the draws (pure Python) are still
+        # being made. Equal-sized groups share their draws; each distinct subset is solved once.
+        def every() -> Iterator[list[int]]:
+            yield from members
+            for k in dict.fromkeys(counts.tolist()):
+                draws[k] = _draws(n, k, num_repetitions, seed, max_n)
+                yield from draws[k]
+
+        for subset in every():
+            key = tuple(sorted(subset))
+            if key not in index:
+                index[key] = len(index)
+                yield list(key)
+
+    values = subset_entropies(distinct_subsets())
 
     def h(subset: Sequence[int]) -> torch.Tensor:
-        return values[unique[tuple(sorted(subset))]]
+        return values[index[tuple(sorted(subset))]]
 
     conditional = torch.stack([h(m) for m in members])
     per_draw = torch.stack([torch.stack([h(d) for d in draws[int(k)]]) for k in counts])
@@ -136,36 +161,54 @@ def _diffusion_subset_entropies(
     seed: int = 0,
     streamed: bool | None = None,
     options: dict[str, Any] | None = None,
-) -> Callable[[list[list[int]]], list[torch.Tensor]]:
+) -> SubsetEntropies:
     use_full = x.is_cuda and x.shape[0] <= FULL_DISTANCE_MAX_N and solver != "lanczos"
     full = squared_distances(x) if use_full else None
+    xc, sq = (None, None) if use_full else centre(x)  # centred once, not once per subset
 
     def kernel(idx: list[int]) -> torch.Tensor:
-        if full is not None:
-            i = torch.as_tensor(idx, device=x.device)
-            d = full[i[:, None], i[None, :]]
-        else:
-            d = squared_distances(x[idx])
+        i = torch.as_tensor(idx, device=x.device)
+        d = full[i[:, None], i[None, :]] if full is not None else distances_from_centred(xc[i], sq[i])
         return affinity_to_diffusion_kernel(gaussian_affinity(d, sigma))
+
+    def exact(idx: list[int]) -> torch.Tensor:
+        return entropy_of_spectrum(symmetric_eigvals(kernel(idx)), t)
 
     def approx(idx: list[int]) -> torch.Tensor:
         est = lanczos_entropy(x[idx], sigma, t, seed=seed, streamed=streamed, options=options)
         return torch.tensor(est.value, dtype=x.dtype, device=x.device)
 
-    def run(subsets: list[list[int]]) -> list[torch.Tensor]:
+    def run(subsets: Iterable[list[int]]) -> list[torch.Tensor]:
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        lanczos = {i for i, s in enumerate(subsets) if len(s) > 1 and choose_solver(len(s), t, solver) == "lanczos"}
-        big = [s for i, s in enumerate(subsets) if len(s) > 1 and i not in lanczos]
-        if big:
-            guard_exact(max(len(s) for s in big), x.dtype, x.device)
         if x.is_cuda:
+            subsets = list(subsets)
+            big = [s for s in subsets if len(s) > 1 and choose_solver(len(s), t, solver) == "exact"]
+            if big:
+                guard_exact(max(map(len, big)), x.dtype, x.device)
             spectra = iter(_batched_cuda_eigvals([kernel(s) for s in big]))
-        else:
-            spectra = iter(_solve_lazily(big, kernel, threaded=not (x.requires_grad and torch.is_grad_enabled())))
-        return [
-            approx(s) if i in lanczos else entropy_of_spectrum(next(spectra), t) if len(s) > 1 else zero
-            for i, s in enumerate(subsets)
-        ]
+            return [
+                zero if len(s) <= 1 else entropy_of_spectrum(next(spectra), t)
+                if choose_solver(len(s), t, solver) == "exact" else approx(s)
+                for s in subsets
+            ]
+        # On the CPU each exact solve builds its own kernel inside a worker thread (one
+        # kernel per worker alive at a time) as soon as its subset is known; approximate
+        # solves run afterwards on this thread. Autograd needs every solve on this thread.
+        threaded = torch.get_num_threads() > 1 and not (x.requires_grad and torch.is_grad_enabled())
+        jobs: list[Any] = []
+        guarded = 0
+        for s in subsets:
+            if len(s) <= 1:
+                jobs.append(zero)
+            elif choose_solver(len(s), t, solver) == "lanczos":
+                jobs.append(partial(approx, s))
+            else:
+                if len(s) > guarded:
+                    guard_exact(len(s), x.dtype, x.device)
+                    guarded = len(s)
+                jobs.append(_pool().submit(exact, s) if threaded else exact(s))
+        jobs = [j.result() if isinstance(j, Future) else j for j in jobs]
+        return [j() if callable(j) else j for j in jobs]
 
     return run
 
@@ -188,18 +231,6 @@ def _batched_cuda_eigvals(mats: list[torch.Tensor]) -> list[torch.Tensor]:
             for j, i in enumerate(part):
                 out[i] = lam[j]
     return out  # type: ignore[return-value]
-
-
-def _solve_lazily(
-    subsets: list[list[int]], kernel: Callable[[list[int]], torch.Tensor], threaded: bool
-) -> list[torch.Tensor]:
-    # On the CPU, build each kernel inside its solve so that at most one kernel per
-    # worker thread is alive at a time. Autograd needs the solves on this thread.
-    if not threaded or torch.get_num_threads() < 2 or len(subsets) < 2:
-        return [symmetric_eigvals(kernel(s)) for s in subsets]
-    pool = _pool()
-    futures = [pool.submit(lambda s=s: symmetric_eigvals(kernel(s))) for s in subsets]
-    return [f.result() for f in futures]
 
 
 def diffusion_spectral_mutual_information(
@@ -296,7 +327,7 @@ def classic_shannon_mutual_information(
     num_repetitions = _check_repetitions(num_repetitions)
     g = _resolve_groups(x.shape[0], reference, groups, n_clusters, reference_discrete, seed)
 
-    def run(subsets: list[list[int]]) -> list[torch.Tensor]:
+    def run(subsets: Iterable[list[int]]) -> list[torch.Tensor]:
         return [classic_shannon_entropy(x[s], num_bins_per_dim, max_n=None, dtype=x.dtype) for s in subsets]
 
     terms = _mutual_information(x.shape[0], g, run, num_repetitions, seed, check_max_n(max_n))

@@ -33,6 +33,18 @@ def test_nan_or_inf_rows_are_named(fn, bad):
         fn(*args)
 
 
+def test_huge_finite_values_are_not_mistaken_for_inf():
+    # The finiteness check sums the matrix first; a sum that overflows must not be taken for an Inf entry.
+    from dse_monitor.functional._checks import check_features
+
+    z = torch.full((6, 3), 1e308, dtype=torch.float64)
+    assert not math.isfinite(float(z.sum()))
+    assert check_features(z) is z
+    z[4, 2] = float("inf")
+    with pytest.raises(ValueError, match=r"1 row\(s\) with NaN or Inf \(rows 4\)"):
+        check_features(z)
+
+
 @pytest.mark.parametrize("fn", ENTROPIES)
 @pytest.mark.parametrize("shape", [(5,), (2, 3, 4), ()])
 def test_wrong_number_of_dimensions(fn, shape):
