@@ -29,23 +29,33 @@ def reference():
         return importlib.import_module("dse_dsmi.dse"), importlib.import_module("dse_dsmi.dsmi")
 
 
+#: Seconds of idle time before each timed call. After a call, the reference's OpenBLAS
+#: threads keep spinning for ~0.1 s of CPU (measured with time.process_time() across a
+#: sleep); without a pause that CPU is taken from whichever call runs next.
+SETTLE_S = 0.2
+
+
+def _timed(fn: Callable[[], object]) -> float:
+    time.sleep(SETTLE_S)
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
 def paired(ours: Callable[[], object], baseline: Callable[[], object], repeats: int) -> tuple[float, float, float]:
     """Run the two callables ``repeats`` times each, in pairs; return medians (ours, baseline) and the median ratio.
 
-    The order inside a pair alternates: whichever runs second pays for the first one's
-    BLAS threads still spinning on the 2 cores, so a fixed order would bias the ratio.
+    The order inside a pair alternates, and each timed call starts after a short idle
+    pause (``SETTLE_S``), so that neither side pays for the other's idle BLAS threads.
     """
     ours()  # warm-up: first calls load kernels and start worker threads
     baseline()
     t_ours, t_base, ratios = [], [], []
     for i in range(repeats):
-        first, second = (baseline, ours) if i % 2 == 0 else (ours, baseline)
-        t0 = time.perf_counter()
-        first()
-        t1 = time.perf_counter()
-        second()
-        t2 = time.perf_counter()
-        base, mine = (t1 - t0, t2 - t1) if i % 2 == 0 else (t2 - t1, t1 - t0)
+        if i % 2 == 0:
+            base, mine = _timed(baseline), _timed(ours)
+        else:
+            mine, base = _timed(ours), _timed(baseline)
         t_base.append(base)
         t_ours.append(mine)
         ratios.append(base / mine)

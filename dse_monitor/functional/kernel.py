@@ -43,7 +43,7 @@ def centre(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     rows of a centred cloud is centred well enough, so DSMI centres once for all subsets.
     """
     a = z - z.mean(dim=0, keepdim=True)
-    return a, (a * a).sum(dim=1)
+    return a, torch.linalg.vector_norm(a, dim=1).square()  # no N x D temporary
 
 
 def distances_from_centred(a: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
@@ -115,16 +115,38 @@ def affinity_to_diffusion_kernel(g: torch.Tensor) -> torch.Tensor:
     return g * s.unsqueeze(-1) * s.unsqueeze(-2)
 
 
-def gaussian_affinity(d: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``G = exp(-d / (2 sigma^2))`` from squared distances (in place when possible)."""
-    if 2 * sigma**2 < torch.finfo(d.dtype).tiny:
+def _check_bandwidth(sigma: float, dtype: torch.dtype) -> None:
+    if 2 * sigma**2 < torch.finfo(dtype).tiny:
         raise ValueError(
-            f"sigma={sigma!r} is too small for {d.dtype}: 2 sigma^2 underflows to 0. "
+            f"sigma={sigma!r} is too small for {dtype}: 2 sigma^2 underflows to 0. "
             "Use a larger sigma (every point is then far from every other) or sigma='median'."
         )
+
+
+def gaussian_affinity(d: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``G = exp(-d / (2 sigma^2))`` from squared distances (in place when possible)."""
+    _check_bandwidth(sigma, d.dtype)
     if not (torch.is_grad_enabled() and d.requires_grad):
         return d.mul_(-0.5 / sigma**2).exp_()
     return torch.exp(d * (-0.5 / sigma**2))
+
+
+def gaussian_affinity_from_centred(a: torch.Tensor, sq: torch.Tensor, sigma: float) -> torch.Tensor:
+    """``G`` of the rows of a centred ``a`` (norms ``sq``, see :func:`centre`), in one N x N buffer.
+
+        log G_ij = min(0, (2 a_i.a_j - sq_i - sq_j) / (2 sigma^2)),   log G_ii = 0
+
+    The same matrix as ``gaussian_affinity(distances_from_centred(a, sq), sigma)``; without
+    a gradient the exponent comes from a single ``addmm_`` into the broadcast norms,
+    which saves three passes over the matrix.
+    """
+    if torch.is_grad_enabled() and a.requires_grad:
+        return gaussian_affinity(distances_from_centred(a, sq), sigma)
+    _check_bandwidth(sigma, a.dtype)
+    c = -0.5 / sigma**2
+    b = sq * c
+    e = (b[:, None] + b[None, :]).addmm_(a, a.T, alpha=-2 * c)
+    return e.clamp_max_(0).fill_diagonal_(0).exp_()
 
 
 def diffusion_kernel(z: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -134,5 +156,5 @@ def diffusion_kernel(z: torch.Tensor, sigma: float) -> torch.Tensor:
     >>> torch.allclose(k, torch.eye(3, dtype=torch.float64))
     True
     """
-    return affinity_to_diffusion_kernel(gaussian_affinity(squared_distances(z), sigma))
+    return affinity_to_diffusion_kernel(gaussian_affinity_from_centred(*centre(z), sigma))
 

@@ -27,8 +27,8 @@ from .kernel import (
     Sigma,
     affinity_to_diffusion_kernel,
     centre,
-    distances_from_centred,
     gaussian_affinity,
+    gaussian_affinity_from_centred,
     resolve_sigma,
     squared_distances,
 )
@@ -168,8 +168,11 @@ def _diffusion_subset_entropies(
 
     def kernel(idx: list[int]) -> torch.Tensor:
         i = torch.as_tensor(idx, device=x.device)
-        d = full[i[:, None], i[None, :]] if full is not None else distances_from_centred(xc[i], sq[i])
-        return affinity_to_diffusion_kernel(gaussian_affinity(d, sigma))
+        if full is not None:
+            g = gaussian_affinity(full[i[:, None], i[None, :]], sigma)
+        else:
+            g = gaussian_affinity_from_centred(xc[i], sq[i], sigma)
+        return affinity_to_diffusion_kernel(g)
 
     def exact(idx: list[int]) -> torch.Tensor:
         return entropy_of_spectrum(symmetric_eigvals(kernel(idx)), t)

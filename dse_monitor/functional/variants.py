@@ -13,7 +13,7 @@ import torch
 
 from ._checks import EPS, check_features, check_max_n
 from .entropy import _subsample
-from .kernel import Sigma, affinity_to_diffusion_kernel, gaussian_affinity, resolve_sigma, squared_distances
+from .kernel import Sigma, affinity_to_diffusion_kernel, diffusion_kernel, gaussian_affinity, resolve_sigma, squared_distances
 from .spectrum import entropy_of_spectrum, general_eigvals_abs, symmetric_eigvals
 
 
@@ -84,7 +84,7 @@ def matrix_entry_entropy(
         2.0
     """
     x = _subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed)
-    k = affinity_to_diffusion_kernel(gaussian_affinity(squared_distances(x), resolve_sigma(sigma, x, seed)))
+    k = diffusion_kernel(x, resolve_sigma(sigma, x, seed))
     m = (k / k.sum(dim=1, keepdim=True)).abs().flatten()
     p = m / m.sum() + EPS
     return -(p * torch.log2(p)).sum()
