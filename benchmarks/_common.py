@@ -29,14 +29,17 @@ def reference():
         return importlib.import_module("dse_dsmi.dse"), importlib.import_module("dse_dsmi.dsmi")
 
 
-#: Seconds of idle time before each timed call. After a call, the reference's OpenBLAS
-#: threads keep spinning for ~0.1 s of CPU (measured with time.process_time() across a
-#: sleep); without a pause that CPU is taken from whichever call runs next.
-SETTLE_S = 0.2
+#: Seconds of busy waiting before each timed call. After a call, the reference's
+#: OpenBLAS threads keep spinning for ~0.1 s of CPU (time.process_time() across a
+#: sleep), which would be charged to whichever call runs next. The wait is busy, not a
+#: sleep: after 0.2 s asleep the 2-core VM took ~30 ms longer to run a 70 ms call.
+SETTLE_S = 0.15
 
 
 def _timed(fn: Callable[[], object]) -> float:
-    time.sleep(SETTLE_S)
+    end = time.perf_counter() + SETTLE_S
+    while time.perf_counter() < end:
+        pass
     t0 = time.perf_counter()
     fn()
     return time.perf_counter() - t0
@@ -45,8 +48,8 @@ def _timed(fn: Callable[[], object]) -> float:
 def paired(ours: Callable[[], object], baseline: Callable[[], object], repeats: int) -> tuple[float, float, float]:
     """Run the two callables ``repeats`` times each, in pairs; return medians (ours, baseline) and the median ratio.
 
-    The order inside a pair alternates, and each timed call starts after a short idle
-    pause (``SETTLE_S``), so that neither side pays for the other's idle BLAS threads.
+    The order inside a pair alternates, and each timed call starts after a short busy
+    pause (``SETTLE_S``), so that neither side pays for the other's spinning BLAS threads.
     """
     ours()  # warm-up: first calls load kernels and start worker threads
     baseline()

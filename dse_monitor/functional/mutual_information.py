@@ -189,11 +189,15 @@ def _diffusion_subset_entropies(
             if big:
                 guard_exact(max(map(len, big)), x.dtype, x.device)
             spectra = iter(_batched_cuda_eigvals([kernel(s) for s in big]))
-            return [
-                zero if len(s) <= 1 else entropy_of_spectrum(next(spectra), t)
-                if choose_solver(len(s), t, solver) == "exact" else approx(s)
-                for s in subsets
-            ]
+            out = []
+            for s in subsets:
+                if len(s) <= 1:
+                    out.append(zero)
+                elif choose_solver(len(s), t, solver) == "exact":
+                    out.append(entropy_of_spectrum(next(spectra), t))
+                else:
+                    out.append(approx(s))
+            return out
         # On the CPU each exact solve builds its own kernel inside a worker thread (one
         # kernel per worker alive at a time) as soon as its subset is known; approximate
         # solves run afterwards on this thread. Autograd needs every solve on this thread.
