@@ -8,7 +8,8 @@ import torch
 from ._checks import EPS, check_features, check_max_n, check_positive
 from .kernel import Sigma, diffusion_kernel, resolve_sigma, subsample_indices
 from .lanczos import EntropyEstimate
-from .solver import check_solver, choose_solver, guard_exact, lanczos_entropy
+from .operator import check_exact_fits
+from .solver import check_solver, choose_solver, lanczos_entropy
 from .spectrum import entropy_of_spectrum, symmetric_eigvals
 
 
@@ -44,7 +45,7 @@ def diffusion_eigenvalues(
 def _exact_eigenvalues(x: torch.Tensor, sigma: Sigma, seed: int) -> torch.Tensor:
     """The descending spectrum of already validated and subsampled features."""
     s = resolve_sigma(sigma, x, seed)
-    guard_exact(x.shape[0], x.dtype, x.device)
+    check_exact_fits(x.shape[0], x.dtype, x.device)
     if x.shape[0] == 1:
         return torch.ones(1, dtype=x.dtype, device=x.device)
     return symmetric_eigvals(diffusion_kernel(x, s)).flip(-1)

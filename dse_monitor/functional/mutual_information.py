@@ -32,8 +32,8 @@ from .kernel import (
     resolve_sigma,
     squared_distances,
 )
-from .operator import available_memory
-from .solver import check_options, check_solver, choose_solver, guard_exact, lanczos_entropy
+from .operator import available_memory, check_exact_fits
+from .solver import check_options, check_solver, choose_solver, lanczos_entropy
 from .spectrum import _pool, entropy_of_spectrum, symmetric_eigvals
 
 #: Up to this N the full distance matrix is computed once and blocks are gathered from it.
@@ -187,7 +187,7 @@ def _diffusion_subset_entropies(
             subsets = list(subsets)
             big = [s for s in subsets if len(s) > 1 and choose_solver(len(s), t, solver) == "exact"]
             if big:
-                guard_exact(max(map(len, big)), x.dtype, x.device)
+                check_exact_fits(max(map(len, big)), x.dtype, x.device)
             spectra = iter(_batched_cuda_eigvals([kernel(s) for s in big]))
             out = []
             for s in subsets:
@@ -211,7 +211,7 @@ def _diffusion_subset_entropies(
                 jobs.append(partial(approx, s))
             else:
                 if len(s) > guarded:
-                    guard_exact(len(s), x.dtype, x.device)
+                    check_exact_fits(len(s), x.dtype, x.device)
                     guarded = len(s)
                 jobs.append(_pool().submit(exact, s) if threaded else exact(s))
         jobs = [j.result() if isinstance(j, Future) else j for j in jobs]

@@ -19,7 +19,7 @@ from typing import Any
 import torch
 
 from .lanczos import EntropyEstimate, approximate_entropy
-from .operator import KernelOperator, check_exact_fits, plan_storage
+from .operator import KernelOperator, plan_storage
 
 #: Above this many points ``solver="auto"`` uses the approximate path. Measured with
 #: benchmarks/approx.py (2 threads, shared 2-core Xeon, clustered D = 64, medians of 3;
@@ -81,8 +81,3 @@ def lanczos_entropy(
     )
     op = KernelOperator.build(x, sigma, streamed=stream, block_size=rows or auto_rows, dtype=dtype)
     return approximate_entropy(op, t, seed=seed, **opts)
-
-
-def guard_exact(n: int, dtype: torch.dtype, device: torch.device, memory_limit: int | None = None) -> None:
-    """Raise ``MemoryError`` (naming the sizes) when the exact path cannot fit N points."""
-    check_exact_fits(n, dtype, device, memory_limit)

@@ -8,7 +8,7 @@ from dse_callback_models import LitClassifier, trainer_kwargs
 import dse_monitor._monitor_core as core
 import dse_monitor.functional.entropy as entropy
 from dse_monitor import DSEMonitor
-from dse_monitor.functional.solver import guard_exact
+from dse_monitor.functional.operator import check_exact_fits
 
 
 def test_lanczos_monitor_agrees_with_exact_monitor(tmp_path):
@@ -34,7 +34,7 @@ def test_default_auto_is_exact_below_the_crossover(tmp_path):
 
 def test_probe_too_large_for_exact_warns_and_streams(tmp_path, monkeypatch):
     # The real memory guard, told that only one byte is free: the exact solve "cannot fit".
-    monkeypatch.setattr(entropy, "guard_exact", lambda n, dtype, device: guard_exact(n, dtype, device, memory_limit=1))
+    monkeypatch.setattr(entropy, "check_exact_fits", lambda n, dtype, device: check_exact_fits(n, dtype, device, memory_limit=1))
     small = DSEMonitor(num_samples=64, metrics=["dse"], sigma=1.0, solver="exact", prefix="small")
     L.seed_everything(3)
     with pytest.warns(core.DSEMonitorWarning, match=r"exact DSE of N=64 points needs .*streamed approximate"):
