@@ -180,8 +180,7 @@ def aggregate(runs: Sequence[Run], tag: str, group_by: str) -> dict[Any, dict[in
     return out
 
 
-def _select_runs(paths: Iterable[Path], root: Path, tags_wanted: Sequence[str], group_by: str,
-                 say: Any) -> list[Run]:
+def _select_runs(paths: Iterable[Path], root: Path, group_by: str, say: Any) -> list[Run]:
     runs: list[Run] = []
     for p in paths:
         try:
@@ -351,7 +350,7 @@ def compare(
     paths = find_runs(root)
     if not paths:
         raise FileNotFoundError(f"no TensorBoard event files under {root}")
-    runs = _select_runs(paths, root, metrics, group_by, say)
+    runs = _select_runs(paths, root, group_by, say)
     if not runs:
         raise ValueError(f"no readable run under {root} has the hyperparameter {group_by!r}")
     tags = resolve_tags(runs, metrics)
