@@ -537,41 +537,63 @@ class DSEMonitorCore:
                 )
                 values.update({self._key(layer.name, m): float("nan") for m in metrics})
                 continue
-            try:
-                layer_values, spectrum = self._compute_layer(z, metrics, label_groups, input_groups)
-            except Exception as err:  # never kill the run for a measurement
+            layer_values, spectrum, failures = self._compute_layer(z, metrics, label_groups, input_groups)
+            if failures:  # never kill the run for a measurement; the other metrics still count
+                reasons = "; ".join(dict.fromkeys(failures.values()))
                 self._warn(
                     trainer,
-                    f"DSEMonitor: computing {metrics} for layer {layer.name!r} at epoch {step} failed "
-                    f"({type(err).__name__}: {err}); skipping this measurement.",
+                    f"DSEMonitor: computing {list(failures)} for layer {layer.name!r} at epoch {step} failed "
+                    f"({reasons}); skipping {'it' if len(failures) == 1 else 'them'}.",
                 )
-                continue
             values.update({self._key(layer.name, m): v for m, v in layer_values.items()})
             if spectrum is not None:
                 spectra[layer.name] = spectrum
         return values, spectra, label_groups, input_groups, failed
 
-    def _compute_layer(self, z, metrics, label_groups, input_groups) -> tuple[dict[str, float], np.ndarray | None]:
+    def _compute_layer(
+        self, z, metrics, label_groups, input_groups
+    ) -> tuple[dict[str, float], np.ndarray | None, dict[str, str]]:
+        """Each metric of one layer: values, the DSE spectrum (exact path), and failures by metric."""
         out: dict[str, float] = {}
+        failures: dict[str, str] = {}
         spectrum = None
-        common = dict(sigma=self.sigma, t=self.t, num_repetitions=self.num_repetitions, seed=self.seed, dtype=self.dtype)
         groups = {"y": label_groups, "x": input_groups}
         for m in metrics:
-            if m == "dse":
-                out[m], spectrum = self._entropy_and_spectrum(z)
-            elif m == "cse":
-                out[m] = float(classic_shannon_entropy(z, dtype=self.dtype))
-            elif m.startswith("dsmi_"):
-                out[m] = float(
-                    diffusion_spectral_mutual_information(z, groups=groups[m[-1]], solver=self.solver, **common)
-                )
-            else:  # csmi_y, csmi_x
-                out[m] = float(
-                    classic_shannon_mutual_information(
-                        z, groups=groups[m[-1]], num_repetitions=self.num_repetitions, seed=self.seed, dtype=self.dtype
+            try:
+                if m == "dse":
+                    out[m], spectrum = self._entropy_and_spectrum(z)
+                elif m == "cse":
+                    out[m] = float(classic_shannon_entropy(z, dtype=self.dtype))
+                elif m.startswith("dsmi_"):
+                    out[m] = self._mutual_information(z, groups[m[-1]])
+                else:  # csmi_y, csmi_x
+                    out[m] = float(
+                        classic_shannon_mutual_information(
+                            z, groups=groups[m[-1]], num_repetitions=self.num_repetitions, seed=self.seed,
+                            dtype=self.dtype,
+                        )
                     )
-                )
-        return out, spectrum
+            except Exception as err:  # noqa: BLE001 - reported by the caller, training goes on
+                failures[m] = f"{type(err).__name__}: {err}"
+        return out, spectrum, failures
+
+    def _memory_fallback(self, err: MemoryError) -> None:
+        """Warn once that the exact path does not fit and the streamed approximate one is used."""
+        if self.t not in (1, 2):
+            raise err
+        if not self._memory_warned:
+            self._memory_warned = True
+            warnings.warn(f"DSEMonitor: {err} Switching to the streamed approximate solver.",
+                          DSEMonitorWarning, stacklevel=3)
+
+    def _mutual_information(self, z: torch.Tensor, groups: torch.Tensor) -> float:
+        common = dict(groups=groups, sigma=self.sigma, t=self.t, num_repetitions=self.num_repetitions,
+                      seed=self.seed, dtype=self.dtype)
+        try:
+            return float(diffusion_spectral_mutual_information(z, solver=self.solver, **common))
+        except MemoryError as err:  # raised before allocating: a group too large for an exact solve
+            self._memory_fallback(err)
+            return float(diffusion_spectral_mutual_information(z, solver="lanczos", streamed=True, **common))
 
     def _entropy_and_spectrum(self, z: torch.Tensor) -> tuple[float, np.ndarray | None]:
         """DSE of ``z`` and, on the exact path, its whole spectrum (for the histogram).
@@ -586,12 +608,7 @@ class DSEMonitorCore:
         try:
             lam = diffusion_eigenvalues(z, self.sigma, **common)  # raises MemoryError before allocating
         except MemoryError as err:
-            if self.t not in (1, 2):
-                raise
-            if not self._memory_warned:
-                self._memory_warned = True
-                warnings.warn(f"DSEMonitor: {err} Switching to the streamed approximate solver.",
-                              DSEMonitorWarning, stacklevel=2)
+            self._memory_fallback(err)
             lanczos = diffusion_spectral_entropy(z, self.sigma, self.t, solver="lanczos", streamed=True, **common)
             return float(lanczos), None
         return float(entropy_of_spectrum(lam, self.t)) if lam.numel() > 1 else 0.0, lam.cpu().double().numpy()

@@ -32,8 +32,8 @@ DOC = """Measure diffusion spectral entropy and mutual information of a layer du
     histogram (``dse/<layer>/spectrum``) and a custom-scalars layout. Training itself is
     untouched: every module's mode is restored, hooks are removed, random streams are
     forked and restored. Under DDP each rank probes its share and rank 0 computes. A
-    failing probe pass or computation warns and skips that measurement on every rank; a
-    failing file write only warns; training goes on. Configuration errors (unknown layer,
+    failing probe pass warns and skips that measurement on every rank, a failing metric
+    skips only itself, a failing file write only warns; training goes on. Configuration errors (unknown layer,
     a layer that ``forward`` never calls, missing labels) are raised at fit start.
 
     Measurements run in ``on_train_epoch_end``, after the epoch's validation. To watch a

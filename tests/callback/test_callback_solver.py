@@ -7,6 +7,7 @@ from dse_callback_models import LitClassifier, trainer_kwargs
 
 import dse_monitor._monitor_core as core
 import dse_monitor.functional.entropy as entropy
+import dse_monitor.functional.mutual_information as mutual_information
 from dse_monitor import DSEMonitor
 from dse_monitor.functional.operator import check_exact_fits
 
@@ -46,6 +47,39 @@ def test_probe_too_large_for_exact_warns_and_streams(tmp_path, monkeypatch):
     L.Trainer(callbacks=[reference], **trainer_kwargs(tmp_path)).fit(LitClassifier())
     for step, values in reference.history.items():
         assert abs(values["small/penultimate/dse"] - small.history[step]["small/penultimate/dse"]) < 0.05
+
+
+def _one_byte_free(n, dtype, device):
+    return check_exact_fits(n, dtype, device, memory_limit=1)
+
+
+def test_dsmi_too_large_for_exact_streams_like_dse(tmp_path, monkeypatch):
+    # Only DSMI's memory guard is told that one byte is free; DSE stays exact.
+    monkeypatch.setattr(mutual_information, "check_exact_fits", _one_byte_free)
+    small = DSEMonitor(num_samples=64, metrics=["dse", "dsmi_y"], sigma=1.0, solver="exact", prefix="m")
+    L.seed_everything(3)
+    with pytest.warns(core.DSEMonitorWarning, match=r"exact DSE of N=\d+ points needs .*streamed approximate"):
+        L.Trainer(callbacks=[small], **trainer_kwargs(tmp_path)).fit(LitClassifier())
+    monkeypatch.undo()
+    reference = DSEMonitor(num_samples=64, metrics=["dse", "dsmi_y"], sigma=1.0, solver="exact", prefix="m")
+    L.seed_everything(3)
+    L.Trainer(callbacks=[reference], **trainer_kwargs(tmp_path)).fit(LitClassifier())
+    assert sorted(small.history) == sorted(reference.history) == [0, 1, 2]
+    for step, values in reference.history.items():
+        assert small.history[step]["m/penultimate/dse"] == values["m/penultimate/dse"]  # untouched, exact
+        assert abs(small.history[step]["m/penultimate/dsmi_y"] - values["m/penultimate/dsmi_y"]) < 0.05
+
+
+def test_one_failing_metric_does_not_take_the_others_with_it(tmp_path, monkeypatch):
+    # At t = 3 there is no approximate fallback: DSMI fails, DSE of the same layer is still logged.
+    monkeypatch.setattr(mutual_information, "check_exact_fits", _one_byte_free)
+    monitor = DSEMonitor(num_samples=64, metrics=["dse", "dsmi_y"], sigma=1.0, t=3, solver="exact")
+    with pytest.warns(core.DSEMonitorWarning, match=r"computing \['dsmi_y'\] for layer 'penultimate' at epoch 0 "
+                      r"failed \(MemoryError: exact DSE of N=\d+ points.*\); skipping it"):
+        L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1)).fit(LitClassifier())
+    for values in monitor.history.values():
+        assert "dse/penultimate/dsmi_y" not in values
+        assert values["dse/penultimate/dse"] > 0
 
 
 def test_unknown_solver_is_a_configuration_error():
