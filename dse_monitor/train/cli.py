@@ -108,7 +108,7 @@ def format_run_table(curves: dict[str, dict[int, float]]) -> str:
     from .compare import TITLES, _is_monitor_tag, _num
 
     tags = sorted(t for t in curves if _is_monitor_tag(t))
-    order = {m: i for i, m in enumerate(("dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x"))}
+    order = {m: i for i, m in enumerate(TITLES)}  # the monitor's metric order
     tags.sort(key=lambda t: ("/".join(t.split("/")[:-1]), order.get(t.split("/")[-1], 99)))
     layers = {"/".join(t.split("/")[1:-1]) for t in tags}
     names = []
