@@ -35,41 +35,26 @@ def subsample_indices(n: int, k: int, seed: int) -> list[int]:
     return random.Random(seed).sample(range(n), k)
 
 
-def centre(z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(a, ||a_i||^2)`` with ``a = z - mean(z)``: the inputs of :func:`distances_from_centred`.
-
-    Distances do not change under a shift, rounding error does: centring first keeps
-    the cancellation in ``||a_i||^2 + ||a_j||^2 - 2 a_i.a_j`` small. Any subset of the
-    rows of a centred cloud is centred well enough, so DSMI centres once for all subsets.
-    """
-    a = z - z.mean(dim=0, keepdim=True)
-    return a, torch.linalg.vector_norm(a, dim=1).square()  # no N x D temporary
-
-
-def distances_from_centred(a: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
-    """Squared distances among the rows of a centred ``a`` with norms ``sq``, one matrix product.
-
-    Clamped at 0, exact 0 on the diagonal; in place (one N x N buffer) when no gradient is needed.
-    """
-    if not torch.is_grad_enabled() or not a.requires_grad:
-        d = a @ a.T
-        d.mul_(-2).add_(sq[:, None]).add_(sq[None, :]).clamp_min_(0)
-        return d.fill_diagonal_(0)
-    d = (sq[:, None] + sq[None, :] - 2 * (a @ a.T)).clamp_min(0)
-    return d * (1 - torch.eye(d.shape[0], dtype=d.dtype, device=d.device))
-
-
 def squared_distances(z: torch.Tensor) -> torch.Tensor:
     """Squared Euclidean distances ``d_ij = ||z_i - z_j||^2`` among the rows of ``z``.
 
-    One matrix product on the centred points (:func:`centre`), clamped at 0, with an
-    exact 0 diagonal. Differentiable; in place (one N x N buffer) when no gradient is needed.
+        a = z - mean(z),   d_ij = max(0, ||a_i||^2 + ||a_j||^2 - 2 a_i.a_j),   d_ii = 0
+
+    Centring first keeps the cancellation small (distances do not change under a
+    shift, rounding error does). Without a gradient the product is one ``addmm_`` into
+    the broadcast norms, in a single N x N buffer; differentiable otherwise.
 
     >>> squared_distances(torch.tensor([[0.0, 0.0], [3.0, 4.0]]))
     tensor([[ 0., 25.],
             [25.,  0.]])
     """
-    return distances_from_centred(*centre(z))
+    a = z - z.mean(dim=0, keepdim=True)
+    sq = torch.linalg.vector_norm(a, dim=1).square()  # no N x D temporary
+    if not torch.is_grad_enabled() or not a.requires_grad:
+        d = (sq[:, None] + sq[None, :]).addmm_(a, a.T, alpha=-2)
+        return d.clamp_min_(0).fill_diagonal_(0)
+    d = (sq[:, None] + sq[None, :] - 2 * (a @ a.T)).clamp_min(0)
+    return d * (1 - torch.eye(d.shape[0], dtype=d.dtype, device=d.device))
 
 
 def resolve_sigma(sigma: Sigma, z: torch.Tensor, seed: int = 0) -> float:
@@ -115,38 +100,16 @@ def affinity_to_diffusion_kernel(g: torch.Tensor) -> torch.Tensor:
     return g * s.unsqueeze(-1) * s.unsqueeze(-2)
 
 
-def _check_bandwidth(sigma: float, dtype: torch.dtype) -> None:
-    if 2 * sigma**2 < torch.finfo(dtype).tiny:
-        raise ValueError(
-            f"sigma={sigma!r} is too small for {dtype}: 2 sigma^2 underflows to 0. "
-            "Use a larger sigma (every point is then far from every other) or sigma='median'."
-        )
-
-
 def gaussian_affinity(d: torch.Tensor, sigma: float) -> torch.Tensor:
     """``G = exp(-d / (2 sigma^2))`` from squared distances (in place when possible)."""
-    _check_bandwidth(sigma, d.dtype)
+    if 2 * sigma**2 < torch.finfo(d.dtype).tiny:
+        raise ValueError(
+            f"sigma={sigma!r} is too small for {d.dtype}: 2 sigma^2 underflows to 0. "
+            "Use a larger sigma (every point is then far from every other) or sigma='median'."
+        )
     if not (torch.is_grad_enabled() and d.requires_grad):
         return d.mul_(-0.5 / sigma**2).exp_()
     return torch.exp(d * (-0.5 / sigma**2))
-
-
-def gaussian_affinity_from_centred(a: torch.Tensor, sq: torch.Tensor, sigma: float) -> torch.Tensor:
-    """``G`` of the rows of a centred ``a`` (norms ``sq``, see :func:`centre`), in one N x N buffer.
-
-        log G_ij = min(0, (2 a_i.a_j - sq_i - sq_j) / (2 sigma^2)),   log G_ii = 0
-
-    The same matrix as ``gaussian_affinity(distances_from_centred(a, sq), sigma)``; without
-    a gradient the exponent comes from a single ``addmm_`` into the broadcast norms,
-    which saves three passes over the matrix.
-    """
-    if torch.is_grad_enabled() and a.requires_grad:
-        return gaussian_affinity(distances_from_centred(a, sq), sigma)
-    _check_bandwidth(sigma, a.dtype)
-    c = -0.5 / sigma**2
-    b = sq * c
-    e = (b[:, None] + b[None, :]).addmm_(a, a.T, alpha=-2 * c)
-    return e.clamp_max_(0).fill_diagonal_(0).exp_()
 
 
 def diffusion_kernel(z: torch.Tensor, sigma: float) -> torch.Tensor:
@@ -156,5 +119,5 @@ def diffusion_kernel(z: torch.Tensor, sigma: float) -> torch.Tensor:
     >>> torch.allclose(k, torch.eye(3, dtype=torch.float64))
     True
     """
-    return affinity_to_diffusion_kernel(gaussian_affinity_from_centred(*centre(z), sigma))
+    return affinity_to_diffusion_kernel(gaussian_affinity(squared_distances(z), sigma))
 

@@ -12,7 +12,7 @@ share their subsets; each distinct subset is solved once.
 from __future__ import annotations
 
 import random
-from concurrent.futures import Future
+from concurrent.futures import Future, wait
 from dataclasses import dataclass
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Sequence
@@ -23,15 +23,7 @@ import torch
 from ._checks import as_tensor, check_features, check_max_n, check_positive
 from .entropy import classic_shannon_entropy
 from .grouping import reference_groups
-from .kernel import (
-    Sigma,
-    affinity_to_diffusion_kernel,
-    centre,
-    gaussian_affinity,
-    gaussian_affinity_from_centred,
-    resolve_sigma,
-    squared_distances,
-)
+from .kernel import Sigma, affinity_to_diffusion_kernel, diffusion_kernel, gaussian_affinity, resolve_sigma, squared_distances
 from .operator import available_memory, check_exact_fits
 from .solver import check_options, check_solver, choose_solver, lanczos_entropy
 from .spectrum import _pool, entropy_of_spectrum, symmetric_eigvals
@@ -164,15 +156,12 @@ def _diffusion_subset_entropies(
 ) -> SubsetEntropies:
     use_full = x.is_cuda and x.shape[0] <= FULL_DISTANCE_MAX_N and solver != "lanczos"
     full = squared_distances(x) if use_full else None
-    xc, sq = (None, None) if use_full else centre(x)  # centred once, not once per subset
 
     def kernel(idx: list[int]) -> torch.Tensor:
+        if full is None:  # each subset centred on its own mean: a class can sit far from the global one
+            return diffusion_kernel(x[idx], sigma)
         i = torch.as_tensor(idx, device=x.device)
-        if full is not None:
-            g = gaussian_affinity(full[i[:, None], i[None, :]], sigma)
-        else:
-            g = gaussian_affinity_from_centred(xc[i], sq[i], sigma)
-        return affinity_to_diffusion_kernel(g)
+        return affinity_to_diffusion_kernel(gaussian_affinity(full[i[:, None], i[None, :]], sigma))
 
     def exact(idx: list[int]) -> torch.Tensor:
         return entropy_of_spectrum(symmetric_eigvals(kernel(idx)), t)
@@ -203,18 +192,27 @@ def _diffusion_subset_entropies(
         # solves run afterwards on this thread. Autograd needs every solve on this thread.
         threaded = torch.get_num_threads() > 1 and not (x.requires_grad and torch.is_grad_enabled())
         jobs: list[Any] = []
-        guarded = 0
-        for s in subsets:
-            if len(s) <= 1:
-                jobs.append(zero)
-            elif choose_solver(len(s), t, solver) == "lanczos":
-                jobs.append(partial(approx, s))
-            else:
-                if len(s) > guarded:
-                    check_exact_fits(len(s), x.dtype, x.device)
-                    guarded = len(s)
-                jobs.append(_pool().submit(exact, s) if threaded else exact(s))
-        jobs = [j.result() if isinstance(j, Future) else j for j in jobs]
+        checked = 0
+        try:
+            for s in subsets:
+                if len(s) <= 1:
+                    jobs.append(zero)
+                elif choose_solver(len(s), t, solver) == "lanczos":
+                    jobs.append(partial(approx, s))
+                else:
+                    if len(s) > checked:
+                        check_exact_fits(len(s), x.dtype, x.device)
+                        checked = len(s)
+                    jobs.append(_pool().submit(exact, s) if threaded else exact(s))
+            jobs = [j.result() if isinstance(j, Future) else j for j in jobs]
+        except BaseException:
+            # Leave nothing running behind an error (a MemoryError's caller may retry on
+            # another path and needs the memory and the cores): cancel, then wait.
+            pending = [j for j in jobs if isinstance(j, Future)]
+            for f in pending:
+                f.cancel()
+            wait(pending)
+            raise
         return [j() if callable(j) else j for j in jobs]
 
     return run

@@ -60,6 +60,26 @@ def test_float32_with_large_offsets_stays_accurate():
     assert abs(float(dm.diffusion_spectral_entropy(shifted.float(), sigma=5.0, dtype=torch.float32)) - h64) < 1e-3
 
 
+def test_float32_conditional_terms_of_far_apart_classes_stay_accurate():
+    # Each class's kernel is built on the class's own mean: with classes 300 spreads apart
+    # (and 1,500 from the origin), centring on the global mean cost float32 ~3e-4 bits.
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(400) // 100
+    centers = torch.nn.functional.normalize(torch.randn(4, 16, generator=g, dtype=torch.float64), dim=1)
+    z = 300 * centers[y] + torch.randn(400, 16, generator=g, dtype=torch.float64) + 1500
+    _, t64 = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0, return_terms=True)
+    _, t32 = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0, return_terms=True, dtype=torch.float32)
+    assert float((t32.conditional.double() - t64.conditional).abs().max()) < 1e-4
+
+
+@pytest.mark.parametrize("dtype, sigma", [(torch.float32, 1e-18), (torch.float64, 1.5e-154)])
+def test_tiny_sigma_that_passes_the_bandwidth_check_gives_separated_points(dtype, sigma):
+    # Just above the underflow threshold: every point is its own cluster, DSE = log2 N, DSMI = 0.
+    z = torch.randn(50, 4, generator=torch.Generator().manual_seed(0), dtype=torch.float64) * 10
+    assert abs(float(dm.diffusion_spectral_entropy(z, sigma=sigma, dtype=dtype)) - math.log2(50)) < 1e-5
+    assert float(dm.diffusion_spectral_mutual_information(z, torch.arange(50) % 2, sigma=sigma, dtype=dtype)) == 0
+
+
 def test_numpy_and_torch_inputs_agree_and_results_are_0dim_tensors():
     z, y = clustered(150, 8)
     a = dm.diffusion_spectral_entropy(z.numpy(), sigma=4.0)
@@ -130,6 +150,29 @@ def test_mutual_information_serial_and_threaded_solves_agree():
     torch.set_num_threads(1)
     serial = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0)
     assert abs(float(threaded) - float(serial)) < 1e-10
+
+
+def test_a_memory_error_leaves_no_solve_running(monkeypatch):
+    # The real memory guard with a limit between what 500 and 900 points need: the two
+    # 500-point groups are submitted before the 900-point group fails its check.
+    import time
+
+    import dse_monitor.functional.mutual_information as mi
+    from dse_monitor.functional.operator import check_exact_fits, exact_bytes
+
+    limit = (exact_bytes(500, torch.float64) + exact_bytes(900, torch.float64)) // 2
+    monkeypatch.setattr(mi, "check_exact_fits", lambda n, dtype, device: check_exact_fits(n, dtype, device, limit))
+    finished = []
+    solve = mi.symmetric_eigvals
+    monkeypatch.setattr(mi, "symmetric_eigvals", lambda k: finished.append(k.shape[0]) or solve(k))
+    torch.set_num_threads(2)
+    groups = torch.tensor([0] * 500 + [1] * 500 + [2] * 900 + [3] * 100)
+    z = torch.randn(2000, 8, dtype=torch.float64)
+    with pytest.raises(MemoryError, match="N=900"):
+        dm.diffusion_spectral_mutual_information(z, groups=groups, sigma=2.0)
+    done_at_raise = list(finished)
+    time.sleep(0.3)
+    assert finished == done_at_raise  # nothing was left running behind the error
 
 
 def test_reference_groups_for_images_flattens_and_clusters():
