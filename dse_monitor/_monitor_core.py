@@ -578,9 +578,16 @@ class DSEMonitorCore:
         return out, spectrum, failures
 
     def _memory_fallback(self, err: MemoryError) -> None:
-        """Warn once that the exact path does not fit and the streamed approximate one is used."""
+        """Warn once that the exact path does not fit and the streamed approximate one is used.
+
+        The approximate solver handles t = 1 and 2 only; at other t the error is re-raised
+        (the metric is then skipped) with the fix that applies to the monitor.
+        """
         if self.t not in (1, 2):
-            raise err
+            raise MemoryError(
+                f"{err} The approximate solver supports only t = 1 and 2 (t={self.t:g}): "
+                "lower num_samples instead."
+            ) from err
         if not self._memory_warned:
             self._memory_warned = True
             warnings.warn(f"DSEMonitor: {err} Switching to the streamed approximate solver.",

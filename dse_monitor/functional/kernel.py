@@ -49,10 +49,11 @@ def squared_distances(z: torch.Tensor) -> torch.Tensor:
             [25.,  0.]])
     """
     a = z - z.mean(dim=0, keepdim=True)
-    sq = torch.linalg.vector_norm(a, dim=1).square()  # no N x D temporary
     if not torch.is_grad_enabled() or not a.requires_grad:
+        sq = torch.linalg.vector_norm(a, dim=1).square()  # no N x D temporary
         d = (sq[:, None] + sq[None, :]).addmm_(a, a.T, alpha=-2)
         return d.clamp_min_(0).fill_diagonal_(0)
+    sq = (a * a).sum(dim=1)  # twice differentiable also where a row equals the mean
     d = (sq[:, None] + sq[None, :] - 2 * (a @ a.T)).clamp_min(0)
     return d * (1 - torch.eye(d.shape[0], dtype=d.dtype, device=d.device))
 

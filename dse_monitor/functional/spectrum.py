@@ -9,6 +9,7 @@ that values agree with it to 1e-8 bits.
 from __future__ import annotations
 
 import os
+import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 import numpy as np
@@ -45,10 +46,6 @@ def general_eigvals_abs(a: torch.Tensor) -> torch.Tensor:
     return torch.as_tensor(np.abs(vals), dtype=a.dtype, device=a.device)
 
 
-def _single_thread_init() -> None:
-    torch.set_num_threads(1)
-
-
 _POOL: ThreadPoolExecutor | None = None
 
 
@@ -57,8 +54,23 @@ def _pool() -> ThreadPoolExecutor:
     # side by side, one thread each, does (measured ~1.9x on 2 cores at N = 500).
     global _POOL
     if _POOL is None:
-        workers = max(1, min(torch.get_num_threads(), os.cpu_count() or 1))
-        _POOL = ThreadPoolExecutor(workers, initializer=_single_thread_init, thread_name_prefix="dse-eig")
+        threads = torch.get_num_threads()
+        workers = max(1, min(threads, os.cpu_count() or 1))
+        started = threading.Barrier(workers + 1)
+
+        def start_single_threaded() -> None:
+            torch.get_num_threads()  # torch sets a thread's count lazily, from its default, on first use
+            torch.set_num_threads(1)
+            started.wait(timeout=60)
+
+        pool = ThreadPoolExecutor(workers, initializer=start_single_threaded, thread_name_prefix="dse-eig")
+        for _ in range(workers):  # ThreadPoolExecutor starts its threads lazily: start all of them now
+            pool.submit(lambda: None)
+        started.wait(timeout=60)
+        # set_num_threads in a worker also set torch's default for threads started later
+        # (the user's, Lightning's); give that default back. The workers keep their one.
+        torch.set_num_threads(threads)
+        _POOL = pool
     return _POOL
 
 

@@ -77,6 +77,7 @@ def test_one_failing_metric_does_not_take_the_others_with_it(tmp_path, monkeypat
     with pytest.warns(core.DSEMonitorWarning, match=r"computing \['dsmi_y'\] for layer 'penultimate' at epoch 0 "
                       r"failed \(MemoryError: exact DSE of N=\d+ points.*\); skipping it"):
         L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1)).fit(LitClassifier())
+    assert sorted(monitor.history) == [0, 1]
     for values in monitor.history.values():
         assert "dse/penultimate/dsmi_y" not in values
         assert values["dse/penultimate/dse"] > 0
