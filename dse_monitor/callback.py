@@ -33,8 +33,9 @@ DOC = """Measure diffusion spectral entropy and mutual information of a layer du
     untouched: every module's mode is restored, hooks are removed, random streams are
     forked and restored. Under DDP each rank probes its share and rank 0 computes. A
     failing probe pass warns and skips that measurement on every rank, a failing metric
-    skips only itself, a failing file write only warns; training goes on. Configuration errors (unknown layer,
-    a layer that ``forward`` never calls, missing labels) are raised at fit start.
+    skips only itself, a failing file write only warns; training goes on. Configuration
+    errors (unknown layer, a layer that ``forward`` never calls, missing labels) are
+    raised at fit start.
 
     Measurements run in ``on_train_epoch_end``, after the epoch's validation. To watch a
     value with ``EarlyStopping`` / ``ModelCheckpoint``, list the monitor before them and

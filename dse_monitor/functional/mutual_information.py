@@ -176,27 +176,14 @@ def _diffusion_subset_entropies(
         return torch.tensor(est.value, dtype=x.dtype, device=x.device)
 
     def run(subsets: Iterable[list[int]]) -> list[torch.Tensor]:
-        zero = torch.zeros((), dtype=x.dtype, device=x.device)
-        if x.is_cuda:
-            subsets = list(subsets)
-            big = [s for s in subsets if len(s) > 1 and choose_solver(len(s), t, solver) == "exact"]
-            if big:
-                check_exact_fits(max(map(len, big)), x.dtype, x.device)
-            spectra = iter(_batched_cuda_eigvals([kernel(s) for s in big]))
-            out = []
-            for s in subsets:
-                if len(s) <= 1:
-                    out.append(zero)
-                elif choose_solver(len(s), t, solver) == "exact":
-                    out.append(entropy_of_spectrum(next(spectra), t))
-                else:
-                    out.append(approx(s))
-            return out
         # On the CPU each exact solve builds its own kernel inside a worker thread (one
-        # kernel per worker alive at a time) as soon as its subset is known; approximate
-        # solves run afterwards on this thread. Autograd needs every solve on this thread.
-        threaded = torch.get_num_threads() > 1 and not (x.requires_grad and torch.is_grad_enabled())
+        # kernel per worker alive at a time) as soon as its subset is known; on CUDA the
+        # exact solves are batched once every subset is known. Approximate solves run
+        # last, on this thread. Autograd needs every solve on this thread.
+        zero = torch.zeros((), dtype=x.dtype, device=x.device)
+        threaded = not x.is_cuda and torch.get_num_threads() > 1 and not (x.requires_grad and torch.is_grad_enabled())
         jobs: list[Any] = []
+        batched: list[list[int]] = []  # CUDA: the exact subsets, in order (their jobs are None)
         checked = 0
         try:
             for s in subsets:
@@ -208,7 +195,14 @@ def _diffusion_subset_entropies(
                     if len(s) > checked:
                         check_exact_fits(len(s), x.dtype, x.device)
                         checked = len(s)
-                    jobs.append(_pool().submit(exact_in_worker, s) if threaded else exact(s))
+                    if x.is_cuda:
+                        batched.append(s)
+                        jobs.append(None)
+                    else:
+                        jobs.append(_pool().submit(exact_in_worker, s) if threaded else exact(s))
+            if batched:
+                spectra = iter(_batched_cuda_eigvals([kernel(s) for s in batched]))
+                jobs = [entropy_of_spectrum(next(spectra), t) if j is None else j for j in jobs]
             jobs = [j.result() if isinstance(j, Future) else j for j in jobs]
         except BaseException:
             # Leave nothing running behind an error (a MemoryError's caller may retry on
