@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset
 
+from ..functional._checks import check_int
+
 #: Dictionary keys tried, in order, for the inputs and the labels of a batch.
 INPUT_KEYS = ("x", "input", "inputs", "image", "images", "img", "pixel_values", "input_ids", "data", "features")
 LABEL_KEYS = ("y", "label", "labels", "target", "targets", "class", "classes")
@@ -25,8 +27,7 @@ def choose_indices(n_total: int, num_samples: int | None, seed: int = 0) -> list
     >>> choose_indices(3, None)
     [0, 1, 2]
     """
-    if num_samples is not None and (isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2):
-        raise ValueError(f"num_samples must be an integer >= 2 or None (the whole split), got {num_samples!r}")
+    check_int(num_samples, "num_samples (None: the whole split)", 2, allow_none=True)
     if num_samples is None or num_samples >= n_total:
         return list(range(n_total))
     return sorted(random.Random(seed).sample(range(n_total), num_samples))

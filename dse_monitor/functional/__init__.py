@@ -5,7 +5,7 @@ DSE and CSE (:mod:`.entropy`), the reference's variants (:mod:`.variants`),
 grouping of references (:mod:`.grouping`) and mutual information
 (:mod:`.mutual_information`).
 """
-from .entropy import classic_shannon_entropy, diffusion_eigenvalues, diffusion_spectral_entropy
+from .entropy import DiffusionEntropy, classic_shannon_entropy, diffusion_eigenvalues, diffusion_spectral_entropy
 from .grouping import reference_groups
 from .kernel import diffusion_kernel, resolve_sigma, squared_distances
 from .lanczos import EntropyEstimate
@@ -18,6 +18,7 @@ from .spectrum import entropy_of_spectrum
 from .variants import adjacency_spectral_entropy, matrix_entry_entropy
 
 __all__ = [
+    "DiffusionEntropy",
     "EntropyEstimate",
     "MutualInformationTerms",
     "adjacency_spectral_entropy",

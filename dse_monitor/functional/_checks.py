@@ -67,6 +67,25 @@ def check_features(z: Any, name: str = "z", dtype: torch.dtype | None = None) ->
     return t
 
 
+def check_int(value: Any, name: str, minimum: int = 1, *, allow_none: bool = False) -> int | None:
+    """``value`` if it is an integer >= ``minimum`` (or None when allowed), else a ``ValueError`` naming it.
+
+    >>> check_int(3, "k"), check_int(None, "k", allow_none=True)
+    (3, None)
+    >>> check_int(True, "k")
+    Traceback (most recent call last):
+    ...
+    ValueError: k must be a positive integer, got True
+    """
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        extra = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be {kind}{extra}, got {value!r}")
+    return value
+
+
 def check_positive(value: float, name: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
@@ -74,6 +93,15 @@ def check_positive(value: float, name: str) -> float:
 
 
 def check_max_n(max_n: int | None) -> int | None:
-    if max_n is not None and (isinstance(max_n, bool) or not isinstance(max_n, int) or max_n < 1):
-        raise ValueError(f"max_n must be a positive integer or None, got {max_n!r}")
-    return max_n
+    return check_int(max_n, "max_n", 1, allow_none=True)
+
+
+def prepare_features(z: Any, *, dtype: torch.dtype | None, max_n: int | None, seed: int) -> torch.Tensor:
+    """Validated features in the compute dtype, subsampled (the reference's seeded draw) above ``max_n`` rows."""
+    from .kernel import subsample_indices  # kernel imports this module
+
+    x = check_features(z, dtype=dtype)
+    max_n = check_max_n(max_n)
+    if max_n is not None and x.shape[0] > max_n:
+        return x[subsample_indices(x.shape[0], max_n, seed)]
+    return x

@@ -5,18 +5,31 @@ from typing import Any
 
 import torch
 
-from ._checks import EPS, check_features, check_max_n, check_positive
-from .kernel import Sigma, diffusion_kernel, resolve_sigma, subsample_indices
+from dataclasses import dataclass
+
+from ._checks import check_int, check_positive, prepare_features
+from .kernel import Sigma, diffusion_kernel, resolve_sigma
 from .lanczos import EntropyEstimate
 from .operator import check_exact_fits
 from .solver import check_solver, choose_solver, lanczos_entropy
-from .spectrum import entropy_of_spectrum, symmetric_eigvals
+from .spectrum import entropy_of_spectrum, shannon_bits, symmetric_eigvals
 
 
-def _subsample(z: torch.Tensor, max_n: int | None, seed: int) -> torch.Tensor:
-    if max_n is not None and z.shape[0] > max_n:
-        return z[subsample_indices(z.shape[0], max_n, seed)]
-    return z
+@dataclass(frozen=True)
+class DiffusionEntropy:
+    """DSE with what a monitor needs to report it (``return_spectrum=True``).
+
+    ``eigenvalues`` (descending) exist on the exact path only; ``solver`` is the path
+    taken (``"exact"``, ``"lanczos"`` or ``"lanczos-streamed"``); ``fallback`` says why
+    the requested path was left (the exact solve did not fit in memory), else None.
+    """
+
+    value: torch.Tensor
+    eigenvalues: torch.Tensor | None
+    solver: str
+    sigma: float
+    n: int
+    fallback: str | None = None
 
 
 def diffusion_eigenvalues(
@@ -39,16 +52,20 @@ def diffusion_eigenvalues(
         >>> diffusion_eigenvalues(z, sigma=1.0).round(decimals=3)
         tensor([1.0000, 1.0000, 0.0020], dtype=torch.float64)
     """
-    return _exact_eigenvalues(_subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed), sigma, seed)
+    x = prepare_features(z, dtype=dtype, max_n=max_n, seed=seed)
+    return _exact_eigenvalues(x, resolve_sigma(sigma, x, seed))
 
 
-def _exact_eigenvalues(x: torch.Tensor, sigma: Sigma, seed: int) -> torch.Tensor:
+def _exact_eigenvalues(x: torch.Tensor, sigma: float) -> torch.Tensor:
     """The descending spectrum of already validated and subsampled features."""
-    s = resolve_sigma(sigma, x, seed)
     check_exact_fits(x.shape[0], x.dtype, x.device)
     if x.shape[0] == 1:
         return torch.ones(1, dtype=x.dtype, device=x.device)
-    return symmetric_eigvals(diffusion_kernel(x, s)).flip(-1)
+    return symmetric_eigvals(diffusion_kernel(x, sigma)).flip(-1)
+
+
+def _spectral_entropy(lam: torch.Tensor, t: float) -> torch.Tensor:
+    return torch.zeros((), dtype=lam.dtype, device=lam.device) if lam.numel() == 1 else entropy_of_spectrum(lam, t)
 
 
 def diffusion_spectral_entropy(
@@ -61,9 +78,11 @@ def diffusion_spectral_entropy(
     dtype: torch.dtype | None = None,
     solver: str = "exact",
     return_bounds: bool = False,
+    return_spectrum: bool = False,
+    memory_fallback: bool = False,
     streamed: bool | None = None,
     lanczos_options: dict[str, Any] | None = None,
-) -> torch.Tensor | EntropyEstimate:
+) -> torch.Tensor | EntropyEstimate | DiffusionEntropy:
     """Diffusion spectral entropy DSE(Z) in bits.
 
         DSE = -sum_i a_i log2 a_i,   a_i = |lambda_i|^t / sum_j |lambda_j|^t,
@@ -93,6 +112,11 @@ def diffusion_spectral_entropy(
             ``"auto"`` (exact up to ``AUTO_CROSSOVER`` points, lanczos above).
         return_bounds: return an :class:`EntropyEstimate` (value, standard error,
             guaranteed lower and upper bounds) instead of a tensor.
+        return_spectrum: return a :class:`DiffusionEntropy` (value, the spectrum on
+            the exact path, the path taken, the resolved sigma, N, the fallback).
+        memory_fallback: when the exact solve does not fit in the free memory, use
+            the streamed approximate path instead of raising (t in {1, 2} only; the
+            reason is in ``DiffusionEntropy.fallback``).
         streamed: lanczos path only: never form K (memory O(N*D)); None decides
             from free memory (dense float64, dense float32, then streamed).
         lanczos_options: ``n_probes``, ``lanczos_steps``, ``block``, ``max_rank``,
@@ -100,10 +124,13 @@ def diffusion_spectral_entropy(
             (streamed rows) of the lanczos path.
 
     Returns:
-        0-dim tensor (bits) on ``z``'s device, or an :class:`EntropyEstimate`.
+        0-dim tensor (bits) on ``z``'s device, an :class:`EntropyEstimate` or a
+        :class:`DiffusionEntropy`.
 
     Raises:
-        MemoryError: naming the sizes, when the chosen path cannot fit in memory.
+        MemoryError: naming the sizes, when the chosen path cannot fit in memory
+            (with ``memory_fallback``: only when the streamed path cannot either, or
+            at t outside {1, 2}).
 
     Example:
         >>> far = torch.eye(8) * 1000          # 8 points far apart: P = I
@@ -112,19 +139,41 @@ def diffusion_spectral_entropy(
         >>> same = torch.ones(8, 4)            # 8 identical points: rank-one P
         >>> round(float(diffusion_spectral_entropy(same)), 6)
         0.0
+        >>> res = diffusion_spectral_entropy(far, return_spectrum=True)
+        >>> res.solver, res.eigenvalues.shape
+        ('exact', torch.Size([8]))
     """
     check_positive(t, "t")
     check_solver(solver)
-    x = _subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed)
-    if choose_solver(x.shape[0], t, solver) == "lanczos" and x.shape[0] > 1:
-        est = lanczos_entropy(x, resolve_sigma(sigma, x, seed), t, seed=seed, streamed=streamed, options=lanczos_options)
-        return est if return_bounds else torch.tensor(est.value, dtype=x.dtype, device=x.device)
-    lam = _exact_eigenvalues(x, sigma, seed)
-    value = torch.zeros((), dtype=lam.dtype, device=lam.device) if lam.numel() == 1 else entropy_of_spectrum(lam, t)
-    if not return_bounds:
-        return value
-    v = float(value)
-    return EntropyEstimate(v, 0.0, v, v, "exact", rank=x.shape[0])
+    if return_bounds and return_spectrum:
+        raise ValueError("pass return_bounds or return_spectrum, not both")
+    x = prepare_features(z, dtype=dtype, max_n=max_n, seed=seed)
+    s = resolve_sigma(sigma, x, seed)
+    n = x.shape[0]
+    path = choose_solver(n, t, solver) if n > 1 else "exact"
+    lam: torch.Tensor | None = None
+    fallback: str | None = None
+    if path == "exact":
+        try:
+            lam = _exact_eigenvalues(x, s)
+        except MemoryError as err:  # raised before allocating
+            if not memory_fallback:
+                raise
+            if t not in (1, 2):
+                raise MemoryError(f"{err} The approximate solver supports only t = 1 and 2 (t={t:g}).") from err
+            fallback, path, streamed = f"{err} Used the streamed approximate solver instead.", "lanczos", True
+    if lam is not None:
+        value = _spectral_entropy(lam, t)
+        est = EntropyEstimate(float(value), 0.0, float(value), float(value), "exact", rank=n) if return_bounds else None
+    else:
+        est = lanczos_entropy(x, s, t, seed=seed, streamed=streamed, options=lanczos_options)
+        value = torch.tensor(est.value, dtype=x.dtype, device=x.device)
+        path = "lanczos-streamed" if est.storage.startswith("streamed") else "lanczos"
+    if return_bounds:
+        return est
+    if return_spectrum:
+        return DiffusionEntropy(value, lam, path, float(s), n, fallback)
+    return value
 
 
 def _bin_codes(z: torch.Tensor, num_bins_per_dim: int) -> torch.Tensor:
@@ -144,8 +193,7 @@ def entropy_of_counts(counts: torch.Tensor) -> torch.Tensor:
     >>> round(float(entropy_of_counts(torch.tensor([5, 5]))), 6)
     1.0
     """
-    p = counts.double() / counts.sum() + EPS
-    return -(p * torch.log2(p)).sum()
+    return shannon_bits(counts.double() / counts.sum())
 
 
 def classic_shannon_entropy(
@@ -163,8 +211,7 @@ def classic_shannon_entropy(
         >>> round(float(classic_shannon_entropy(z)), 6)
         1.0
     """
-    if isinstance(num_bins_per_dim, bool) or not isinstance(num_bins_per_dim, int) or num_bins_per_dim < 1:
-        raise ValueError(f"num_bins_per_dim must be a positive integer, got {num_bins_per_dim!r}")
-    x = _subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed)
+    check_int(num_bins_per_dim, "num_bins_per_dim")
+    x = prepare_features(z, dtype=dtype, max_n=max_n, seed=seed)
     _, counts = torch.unique(_bin_codes(x, num_bins_per_dim), dim=0, return_counts=True)
     return entropy_of_counts(counts).to(device=x.device, dtype=x.dtype)

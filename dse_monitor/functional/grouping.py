@@ -6,7 +6,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ._checks import as_tensor
+from ._checks import as_tensor, check_int
 
 
 def _as_numpy(x: Any) -> np.ndarray:
@@ -62,8 +62,7 @@ def reference_groups(
         # Non-integer labels (0.5, 'cat', True) are groups by value, numbered in sorted order as the
         # reference's np.unique orders them: casting them to int would merge 0.0 and 0.5.
         return torch.as_tensor(np.unique(labels, return_inverse=True)[1].reshape(-1).astype(np.int64), device=device)
-    if isinstance(n_clusters, bool) or not isinstance(n_clusters, int) or n_clusters < 1:
-        raise ValueError(f"n_clusters must be a positive integer, got {n_clusters!r}")
+    check_int(n_clusters, "n_clusters")
     if not np.isfinite(arr).all():
         raise ValueError("reference has NaN or Inf entries; repair them before grouping.")
     if width == 1:

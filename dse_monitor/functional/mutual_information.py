@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import random
 from concurrent.futures import Future, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
 
-from ._checks import as_tensor, check_features, check_max_n, check_positive
+from ._checks import as_tensor, check_features, check_int, check_max_n, check_positive
 from .entropy import classic_shannon_entropy
 from .grouping import reference_groups
 from .kernel import Sigma, affinity_to_diffusion_kernel, diffusion_kernel, gaussian_affinity, resolve_sigma, squared_distances
@@ -49,6 +49,8 @@ class MutualInformationTerms:
     conditional: torch.Tensor
     unconditional: torch.Tensor
     unconditional_draws: torch.Tensor  # [G, num_repetitions]
+    #: Why the requested solver was left (an exact solve did not fit in memory), else None.
+    fallback: str | None = None
 
 
 def _draws(n: int, k: int, num_repetitions: int, seed: int, max_n: int | None) -> list[list[int]]:
@@ -138,12 +140,6 @@ def _resolve_groups(
     if g.shape[0] != n:
         raise ValueError(f"groups has {g.shape[0]} entries but z has {n} rows; pass one group id per sample.")
     return g
-
-
-def _check_repetitions(num_repetitions: int) -> int:
-    if isinstance(num_repetitions, bool) or not isinstance(num_repetitions, int) or num_repetitions < 1:
-        raise ValueError(f"num_repetitions must be a positive integer, got {num_repetitions!r}")
-    return num_repetitions
 
 
 def _diffusion_subset_entropies(
@@ -252,6 +248,7 @@ def diffusion_spectral_mutual_information(
     dtype: torch.dtype | None = None,
     return_terms: bool = False,
     solver: str = "exact",
+    memory_fallback: bool = False,
     streamed: bool | None = None,
     lanczos_options: dict[str, Any] | None = None,
 ) -> torch.Tensor | tuple[torch.Tensor, MutualInformationTerms]:
@@ -276,6 +273,9 @@ def diffusion_spectral_mutual_information(
         return_terms: also return the :class:`MutualInformationTerms`.
         solver, streamed, lanczos_options: how each entropy is computed, as in
             :func:`diffusion_spectral_entropy` (``"auto"`` decides per subset by its size).
+        memory_fallback: when a group is too large for an exact solve in the free
+            memory, compute every entropy with the streamed approximate solver instead
+            of raising (t in {1, 2}; the reason is in ``MutualInformationTerms.fallback``).
 
     A group with a single member contributes 0 (DSE of one point is 0 on both sides).
 
@@ -289,14 +289,23 @@ def diffusion_spectral_mutual_information(
     """
     x = check_features(z, dtype=dtype)
     check_positive(t, "t")
-    num_repetitions = _check_repetitions(num_repetitions)
+    num_repetitions = check_int(num_repetitions, "num_repetitions")
     max_n = check_max_n(max_n)
     g = _resolve_groups(x.shape[0], reference, groups, n_clusters, reference_discrete, seed)
     s = resolve_sigma(sigma, x, seed)
     check_solver(solver)
     check_options(lanczos_options)
     entropies = _diffusion_subset_entropies(x, s, t, solver, seed, streamed, lanczos_options)
-    terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
+    try:
+        terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
+    except MemoryError as err:  # raised before allocating: a group too large for an exact solve
+        if not memory_fallback:
+            raise
+        if t not in (1, 2):
+            raise MemoryError(f"{err} The approximate solver supports only t = 1 and 2 (t={t:g}).") from err
+        entropies = _diffusion_subset_entropies(x, s, t, "lanczos", seed, True, lanczos_options)
+        terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
+        terms = replace(terms, fallback=f"{err} Used the streamed approximate solver instead.")
     return (terms.value, terms) if return_terms else terms.value
 
 
@@ -328,7 +337,7 @@ def classic_shannon_mutual_information(
         0.97
     """
     x = check_features(z, dtype=dtype)
-    num_repetitions = _check_repetitions(num_repetitions)
+    num_repetitions = check_int(num_repetitions, "num_repetitions")
     g = _resolve_groups(x.shape[0], reference, groups, n_clusters, reference_discrete, seed)
 
     def run(subsets: Iterable[list[int]]) -> list[torch.Tensor]:

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import torch
 
+from ._checks import check_int
 from .kernel import diffusion_kernel, gaussian_affinity
 
 #: Rows of the kernel computed at a time in streamed mode.
@@ -99,8 +100,7 @@ class KernelOperator:
     ) -> "KernelOperator":
         """Dense or streamed operator of the rows of ``z`` (already validated) with bandwidth ``sigma``."""
         dtype = dtype or z.dtype
-        if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
-            raise ValueError(f"block_size must be a positive integer, got {block_size!r}")
+        check_int(block_size, "block_size")
         x = z.detach().to(dtype)
         n = x.shape[0]
         if not streamed:

@@ -87,5 +87,17 @@ def entropy_of_spectrum(eigenvalues: torch.Tensor, t: float = 1) -> torch.Tensor
     lam = eigenvalues.abs()
     if t != 1:
         lam = lam**t
-    p = lam / lam.sum(dim=-1, keepdim=True) + EPS
-    return -(p * torch.log2(p)).sum(dim=-1)
+    return shannon_bits(lam / lam.sum(dim=-1, keepdim=True))
+
+
+def shannon_bits(p: torch.Tensor) -> torch.Tensor:
+    """Shannon entropy in bits along the last dimension, ``-sum (p + eps) log2 (p + eps)``.
+
+    ``eps`` (float64 machine epsilon) is added as the reference package adds it; every
+    entropy of the package (spectra, bin counts, matrix entries) goes through here.
+
+    >>> round(float(shannon_bits(torch.tensor([0.5, 0.5]))), 6)
+    1.0
+    """
+    q = p + EPS
+    return -(q * torch.log2(q)).sum(dim=-1)

@@ -11,10 +11,9 @@ from typing import Any
 
 import torch
 
-from ._checks import EPS, check_features, check_max_n
-from .entropy import _subsample
+from ._checks import prepare_features
 from .kernel import Sigma, affinity_to_diffusion_kernel, diffusion_kernel, gaussian_affinity, resolve_sigma, squared_distances
-from .spectrum import entropy_of_spectrum, general_eigvals_abs, symmetric_eigvals
+from .spectrum import entropy_of_spectrum, general_eigvals_abs, shannon_bits, symmetric_eigvals
 
 
 def _is_symmetric(a: torch.Tensor) -> bool:
@@ -49,9 +48,9 @@ def adjacency_spectral_entropy(
         >>> round(float(adjacency_spectral_entropy(z, knn=1)), 6)
         2.0
     """
-    x = _subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed)
+    x = prepare_features(z, dtype=dtype, max_n=max_n, seed=seed)
     if knn is not None:
-        if isinstance(knn, bool) or not isinstance(knn, int) or not 1 <= knn <= x.shape[0]:
+        if isinstance(knn, bool) or not isinstance(knn, int) or not 1 <= knn <= x.shape[0]:  # an upper bound too
             raise ValueError(f"knn must be an integer in [1, N={x.shape[0]}], got {knn!r}")
         # Binarising at the k-th distance makes ties decisive (duplicate rows): compute the
         # distances exactly as the reference does, with scikit-learn, not our centred product.
@@ -83,8 +82,7 @@ def matrix_entry_entropy(
         >>> round(float(matrix_entry_entropy(torch.eye(4) * 1000)), 6)
         2.0
     """
-    x = _subsample(check_features(z, dtype=dtype), check_max_n(max_n), seed)
+    x = prepare_features(z, dtype=dtype, max_n=max_n, seed=seed)
     k = diffusion_kernel(x, resolve_sigma(sigma, x, seed))
     m = (k / k.sum(dim=1, keepdim=True)).abs().flatten()
-    p = m / m.sum() + EPS
-    return -(p * torch.log2(p)).sum()
+    return shannon_bits(m / m.sum())
