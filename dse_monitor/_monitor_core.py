@@ -55,9 +55,10 @@ from .functional import (
     reference_groups,
 )
 from .functional.solver import check_solver, choose_solver
-from .tensorboard import TITLES, write_layout, write_spectrum
+from .registry import metric_names
+from .tensorboard import write_layout, write_spectrum
 
-METRICS = tuple(TITLES)  # ("dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x")
+METRICS = metric_names()  # ("dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x")
 DEFAULT_METRICS = ("dse", "dsmi_y", "dsmi_x")
 LABEL_METRICS = ("dsmi_y", "csmi_y")
 INPUT_METRICS = ("dsmi_x", "csmi_x")

@@ -17,15 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-#: Chart titles of the custom-scalars layout, per metric key.
-TITLES = {
-    "dse": "DSE(Z)",
-    "dsmi_y": "DSMI(Z;Y)",
-    "dsmi_x": "DSMI(Z;X)",
-    "cse": "CSE(Z)",
-    "csmi_y": "CSMI(Z;Y)",
-    "csmi_x": "CSMI(Z;X)",
-}
+from .registry import title
+
 
 
 def scalar_layout(prefix: str, layers: Sequence[str], metrics: Sequence[str]) -> dict[str, dict[str, list[Any]]]:
@@ -34,7 +27,7 @@ def scalar_layout(prefix: str, layers: Sequence[str], metrics: Sequence[str]) ->
     >>> scalar_layout("dse", ["penultimate"], ["dse", "dsmi_y"])
     {'DSE monitor (dse)': {'DSE(Z)': ['Multiline', ['dse/penultimate/dse']], 'DSMI(Z;Y)': ['Multiline', ['dse/penultimate/dsmi_y']]}}
     """
-    charts = {TITLES[m]: ["Multiline", [f"{prefix}/{layer}/{m}" for layer in layers]] for m in metrics}
+    charts = {title(m): ["Multiline", [f"{prefix}/{layer}/{m}" for layer in layers]] for m in metrics}
     return {f"DSE monitor ({prefix})": charts}
 
 

@@ -20,12 +20,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 import yaml
 
-from ..tensorboard import TITLES as MONITOR_TITLES
+from ..registry import METRICS
 
 __all__ = ["Run", "aggregate", "compare", "find_runs", "flatten", "read_run"]
 
-MONITOR_METRICS = tuple(MONITOR_TITLES)
-TITLES = {**MONITOR_TITLES, "val_acc": "validation accuracy"}
+MONITOR_METRICS = tuple(METRICS)
+TITLES = {**{m.name: m.title for m in METRICS.values()}, "val_acc": "validation accuracy"}
 
 
 @dataclass

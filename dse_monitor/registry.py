@@ -1,0 +1,143 @@
+"""The one list of the monitor's metrics: name, title, the reference each needs, how it is computed.
+
+Every room reads it: the monitor (which metrics exist, what a metric needs, how to
+compute it), the TensorBoard layout (chart titles), ``dse-monitor compare`` and the
+CLI tables (titles, which tags are the monitor's). Adding a metric is one entry here.
+
+=========  ===========  =========  ==============================================
+name       title        reference  computed by
+=========  ===========  =========  ==============================================
+dse        DSE(Z)       none       :func:`~dse_monitor.functional.diffusion_spectral_entropy`
+dsmi_y     DSMI(Z;Y)    labels     :func:`~dse_monitor.functional.diffusion_spectral_mutual_information`
+dsmi_x     DSMI(Z;X)    inputs     the same, on clusters of the probe inputs
+cse        CSE(Z)       none       :func:`~dse_monitor.functional.classic_shannon_entropy`
+csmi_y     CSMI(Z;Y)    labels     :func:`~dse_monitor.functional.classic_shannon_mutual_information`
+csmi_x     CSMI(Z;X)    inputs     the same, on clusters of the probe inputs
+=========  ===========  =========  ==============================================
+
+Example:
+    >>> [m.name for m in METRICS.values() if m.reference == "labels"]
+    ['dsmi_y', 'csmi_y']
+    >>> METRICS["dsmi_x"].title
+    'DSMI(Z;X)'
+    >>> z = torch.eye(4) * 100
+    >>> METRICS["dse"].compute(z, None, MetricSettings(solver="exact")).value
+    2.0
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Literal, Optional, Union
+
+import numpy as np
+import torch
+
+from .functional import (
+    classic_shannon_entropy,
+    classic_shannon_mutual_information,
+    diffusion_spectral_entropy,
+    diffusion_spectral_mutual_information,
+)
+
+__all__ = ["DEFAULT_METRICS", "METRICS", "Metric", "MetricResult", "MetricSettings", "metric_names", "title"]
+
+Reference = Optional[Literal["labels", "inputs"]]
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """How every metric of one measurement is computed (a resolved numeric sigma or a policy name)."""
+
+    sigma: Union[float, str] = 10.0
+    t: float = 1.0
+    seed: int = 0
+    dtype: Optional[torch.dtype] = None
+    solver: str = "auto"
+    num_repetitions: int = 5
+    #: An exact solve that does not fit in memory streams instead of failing (the monitor's choice).
+    memory_fallback: bool = True
+
+
+@dataclass(frozen=True)
+class MetricResult:
+    """One metric of one layer: the value in bits, the DSE spectrum (exact path), why a fallback was taken."""
+
+    value: float
+    eigenvalues: Optional[np.ndarray] = None
+    fallback: Optional[str] = None
+
+
+Compute = Callable[[torch.Tensor, Optional[torch.Tensor], MetricSettings], MetricResult]
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A metric: its key in the logs, its chart title, the reference it needs, its computation."""
+
+    name: str
+    title: str
+    reference: Reference
+    compute: Compute
+    description: str
+
+
+def _dse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
+    res = diffusion_spectral_entropy(
+        z, s.sigma, s.t, seed=s.seed, dtype=s.dtype, solver=s.solver, return_spectrum=True,
+        memory_fallback=s.memory_fallback,
+    )
+    lam = None if res.eigenvalues is None else res.eigenvalues.detach().cpu().double().numpy()
+    return MetricResult(float(res.value), lam, res.fallback)
+
+
+def _dsmi(z: torch.Tensor, groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
+    _, terms = diffusion_spectral_mutual_information(
+        z, groups=groups, sigma=s.sigma, t=s.t, num_repetitions=s.num_repetitions, seed=s.seed, dtype=s.dtype,
+        solver=s.solver, memory_fallback=s.memory_fallback, return_terms=True,
+    )
+    return MetricResult(float(terms.value), None, terms.fallback)
+
+
+def _cse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
+    return MetricResult(float(classic_shannon_entropy(z, dtype=s.dtype)))
+
+
+def _csmi(z: torch.Tensor, groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
+    value = classic_shannon_mutual_information(
+        z, groups=groups, num_repetitions=s.num_repetitions, seed=s.seed, dtype=s.dtype
+    )
+    return MetricResult(float(value))
+
+
+_ENTRIES = (
+    Metric("dse", "DSE(Z)", None, _dse, "diffusion spectral entropy of the layer, bits in [0, log2 N]"),
+    Metric("dsmi_y", "DSMI(Z;Y)", "labels", _dsmi, "diffusion spectral mutual information with the labels"),
+    Metric("dsmi_x", "DSMI(Z;X)", "inputs", _dsmi, "diffusion spectral mutual information with input clusters"),
+    Metric("cse", "CSE(Z)", None, _cse, "classic (binning) Shannon entropy, saturates at log2 N in high D"),
+    Metric("csmi_y", "CSMI(Z;Y)", "labels", _csmi, "binning mutual information with the labels"),
+    Metric("csmi_x", "CSMI(Z;X)", "inputs", _csmi, "binning mutual information with input clusters"),
+)
+
+#: Every metric by name, in the order of the logs and the charts.
+METRICS: dict[str, Metric] = {m.name: m for m in _ENTRIES}
+#: What the monitor measures unless told otherwise (the paper's three curves).
+DEFAULT_METRICS = ("dse", "dsmi_y", "dsmi_x")
+
+
+def metric_names() -> tuple[str, ...]:
+    """The metric names, in registry order.
+
+    >>> metric_names()
+    ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x')
+    """
+    return tuple(METRICS)
+
+
+def title(name: str) -> str:
+    """The chart title of a metric (or the name itself for other scalars, e.g. ``val_acc``).
+
+    >>> title("dsmi_y"), title("val_acc")
+    ('DSMI(Z;Y)', 'val_acc')
+    """
+    metric = METRICS.get(name)
+    return metric.title if metric is not None else name
