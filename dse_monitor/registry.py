@@ -21,7 +21,7 @@ Example:
     >>> METRICS["dsmi_x"].title
     'DSMI(Z;X)'
     >>> z = torch.eye(4) * 100
-    >>> METRICS["dse"].compute(z, None, MetricSettings(solver="exact")).value
+    >>> round(METRICS["dse"].compute(z, None, MetricSettings(solver="exact")).value, 6)
     2.0
 """
 from __future__ import annotations
