@@ -9,7 +9,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from dse_monitor import DSEMonitor
-from dse_monitor._monitor_core import DSEMonitorWarning
+from dse_monitor.monitor import DSEMonitorWarning
 from dse_monitor.capture import LayerNotFoundError
 
 

@@ -126,7 +126,7 @@ def test_probe_from_a_datamodule_and_a_batch_fn_for_dict_samples(tmp_path):
 
 
 def test_save_raw_that_cannot_write_warns_and_training_goes_on(tmp_path):
-    from dse_monitor._monitor_core import DSEMonitorWarning
+    from dse_monitor.monitor import DSEMonitorWarning
 
     (tmp_path / "dse_monitor").write_text("a file where the raw folder should go")
     monitor = DSEMonitor(num_samples=32, metrics="dse", save_raw=True)

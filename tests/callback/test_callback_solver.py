@@ -5,7 +5,7 @@ import lightning.pytorch as L
 import pytest
 from dse_callback_models import LitClassifier, trainer_kwargs
 
-import dse_monitor._monitor_core as core
+import dse_monitor.monitor as core
 import dse_monitor.functional.entropy as entropy
 import dse_monitor.functional.mutual_information as mutual_information
 from dse_monitor import DSEMonitor

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .registry import title
+from ..registry import title
 
 
 

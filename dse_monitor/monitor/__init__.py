@@ -1,0 +1,30 @@
+"""The monitor, split by concern; :class:`DSEMonitorCore` sequences the rest.
+
+=================  ======================================================================
+module             its one job
+=================  ======================================================================
+``config``         the arguments, validated once into a typed :class:`MonitorConfig`
+``probe``          the probe set: source lookup, indices, per-rank shards, preflight, gather
+``collect``        one probe pass: the model runs, hooks read the layers (rng forked)
+``compute``        pure: features + reference groups -> a :class:`Measurement`
+``sinks``          callback_metrics, loggers, TensorBoard extras (``tensorboard``), raw files
+``state``          the versioned checkpoint state
+``hooks``          the Lightning hooks, shared by both distributions' thin classes
+=================  ======================================================================
+"""
+from .compute import Measurement, ReferenceGroups, compute_measurement, make_groups
+from .config import MonitorConfig
+from .hooks import DSEMonitorCore, DSEMonitorWarning
+from .state import STATE_VERSION, MonitorState
+
+__all__ = [
+    "DSEMonitorCore",
+    "DSEMonitorWarning",
+    "Measurement",
+    "MonitorConfig",
+    "MonitorState",
+    "ReferenceGroups",
+    "STATE_VERSION",
+    "compute_measurement",
+    "make_groups",
+]

@@ -1,0 +1,98 @@
+"""One probe pass: the model runs over this rank's share, hooks read the layers.
+
+The pass runs as validation does (eval mode with every module's own mode restored,
+``torch.no_grad()``, the trainer's precision), with the random streams forked so that
+training draws the same numbers with or without the monitor. It makes no collective
+call, so a failure on one rank cannot leave the others waiting.
+"""
+from __future__ import annotations
+
+import random
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from ..capture.hooks import FeatureCapture, eval_mode
+from ..capture.layers import Layer
+from ..capture.probe import resize_inputs, to_device
+from .config import MonitorConfig
+
+
+@dataclass
+class ProbeFeatures:
+    """Pooled features ``{layer: [N, D] float32}`` and, when still needed, labels and resized inputs."""
+
+    features: dict[str, torch.Tensor]
+    labels: Optional[torch.Tensor] = None
+    inputs: Optional[torch.Tensor] = None
+
+
+@contextmanager
+def isolated_rng(device: Optional[torch.device] = None) -> Iterator[None]:
+    """Fork torch (CPU and the given CUDA device), numpy and Python ``random`` streams; restore on exit.
+
+    Lightning's ``isolate_rng`` would do the same but lives in ``lightning``; this one
+    serves both distributions and forks only the CUDA device in use.
+
+    >>> _ = torch.manual_seed(0); a = torch.rand(1)
+    >>> _ = torch.manual_seed(0)
+    >>> with isolated_rng():
+    ...     _ = torch.rand(5), np.random.rand(), random.random()
+    >>> bool(torch.rand(1) == a)
+    True
+    """
+    py_state = random.getstate()
+    np_state = np.random.get_state()
+    devices = [device] if device is not None and device.type == "cuda" else []
+    try:
+        with torch.random.fork_rng(devices=devices):
+            yield
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+
+
+def forward_as_validation(trainer: Any, pl_module: Any, x: Any) -> Any:
+    """``pl_module(x)`` with the trainer's precision (input conversion and autocast of validation)."""
+    precision = trainer.precision_plugin
+    x = precision.convert_input(x)  # e.g. float64 inputs under precision="64-true"
+    with precision.val_step_context():
+        return pl_module(x)
+
+
+def collect_features(
+    trainer: Any,
+    pl_module: Any,
+    loader: DataLoader,
+    layers: Sequence[Layer],
+    config: MonitorConfig,
+    capture: FeatureCapture,
+    *,
+    want_labels: bool,
+    want_inputs: bool,
+) -> ProbeFeatures:
+    """Run this rank's share through the model and read the layers with ``capture``'s hooks."""
+    device = pl_module.device
+    feats: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
+    ys: list[torch.Tensor] = []
+    xs: list[torch.Tensor] = []
+    with eval_mode(pl_module), capture as cap:
+        for batch in loader:
+            x, y = config.batch_fn(batch)
+            x = to_device(x, device)
+            forward_as_validation(trainer, pl_module, x)
+            for name, z in cap.take().items():
+                feats[name].append(z)
+            if want_labels and y is not None:
+                ys.append(torch.as_tensor(y).to(device))
+            if want_inputs:
+                xs.append(resize_inputs(x, config.x_size))
+    return ProbeFeatures(
+        {name: torch.cat(zs) for name, zs in feats.items()},
+        torch.cat(ys) if ys else None,
+        torch.cat(xs) if want_inputs else None,
+    )

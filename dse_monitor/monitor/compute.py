@@ -1,0 +1,150 @@
+"""The pure compute step: gathered features and reference groups in, a :class:`Measurement` out.
+
+No Trainer, no logger, no warning is issued here: whatever went wrong is recorded in
+the Measurement (``failures``, ``notes``) and the hook class reports it on rank zero.
+Each metric is computed by its :mod:`~dse_monitor.registry` entry; the solver choice
+and the out-of-memory fallback are the functional core's.
+
+Example:
+    >>> from dse_monitor.monitor.config import MonitorConfig
+    >>> cfg = MonitorConfig.build(metrics=["dse", "dsmi_y"], sigma=1.0)
+    >>> z = torch.cat([torch.zeros(10, 2), torch.full((10, 2), 50.0)])
+    >>> groups = make_groups(cfg, ReferenceGroups(), labels=torch.arange(20) // 10, inputs=None)
+    >>> m = compute_measurement(cfg, {"penultimate": z}, groups, step=3)
+    >>> round(m.values["dse/penultimate/dse"], 3), round(m.values["dse/penultimate/dsmi_y"], 3)
+    (1.0, 1.0)
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+import torch
+
+from ..functional import reference_groups
+from ..registry import METRICS
+from .config import FALLBACK_CLUSTERS, MonitorConfig
+
+
+@dataclass
+class ReferenceGroups:
+    """Group ids of the probe samples for DSMI(Z;Y) (``labels``) and DSMI(Z;X) (``inputs``).
+
+    Computed once per run (the input clustering is the expensive part) and stored in the
+    checkpoint; a grouping that failed is not retried, and its metrics are not logged.
+    """
+
+    labels: Optional[torch.Tensor] = None
+    inputs: Optional[torch.Tensor] = None
+    labels_failed: bool = False
+    inputs_failed: bool = False
+    notes: list[str] = field(default_factory=list)
+
+    def of(self, reference: Optional[str]) -> Optional[torch.Tensor]:
+        return None if reference is None else (self.labels if reference == "labels" else self.inputs)
+
+    def still_needed(self, config: MonitorConfig) -> tuple[bool, bool]:
+        """(labels, inputs) that the next probe pass must still collect."""
+        refs = config.references()
+        want_inputs = "inputs" in refs and self.inputs is None and not self.inputs_failed
+        # labels: for DSMI(Z;Y), or to count the classes (the default n_clusters of X)
+        want_labels = self.labels is None and (
+            ("labels" in refs and not self.labels_failed) or (want_inputs and config.n_clusters is None)
+        )
+        return want_labels, want_inputs
+
+
+def make_groups(
+    config: MonitorConfig, known: ReferenceGroups, labels: Optional[torch.Tensor], inputs: Optional[torch.Tensor]
+) -> ReferenceGroups:
+    """Complete ``known`` with the groups that the collected labels and inputs allow."""
+    out = ReferenceGroups(known.labels, known.inputs, known.labels_failed, known.inputs_failed)
+    refs = config.references()
+    if out.labels is None and labels is not None and "labels" in refs and not out.labels_failed:
+        try:
+            out.labels = reference_groups(labels.cpu(), n_clusters=config.n_clusters or FALLBACK_CLUSTERS).cpu()
+        except Exception as err:  # e.g. NaN labels: the other metrics still go on
+            out.labels_failed = True
+            out.notes.append(f"DSEMonitor: grouping the probe labels for DSMI(Z;Y) failed ({err}); "
+                             "DSMI(Z;Y) and CSMI(Z;Y) will not be logged.")
+    if out.inputs is None and inputs is not None:
+        if config.n_clusters is not None:
+            k = config.n_clusters
+        elif out.labels is not None or labels is not None:
+            k = int(torch.unique(out.labels if out.labels is not None else labels.cpu(), dim=0).shape[0])
+        else:
+            k = FALLBACK_CLUSTERS
+        try:
+            out.inputs = reference_groups(inputs.cpu(), n_clusters=k, seed=config.seed).cpu()
+        except Exception as err:  # e.g. fewer samples than clusters
+            out.inputs_failed = True
+            out.notes.append(f"DSEMonitor: clustering the probe inputs for DSMI(Z;X) failed ({err}); "
+                             "DSMI(Z;X) and CSMI(Z;X) will not be logged.")
+    return out
+
+
+@dataclass
+class Measurement:
+    """Everything one measurement produced.
+
+    ``values``: ``{"<prefix>/<layer>/<metric>": bits}`` (NaN for a layer with NaN/Inf
+    features); ``spectra``: the DSE eigenvalues per layer (exact path); ``failures``:
+    ``{layer: {metric: reason}}`` of metrics skipped alone; ``fallbacks``: why a solver
+    was left (memory); ``notes``: messages for the user.
+    """
+
+    step: int
+    values: dict[str, float] = field(default_factory=dict)
+    spectra: dict[str, np.ndarray] = field(default_factory=dict)
+    failures: dict[str, dict[str, str]] = field(default_factory=dict)
+    fallbacks: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    duration_s: float = 0.0
+
+
+def _failure_note(layer: str, step: int, failures: dict[str, str]) -> str:
+    reasons = "; ".join(dict.fromkeys(failures.values()))
+    return (f"DSEMonitor: computing {list(failures)} for layer {layer!r} at epoch {step} failed ({reasons}); "
+            f"skipping {'it' if len(failures) == 1 else 'them'}.")
+
+
+def compute_measurement(
+    config: MonitorConfig, features: dict[str, torch.Tensor], groups: ReferenceGroups, step: int
+) -> Measurement:
+    """Every configured metric of every layer; a failing metric is skipped alone and recorded."""
+    start = time.perf_counter()
+    out = Measurement(step, notes=list(groups.notes))
+    settings = config.settings()
+    for layer, z in features.items():
+        if config.device is not None:
+            z = z.to(config.device)
+        metrics = [m for m in config.metrics
+                   if METRICS[m].reference is None or groups.of(METRICS[m].reference) is not None]
+        if not bool(torch.isfinite(z).all()):
+            out.notes.append(f"DSEMonitor: layer {layer!r} has NaN/Inf features at epoch {step}; "
+                             "logging NaN for its metrics (diverged training?).")
+            out.values.update({config.key(layer, m): float("nan") for m in metrics})
+            continue
+        failures: dict[str, str] = {}
+        for name in metrics:
+            metric = METRICS[name]
+            try:
+                result = metric.compute(z, groups.of(metric.reference), settings)
+            except MemoryError as err:  # no approximate path could take it (t outside {1, 2})
+                failures[name] = f"MemoryError: {err} Lower num_samples."
+                continue
+            except Exception as err:  # noqa: BLE001 - recorded, training goes on
+                failures[name] = f"{type(err).__name__}: {err}"
+                continue
+            out.values[config.key(layer, name)] = result.value
+            if result.eigenvalues is not None:
+                out.spectra[layer] = result.eigenvalues
+            if result.fallback is not None:
+                out.fallbacks.append(f"DSEMonitor: {result.fallback}")
+        if failures:
+            out.failures[layer] = failures
+            out.notes.append(_failure_note(layer, step, failures))
+    out.duration_s = time.perf_counter() - start
+    return out

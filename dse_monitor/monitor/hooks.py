@@ -1,0 +1,334 @@
+"""The Lightning hooks of the monitor: they only sequence the other modules.
+
+``lightning.pytorch.Callback`` and ``pytorch_lightning.Callback`` are distinct classes,
+so one callback class cannot serve both. :class:`DSEMonitorCore` holds every hook and
+imports neither package; it uses only the trainer's public, duck-typed surface
+(``loggers``, ``strategy``, ``precision_plugin``, ``is_global_zero`` ...) and the probe
+set's one lookup of the loop's data source. The thin classes in
+:mod:`dse_monitor.callback` and :mod:`dse_monitor.pytorch_lightning` add their package's
+``Callback`` base and its TensorBoardLogger type.
+
+One measurement, top to bottom::
+
+    probe set (ProbeSet: this rank's share)  ->  collect (hooks, pooled features)
+      -> gather (probe order)  ->  compute (rank 0: a Measurement)  ->  broadcast
+      -> state.history  ->  sinks (callback_metrics; rank 0: loggers, TensorBoard, files)
+"""
+from __future__ import annotations
+
+import time
+import warnings
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from ..capture.hooks import FeatureCapture
+from ..capture.pooling import Pooling
+from ..registry import DEFAULT_METRICS
+from .collect import collect_features, isolated_rng
+from .compute import Measurement, ReferenceGroups, compute_measurement, make_groups
+from .config import BatchFn, MonitorConfig
+from .probe import ProbeSet
+from .sinks import Sinks, raw_dir
+from .state import MonitorState
+
+
+class DSEMonitorWarning(UserWarning):
+    """Warnings of the monitor (NaN features, skipped measurements, clamped probe, fallbacks)."""
+
+
+class DSEMonitorCore:
+    """Measure diffusion spectral entropy and mutual information of a layer during training.
+
+    Every ``every_n_epochs`` epochs (and once before the first training step when
+    ``at_init``) a fixed probe subset runs through the model in eval mode under
+    ``torch.no_grad()``; forward hooks read the layers, pooled to features Z [N, D], and
+
+    - ``dse``:    DSE(Z) = -sum_i a_i log2 a_i, a_i = |lambda_i|^t / sum_j |lambda_j|^t,
+      lambda the eigenvalues of the diffusion operator of Z;
+    - ``dsmi_y``: DSMI(Z;Y) = sum_y p(y) [mean_r DSE(Z_r) - DSE(Z | Y=y)], Y the labels;
+    - ``dsmi_x``: DSMI(Z;X), X the probe inputs resized to ``x_size`` (nearest),
+      flattened and spectrally clustered once into ``n_clusters`` groups;
+    - ``cse``, ``csmi_y``, ``csmi_x``: the binning baselines.
+
+    They are logged as ``<prefix>/<layer>/<metric>`` (e.g. ``dse/penultimate/dse``) to
+    every logger with ``step`` = completed training epochs (0 = at init), and put in
+    ``trainer.callback_metrics``. TensorBoard also gets the eigenvalue spectrum as a
+    histogram (``dse/<layer>/spectrum``) and a custom-scalars layout. Training itself is
+    untouched: every module's mode is restored, hooks are removed, random streams are
+    forked and restored. Under DDP each rank probes its share and rank 0 computes. A
+    failing probe pass warns and skips that measurement on every rank, a failing metric
+    skips only itself, a failing file write only warns; training goes on. Configuration
+    errors (unknown layer, a layer that ``forward`` never calls, missing labels) are
+    raised at fit start.
+
+    Measurements run in ``on_train_epoch_end``, after the epoch's validation. To watch a
+    value with ``EarlyStopping`` / ``ModelCheckpoint``, list the monitor before them and
+    let them check at train-epoch end (their default when validation runs once per
+    epoch; ``check_on_train_epoch_end=True`` / ``save_on_train_epoch_end=True`` otherwise).
+
+    Args:
+        layers: module names from ``named_modules()``, or ``"penultimate"``: the input of
+            the final classifier (timm ``get_classifier()``, torchvision ``fc`` /
+            ``classifier`` / ``head``, else the last ``nn.Linear`` run in ``forward``).
+        probe: ``"val"`` or ``"train"`` (the trainer's loaders) or a Dataset / DataLoader.
+        num_samples: size of the probe subset (None: the whole split); clamped with a warning.
+        seed: seed of the probe subset, the input clustering and the DSMI subsets.
+        every_n_epochs: measure after every n-th training epoch.
+        at_init: also measure before the first training step (logged at step 0).
+        metrics: among ``"dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x"``
+            (:mod:`dse_monitor.registry`).
+        sigma: kernel bandwidth: a number (on raw distances), ``"sqrt_dim"`` or ``"median"``.
+        t: diffusion time.
+        num_repetitions: random subsets per group in DSMI's unconditional term.
+        n_clusters: groups for X (and continuous Y); default: the number of classes
+            in the probe labels, else 10.
+        x_size: side of the nearest-resized images for DSMI(Z;X) (None: no resize).
+        pooling: ``"mean"`` (avg-pool maps, mean of tokens), ``"cls"`` (first token),
+            ``"flatten"`` or a callable ``[B, ...] -> [B, D]``.
+        batch_fn: callable ``batch -> (inputs, labels or None)``; default handles
+            ``(x, y, ...)`` tuples/lists and dicts with the usual keys.
+        batch_size: probe batch size (default: the source loader's, else 64).
+        device: device of the metric computation (default: the features' device).
+        dtype: dtype of the metric computation (default float64; ``"float32"`` is faster).
+        prefix: first part of the logged keys; give two monitors different prefixes.
+        log_spectrum: write eigenvalue histograms to TensorBoard.
+        save_raw: write ``history.json``, ``history.csv`` and ``spectra.npz`` to
+            ``<log_dir>/<prefix>_monitor``.
+        solver: ``"auto"`` (exact eigen-solve up to ``AUTO_CROSSOVER`` probe points,
+            the approximate Lanczos solver with guaranteed bounds above), ``"exact"`` or
+            ``"lanczos"``. A probe too large for an exact solve in the free memory warns
+            once and is measured with the streamed approximate solver. The spectrum
+            histogram needs the exact path.
+
+    Example:
+        >>> from dse_monitor import DSEMonitor   # or: from dse_monitor.pytorch_lightning import DSEMonitor
+        >>> monitor = DSEMonitor(layers="penultimate", num_samples=500, metrics=["dse", "dsmi_y"])
+        >>> monitor.state_key
+        "DSEMonitor{'prefix': 'dse', 'layers': ['penultimate'], 'probe': 'val', 'num_samples': 500, 'seed': 0}"
+        >>> trainer = Trainer(callbacks=[monitor], max_epochs=10)  # doctest: +SKIP
+        >>> trainer.fit(model, datamodule)                         # doctest: +SKIP
+        >>> monitor.history[0]["dse/penultimate/dse"]              # doctest: +SKIP
+        7.93...
+    """
+
+    #: Logger classes that get the TensorBoard extras (set by the thin classes).
+    _tensorboard_loggers: tuple[type, ...] = ()
+
+    def __init__(
+        self,
+        layers: Union[str, list[str]] = "penultimate",
+        probe: Union[str, Dataset, DataLoader] = "val",
+        num_samples: Optional[int] = 1000,
+        seed: int = 0,
+        every_n_epochs: int = 1,
+        at_init: bool = True,
+        metrics: Union[str, Sequence[str]] = DEFAULT_METRICS,
+        sigma: Union[float, str] = 10.0,
+        t: float = 1.0,
+        num_repetitions: int = 5,
+        n_clusters: Optional[int] = None,
+        x_size: Optional[int] = 64,
+        pooling: Pooling = "mean",
+        batch_fn: Optional[BatchFn] = None,
+        batch_size: Optional[int] = None,
+        device: Union[str, torch.device, None] = None,
+        dtype: Union[str, torch.dtype, None] = None,
+        prefix: str = "dse",
+        log_spectrum: bool = True,
+        save_raw: bool = False,
+        solver: str = "auto",
+    ) -> None:
+        super().__init__()
+        self.config = MonitorConfig.build(
+            layers=layers, probe=probe, num_samples=num_samples, seed=seed, every_n_epochs=every_n_epochs,
+            at_init=at_init, metrics=metrics, sigma=sigma, t=t, num_repetitions=num_repetitions,
+            n_clusters=n_clusters, x_size=x_size, pooling=pooling, batch_fn=batch_fn, batch_size=batch_size,
+            device=device, dtype=dtype, prefix=prefix, log_spectrum=log_spectrum, save_raw=save_raw, solver=solver,
+        )
+        self._probe = ProbeSet(self.config)
+        self._sinks = Sinks(self.config, self._tensorboard_loggers)
+        self._reset()
+
+    def __getattr__(self, name: str) -> Any:
+        # The configuration reads as attributes (monitor.sigma, monitor.layers, ...).
+        config = self.__dict__.get("config")
+        if config is not None and name in MonitorConfig.__dataclass_fields__:
+            return getattr(config, name)
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+
+    # ------------------------------------------------------------------ state
+    def _reset(self) -> None:
+        """Forget the stored state (probe, groups, history) and the per-run objects."""
+        self._state = MonitorState()
+        self._groups = ReferenceGroups()
+        self._memory_warned = False
+        self.last_duration_s: Optional[float] = None
+        self._sinks.reset()
+        self._release()
+
+    def _release(self) -> None:
+        """Drop the per-run objects: data source, loader, resolved layers (which reference the model)."""
+        self._probe.release()
+        self._capture: Optional[FeatureCapture] = None
+        self._sinks.layout_written = False
+
+    # Read by tests and users: what the monitor holds after fit (nothing that references the model).
+    _layers = property(lambda self: self._probe.layers)
+    _source = property(lambda self: self._probe.source)
+    _loader = property(lambda self: self._probe.loader)
+
+    @property
+    def history(self) -> dict[int, dict[str, float]]:
+        """``{step: {"<prefix>/<layer>/<metric>": value}}``, step = completed epochs (0: at init)."""
+        return self._state.history
+
+    @property
+    def state_key(self) -> str:
+        cfg = self.config
+        return self._generate_state_key(  # type: ignore[attr-defined]
+            prefix=cfg.prefix, layers=cfg.layers, probe=cfg.probe_name(), num_samples=cfg.num_samples, seed=cfg.seed
+        )
+
+    @property
+    def probe_indices(self) -> Optional[list[int]]:
+        """The probe subset: indices into the probe split, in probe order."""
+        return None if self._state.indices is None else list(self._state.indices)
+
+    @property
+    def input_groups(self) -> Optional[torch.Tensor]:
+        """Cluster ids of the probe inputs used for DSMI(Z;X), once computed."""
+        return self._groups.inputs
+
+    @property
+    def label_groups(self) -> Optional[torch.Tensor]:
+        """Group ids of the probe labels used for DSMI(Z;Y), once read."""
+        return self._groups.labels
+
+    def state_dict(self) -> dict[str, Any]:
+        self._state.label_groups, self._state.input_groups = self._groups.labels, self._groups.inputs
+        return self._state.to_dict()
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state = MonitorState.from_dict(state_dict)
+        if state.indices != self._state.indices:
+            self._probe.loader = None
+        self._state = state
+        self._groups = ReferenceGroups(state.label_groups, state.input_groups)
+
+    def raw_dir(self, trainer: Any) -> str:
+        """Where ``save_raw=True`` writes: ``<trainer.log_dir>/<prefix>_monitor`` (call it on every rank)."""
+        return raw_dir(trainer, self.config.prefix)
+
+    def _warn(self, trainer: Any, message: str) -> None:
+        if getattr(trainer, "is_global_zero", True):
+            warnings.warn(message, DSEMonitorWarning, stacklevel=3)
+
+    # ------------------------------------------------------------------ hooks
+    def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if str(getattr(stage, "value", stage)) != "fit":
+            return
+        if trainer.current_epoch == 0:
+            # A new fit starts fresh; a resumed one gets its state from load_state_dict after this.
+            self._reset()
+        else:  # fit called again on a trainer that already trained: continue the curves
+            self._release()
+
+    def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
+        """Choose the probe subset and resolve the layers: configuration errors surface here, before training."""
+        with isolated_rng(pl_module.device), torch.no_grad():
+            self._probe.prepare(trainer, pl_module, self._state, lambda m: self._warn(trainer, m))
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        # global_step > 0: resumed from a checkpoint taken inside the first epoch; the model is no
+        # longer at its initialisation and step 0 is already in the restored history
+        if self.config.at_init and trainer.current_epoch == 0 and trainer.global_step == 0 and 0 not in self.history:
+            self.measure(trainer, pl_module, step=0)
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        step = trainer.current_epoch + 1
+        if step % self.config.every_n_epochs == 0:
+            self.measure(trainer, pl_module, step=step)
+
+    def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        # Hooks never outlive a probe pass (a context manager removes them); removing again is a no-op
+        # that guards against an interrupted pass. Then drop the loader and the references to the model.
+        if self._capture is not None:
+            self._capture.remove()
+        if str(getattr(stage, "value", stage)) == "fit":
+            self._release()
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        # Lightning skips teardown when fit raises: drop the hooks and the references to the model here.
+        if self._capture is not None:
+            self._capture.remove()
+        self._release()
+
+    # ------------------------------------------------------------------ measurement
+    def measure(self, trainer: Any, pl_module: Any, step: int) -> Optional[dict[str, float]]:
+        """Probe, compute and log at ``step``; returns the logged values (None when skipped).
+
+        Must be called on every rank (it gathers and broadcasts).
+        """
+        start = time.perf_counter()
+        with isolated_rng(pl_module.device), torch.no_grad():
+            if not self._probe.layers:  # called without on_fit_start (e.g. by hand)
+                self._probe.prepare(trainer, pl_module, self._state, lambda m: self._warn(trainer, m))
+            features = self._probe_pass(trainer, pl_module, step)
+        if features is None:
+            self.last_duration_s = time.perf_counter() - start
+            return None
+        payload = None
+        if trainer.is_global_zero:
+            try:
+                groups = make_groups(self.config, self._groups, features.labels, features.inputs)
+                payload = (compute_measurement(self.config, features.features, groups, step), groups)
+            except Exception as err:  # rank 0 must still reach the broadcast below
+                self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "
+                                    f"({type(err).__name__}: {err}); skipping it.")
+                payload = (Measurement(step), self._groups)
+        if trainer.world_size > 1:
+            payload = trainer.strategy.broadcast(payload, src=0)
+        measurement, groups = payload
+        self._report(trainer, measurement)
+        self._groups = ReferenceGroups(groups.labels, groups.inputs, groups.labels_failed, groups.inputs_failed)
+        self.last_duration_s = time.perf_counter() - start
+        if not measurement.values:
+            return None
+        self.history[step] = dict(measurement.values)
+        self._sinks.write(trainer, measurement, self._state, lambda m: self._warn(trainer, m))
+        return measurement.values
+
+    def _probe_pass(self, trainer: Any, pl_module: Any, step: int) -> Any:
+        """Collect this rank's features and gather them; None (on every rank) when any rank failed."""
+        indices = self._state.indices
+        assert indices is not None
+        want_labels, want_inputs = self._groups.still_needed(self.config)
+        try:
+            loader = self._probe.shard_loader(trainer, indices)
+            self._capture = FeatureCapture(self._probe.layers, self.config.pooling)
+            local = collect_features(trainer, pl_module, loader, self._probe.layers, self.config, self._capture,
+                                     want_labels=want_labels, want_inputs=want_inputs)
+        except Exception as err:  # e.g. out of memory, a batch the model rejects: never kill the run
+            local = None
+            warnings.warn(
+                f"DSEMonitor: the probe pass at epoch {step} failed on rank {trainer.global_rank} "
+                f"({type(err).__name__}: {err}); skipping this measurement.",
+                DSEMonitorWarning,
+                stacklevel=3,
+            )
+        # all ranks agree before gathering: one rank skipping alone would leave the others waiting
+        ok = local is not None
+        if trainer.world_size > 1:
+            ok = trainer.strategy.reduce_boolean_decision(ok, all=True)
+        if not ok:
+            return None
+        return self._probe.gather(trainer, local, len(indices))
+
+    def _report(self, trainer: Any, measurement: Measurement) -> None:
+        for note in measurement.notes:
+            self._warn(trainer, note)
+        if measurement.fallbacks and not self._memory_warned:
+            self._memory_warned = True
+            self._warn(trainer, measurement.fallbacks[0])

@@ -1,0 +1,148 @@
+"""The probe set: where it comes from, which samples, each rank's share, and the preflight.
+
+This is the only module that reads the trainer's loaders (``fit_loop._data_source``,
+Lightning's record of the train/val dataloader hooks; there is no public accessor that
+gives the loader without iterating it). Everything else gets a Dataset or DataLoader.
+
+The probe is a fixed, seeded subset of the split (:func:`~dse_monitor.capture.probe.choose_indices`),
+stored in the checkpoint; under DDP rank r probes the r-th contiguous share, padded
+with the first index to equal shapes for ``all_gather``, and the gathered features are
+cut back to the N probe samples in probe order.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Optional
+
+import torch
+from torch.utils.data import DataLoader
+
+from ..capture.hooks import FeatureCapture, eval_mode
+from ..capture.layers import Layer, LayerNotFoundError, resolve_layer
+from ..capture.probe import choose_indices, first_dataloader, probe_loader, source_dataset, to_device
+from .collect import ProbeFeatures, forward_as_validation
+from .config import MonitorConfig
+from .state import MonitorState
+
+Warn = Callable[[str], None]
+
+
+def resolve_source(trainer: Any, probe: Any) -> Any:
+    """The probe's Dataset or DataLoader: given, or the trainer's ``"val"`` / ``"train"`` loader."""
+    if not isinstance(probe, str):
+        return probe
+    loop = trainer.fit_loop if probe == "train" else trainer.fit_loop.epoch_loop.val_loop
+    source = getattr(loop, "_data_source", None)
+    other = "train" if probe == "val" else "val"
+    fix = f"pass probe={other!r} or probe=<Dataset or DataLoader>."
+    if source is None or not source.is_defined():
+        raise ValueError(
+            f"DSEMonitor(probe={probe!r}) found no {probe} dataloader on the trainer, model or datamodule; {fix}"
+        )
+    loaders = source.dataloader()
+    try:
+        if loaders is None:
+            raise ValueError("it returned None")
+        return first_dataloader(loaders)
+    except ValueError as err:  # e.g. an empty list: a split the datamodule does not have
+        raise ValueError(f"DSEMonitor(probe={probe!r}): the {probe} dataloader hook gave no loader "
+                         f"({err}); {fix}") from err
+
+
+class ProbeSet:
+    """The probe of one fit: source, indices (in the state), resolved layers, this rank's loader."""
+
+    def __init__(self, config: MonitorConfig) -> None:
+        self.config = config
+        self.source: Any = None
+        self.layers: list[Layer] = []
+        self.loader: Optional[DataLoader] = None
+
+    def release(self) -> None:
+        """Drop the per-run objects (they reference the data and the model)."""
+        self.source, self.layers, self.loader = None, [], None
+
+    # ------------------------------------------------------------------ preflight
+    def prepare(self, trainer: Any, pl_module: Any, state: MonitorState, warn: Warn) -> None:
+        """Choose (or check the stored) indices, resolve the layers and run one peek batch.
+
+        Configuration errors surface here, at fit start: no probe split, labels missing
+        for ``dsmi_y``, an unknown layer, a layer that ``forward`` never calls.
+        """
+        cfg = self.config
+        self.source = resolve_source(trainer, cfg.probe)
+        n_total = len(source_dataset(self.source))
+        if n_total < 2:
+            raise ValueError(f"DSEMonitor needs a probe split of at least 2 samples, got {n_total}.")
+        if state.indices is None:
+            if cfg.num_samples is not None and cfg.num_samples > n_total:
+                warn(f"DSEMonitor: num_samples={cfg.num_samples} is larger than the probe split "
+                     f"({cfg.probe_name()}: {n_total} samples); probing all {n_total}.")
+            state.indices = choose_indices(n_total, cfg.num_samples, cfg.seed)
+        elif max(state.indices) >= n_total:
+            raise ValueError(
+                f"DSEMonitor: the stored probe indices go up to {max(state.indices)} but the probe split has "
+                f"{n_total} samples; the checkpoint belongs to another dataset."
+            )
+        self.loader = None
+        peek = probe_loader(self.source, state.indices[: min(len(state.indices), 8)], batch_size=8)
+        x, y = cfg.batch_fn(next(iter(peek)))
+        self._check_labels(y)
+        x = to_device(x, pl_module.device)
+
+        def run_forward() -> Any:
+            with eval_mode(pl_module):
+                return forward_as_validation(trainer, pl_module, x)
+
+        self.layers = [resolve_layer(pl_module, name, run_forward) for name in cfg.layers]
+        # One pass over the peek batch: a layer that forward() never calls, or an activation the
+        # pooling cannot handle, is a configuration error now rather than after the first epoch.
+        with FeatureCapture(self.layers, cfg.pooling) as cap:
+            run_forward()
+            try:
+                cap.take()
+            except RuntimeError as err:
+                raise LayerNotFoundError(f"DSEMonitor: {err}") from err
+
+    def _check_labels(self, y: Any) -> None:
+        asked = self.config.metrics_needing("labels")
+        if not asked:
+            return
+        if y is None:
+            raise ValueError(
+                f"DSEMonitor: metrics {asked} need labels, but the probe batches carry none (batch_fn returned "
+                "no labels). Use batches like (x, y) or {'x': ..., 'y': ...}, pass batch_fn, or drop those metrics."
+            )
+        try:
+            torch.as_tensor(y)
+        except Exception as err:
+            raise ValueError(
+                f"DSEMonitor: metrics {asked} need labels as a tensor (one per sample); the probe batches carry "
+                f"a {type(y).__name__} ({err}). Pass batch_fn returning (inputs, label tensor)."
+            ) from err
+
+    # ------------------------------------------------------------------ shards
+    def shard_loader(self, trainer: Any, indices: list[int]) -> DataLoader:
+        """This rank's loader (built once per fit): its contiguous share, padded to the common length."""
+        if self.loader is None:
+            world, rank = trainer.world_size, trainer.global_rank
+            share = math.ceil(len(indices) / world)
+            mine = indices[rank * share : (rank + 1) * share]
+            mine = mine + [indices[0]] * (share - len(mine))  # equal shapes for all_gather
+            self.loader = probe_loader(self.source, mine, self.config.batch_size)
+        return self.loader
+
+    @staticmethod
+    def gather(trainer: Any, local: ProbeFeatures, n: int) -> ProbeFeatures:
+        """The ranks' shares concatenated in probe order (rank 0's first), cut to the N probe samples."""
+        world = trainer.world_size
+
+        def gather(t: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+            if t is None:
+                return None
+            if world > 1:
+                t = trainer.strategy.all_gather(t.contiguous()).reshape(world * t.shape[0], *t.shape[1:])
+            return t[:n]
+
+        return ProbeFeatures({name: gather(z) for name, z in local.features.items()},
+                             gather(local.labels), gather(local.inputs))
