@@ -28,3 +28,13 @@ def _two_threads():
     torch.set_num_threads(min(n, 2))
     yield
     torch.set_num_threads(n)
+
+
+def _count_hooks(model: torch.nn.Module) -> int:
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
+
+
+@pytest.fixture
+def count_hooks():
+    """``count_hooks(model)``: forward hooks and pre-hooks left on any module of ``model``."""
+    return _count_hooks

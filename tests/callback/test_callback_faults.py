@@ -13,10 +13,6 @@ from dse_monitor.monitor import DSEMonitorWarning
 from dse_monitor.capture import LayerNotFoundError
 
 
-def _hooks(model: nn.Module) -> int:
-    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in model.modules())
-
-
 def test_unknown_layer_is_a_configuration_error_naming_close_modules(tmp_path):
     model = LitClassifier()
     trainer = L.Trainer(callbacks=[DSEMonitor(layers="net.featurs.0", num_samples=32)], **trainer_kwargs(tmp_path))
@@ -71,8 +67,10 @@ def test_nan_features_log_nan_and_core_failures_skip_but_training_goes_on(tmp_pa
     assert any("layer 'side' has NaN/Inf features at epoch 2" in m for m in messages)
     assert any("layer 'empty' at epoch 0 failed" in m and "ValueError" in m for m in messages)
     assert sorted(monitor.history) == [0, 1, 2]
-    assert all(v != v for k, v in monitor.history[2].items() if k.startswith("dse/side/"))  # NaN
-    assert all(v == v for k, v in monitor.history[1].items() if k.startswith("dse/side/"))
+    side_2 = [v for k, v in monitor.history[2].items() if k.startswith("dse/side/")]
+    side_1 = [v for k, v in monitor.history[1].items() if k.startswith("dse/side/")]
+    assert side_2 and all(v != v for v in side_2)  # NaN
+    assert side_1 and all(v == v for v in side_1)
     assert not any(k.startswith("dse/empty/") for step in monitor.history.values() for k in step)
     assert monitor.history[2]["dse/penultimate/dse"] == monitor.history[2]["dse/penultimate/dse"]  # not NaN
 
@@ -84,7 +82,7 @@ class BreaksInEval(LitClassifier):
         return super().forward(x)
 
 
-def test_a_failing_probe_pass_is_skipped_with_hooks_removed_and_modes_restored(tmp_path):
+def test_a_failing_probe_pass_is_skipped_with_hooks_removed_and_modes_restored(tmp_path, count_hooks):
     model = BreaksInEval(n_train=32)
     monitor = DSEMonitor(num_samples=32, layers=["net.pool", "penultimate"], metrics="dse")
     trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=3, limit_val_batches=0))
@@ -92,7 +90,7 @@ def test_a_failing_probe_pass_is_skipped_with_hooks_removed_and_modes_restored(t
         trainer.fit(model)
     assert trainer.current_epoch == 3 and len(model.losses) == 3  # training went on
     assert sorted(monitor.history) == [0, 1]
-    assert _hooks(model) == 0
+    assert count_hooks(model) == 0
     assert all(m.training for m in model.modules())
     assert torch.is_grad_enabled()
 
@@ -131,13 +129,13 @@ class FailsInSecondEpoch(LitClassifier):
         return super().training_step(batch, batch_idx)
 
 
-def test_when_fit_raises_the_monitor_lets_go_of_the_model(tmp_path):
+def test_when_fit_raises_the_monitor_lets_go_of_the_model(tmp_path, count_hooks):
     model = FailsInSecondEpoch(n_train=32)
     monitor = DSEMonitor(num_samples=32, metrics="dse")
     trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=2, limit_val_batches=0))
     with pytest.raises(RuntimeError, match="user bug"):
         trainer.fit(model)
-    assert sorted(monitor.history) == [0, 1] and _hooks(model) == 0
+    assert sorted(monitor.history) == [0, 1] and count_hooks(model) == 0
     # Lightning calls on_exception, not teardown: the monitor must still drop its layers, loader and source
     assert monitor._layers == [] and monitor._loader is None and monitor._source is None
 

@@ -129,4 +129,5 @@ def test_probe_pass_uses_the_trainers_precision(tmp_path, precision):
     L.Trainer(callbacks=[monitor], precision=precision, **trainer_kwargs(tmp_path, max_epochs=1, limit_val_batches=0)).fit(model)
     expected = (torch.float64, None) if precision == "64-true" else (torch.float32, torch.bfloat16)
     assert model.dtypes and all(d == expected for d in model.dtypes)
-    assert all(v == v for step in monitor.history.values() for v in step.values())
+    values = [v for step in monitor.history.values() for v in step.values()]
+    assert values and all(v == v for v in values)
