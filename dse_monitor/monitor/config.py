@@ -72,7 +72,8 @@ class MonitorConfig:
     probe: Union[str, Dataset, DataLoader]
     num_samples: Optional[int]
     seed: int
-    every_n_epochs: int
+    every_n_epochs: Optional[int]
+    every_n_train_steps: Optional[int]
     at_init: bool
     metrics: list[str]
     sigma: Union[float, str]
@@ -97,7 +98,8 @@ class MonitorConfig:
         probe: Union[str, Dataset, DataLoader] = "val",
         num_samples: Optional[int] = 1000,
         seed: int = 0,
-        every_n_epochs: int = 1,
+        every_n_epochs: Optional[int] = None,
+        every_n_train_steps: Optional[int] = None,
         at_init: bool = True,
         metrics: Union[str, Sequence[str]] = DEFAULT_METRICS,
         sigma: Union[float, str] = 10.0,
@@ -130,6 +132,14 @@ class MonitorConfig:
             raise ValueError(f"t must be a positive number, got {t!r}")
         if batch_fn is not None and not callable(batch_fn):
             raise ValueError(f"batch_fn must be callable, got {batch_fn!r}")
+        if every_n_epochs is not None and every_n_train_steps is not None:
+            raise ValueError(
+                f"pass every_n_epochs or every_n_train_steps, not both (got every_n_epochs={every_n_epochs!r}, "
+                f"every_n_train_steps={every_n_train_steps!r}): with a step cadence the monitor does not also "
+                "measure at epoch ends."
+            )
+        if every_n_train_steps is None:
+            every_n_epochs = 1 if every_n_epochs is None else every_n_epochs
         if not isinstance(prefix, str) or not prefix or "/" in prefix:
             raise ValueError(f"prefix must be a non-empty string without '/', got {prefix!r}")
         return cls(
@@ -137,7 +147,8 @@ class MonitorConfig:
             probe=probe,
             num_samples=check_int(num_samples, "num_samples", 2, allow_none=True),
             seed=check_int(seed, "seed", 0),
-            every_n_epochs=check_int(every_n_epochs, "every_n_epochs", 1),
+            every_n_epochs=check_int(every_n_epochs, "every_n_epochs", 1, allow_none=True),
+            every_n_train_steps=check_int(every_n_train_steps, "every_n_train_steps", 1, allow_none=True),
             at_init=bool(at_init),
             metrics=_check_metrics(metrics),
             sigma=_check_sigma(sigma),

@@ -30,6 +30,7 @@ from .collect import collect_features, isolated_rng
 from .compute import Measurement, ReferenceGroups, compute_measurement, make_groups
 from .config import BatchFn, MonitorConfig
 from .probe import ProbeSet
+from .schedule import Position, after_epoch, after_step, at_init
 from .sinks import Sinks, raw_dir
 from .state import MonitorState
 
@@ -41,8 +42,8 @@ class DSEMonitorWarning(UserWarning):
 class DSEMonitorCore:
     """Measure diffusion spectral entropy and mutual information of a layer during training.
 
-    Every ``every_n_epochs`` epochs (and once before the first training step when
-    ``at_init``) a fixed probe subset runs through the model in eval mode under
+    Every ``every_n_epochs`` epochs or ``every_n_train_steps`` optimizer steps (and once
+    before the first training step when ``at_init``) a fixed probe subset runs through the model in eval mode under
     ``torch.no_grad()``; forward hooks read the layers, pooled to features Z [N, D], and
 
     - ``dse``:    DSE(Z) = -sum_i a_i log2 a_i, a_i = |lambda_i|^t / sum_j |lambda_j|^t,
@@ -52,9 +53,11 @@ class DSEMonitorCore:
       flattened and spectrally clustered once into ``n_clusters`` groups;
     - ``cse``, ``csmi_y``, ``csmi_x``: the binning baselines.
 
-    They are logged as ``<prefix>/<layer>/<metric>`` (e.g. ``dse/penultimate/dse``) to
-    every logger with ``step`` = completed training epochs (0 = at init), and put in
-    ``trainer.callback_metrics``. TensorBoard also gets the eigenvalue spectrum as a
+    They are logged as ``<prefix>/<layer>/<metric>`` (e.g. ``dse/penultimate/dse``), with
+    ``<prefix>/epoch`` (completed epochs), to every logger at the trainer's step: where
+    Lightning logs the same epoch's validation metrics (at init: 0; with a step cadence:
+    the step of that batch), so DSE and ``val_loss`` share the x-axis. They also go to
+    ``trainer.callback_metrics`` and :attr:`history`. TensorBoard also gets the eigenvalue spectrum as a
     histogram (``dse/<layer>/spectrum``) and a custom-scalars layout. Training itself is
     untouched: every module's mode is restored, hooks are removed, random streams are
     forked and restored. Under DDP each rank probes its share and rank 0 computes. A
@@ -75,7 +78,9 @@ class DSEMonitorCore:
         probe: ``"val"`` or ``"train"`` (the trainer's loaders) or a Dataset / DataLoader.
         num_samples: size of the probe subset (None: the whole split); clamped with a warning.
         seed: seed of the probe subset, the input clustering and the DSMI subsets.
-        every_n_epochs: measure after every n-th training epoch.
+        every_n_epochs: measure after every n-th training epoch (default 1).
+        every_n_train_steps: measure after every n-th optimizer step instead of at epoch
+            ends (giving both is an error).
         at_init: also measure before the first training step (logged at step 0).
         metrics: among ``"dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x"``
             (:mod:`dse_monitor.registry`).
@@ -122,7 +127,8 @@ class DSEMonitorCore:
         probe: Union[str, Dataset, DataLoader] = "val",
         num_samples: Optional[int] = 1000,
         seed: int = 0,
-        every_n_epochs: int = 1,
+        every_n_epochs: Optional[int] = None,
+        every_n_train_steps: Optional[int] = None,
         at_init: bool = True,
         metrics: Union[str, Sequence[str]] = DEFAULT_METRICS,
         sigma: Union[float, str] = 10.0,
@@ -143,7 +149,7 @@ class DSEMonitorCore:
         super().__init__()
         self.config = MonitorConfig.build(
             layers=layers, probe=probe, num_samples=num_samples, seed=seed, every_n_epochs=every_n_epochs,
-            at_init=at_init, metrics=metrics, sigma=sigma, t=t, num_repetitions=num_repetitions,
+            every_n_train_steps=every_n_train_steps, at_init=at_init, metrics=metrics, sigma=sigma, t=t, num_repetitions=num_repetitions,
             n_clusters=n_clusters, x_size=x_size, pooling=pooling, batch_fn=batch_fn, batch_size=batch_size,
             device=device, dtype=dtype, prefix=prefix, log_spectrum=log_spectrum, save_raw=save_raw, solver=solver,
         )
@@ -164,6 +170,7 @@ class DSEMonitorCore:
         self._state = MonitorState()
         self._groups = ReferenceGroups()
         self._memory_warned = False
+        self._last_global_step = 0
         self.last_duration_s: Optional[float] = None
         self._sinks.reset()
         self._release()
@@ -181,8 +188,14 @@ class DSEMonitorCore:
 
     @property
     def history(self) -> dict[int, dict[str, float]]:
-        """``{step: {"<prefix>/<layer>/<metric>": value}}``, step = completed epochs (0: at init)."""
+        """``{key: {"<prefix>/<layer>/<metric>": value}}``; key = completed epochs, or the global
+        step with ``every_n_train_steps`` (0: at init). :attr:`positions` says where each sits."""
         return self._state.history
+
+    @property
+    def positions(self) -> dict[int, dict[str, Optional[int]]]:
+        """``{key: {"epoch": completed epochs, "global_step": ..., "step": the loggers' step}}``."""
+        return self._state.positions
 
     @property
     def state_key(self) -> str:
@@ -243,13 +256,20 @@ class DSEMonitorCore:
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # global_step > 0: resumed from a checkpoint taken inside the first epoch; the model is no
         # longer at its initialisation and step 0 is already in the restored history
+        self._last_global_step = int(trainer.global_step)
         if self.config.at_init and trainer.current_epoch == 0 and trainer.global_step == 0 and 0 not in self.history:
-            self.measure(trainer, pl_module, step=0)
+            self.measure(trainer, pl_module, at_init(trainer))
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        position = after_step(trainer, self.config.every_n_train_steps, self._last_global_step)
+        self._last_global_step = int(trainer.global_step)
+        if position is not None:
+            self.measure(trainer, pl_module, position)
 
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
-        step = trainer.current_epoch + 1
-        if step % self.config.every_n_epochs == 0:
-            self.measure(trainer, pl_module, step=step)
+        position = after_epoch(trainer, self.config.every_n_epochs)
+        if position is not None:
+            self.measure(trainer, pl_module, position)
 
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # Hooks never outlive a probe pass (a context manager removes them); removing again is a no-op
@@ -266,11 +286,15 @@ class DSEMonitorCore:
         self._release()
 
     # ------------------------------------------------------------------ measurement
-    def measure(self, trainer: Any, pl_module: Any, step: int) -> Optional[dict[str, float]]:
-        """Probe, compute and log at ``step``; returns the logged values (None when skipped).
+    def measure(self, trainer: Any, pl_module: Any, position: Union[int, Position]) -> Optional[dict[str, float]]:
+        """Probe, compute and log; returns the logged values (None when skipped).
 
-        Must be called on every rank (it gathers and broadcasts).
+        ``position``: where the measurement goes (an int: that history key, logged at that
+        step). Must be called on every rank (it gathers and broadcasts).
         """
+        if not isinstance(position, Position):
+            position = Position(int(position), int(position), int(trainer.global_step), int(position))
+        step = position.key
         start = time.perf_counter()
         with isolated_rng(pl_module.device), torch.no_grad():
             if not self._probe.layers:  # called without on_fit_start (e.g. by hand)
@@ -297,7 +321,8 @@ class DSEMonitorCore:
         if not measurement.values:
             return None
         self.history[step] = dict(measurement.values)
-        self._sinks.write(trainer, measurement, self._state, lambda m: self._warn(trainer, m))
+        self.positions[step] = {"epoch": position.epoch, "global_step": position.global_step, "step": position.step}
+        self._sinks.write(trainer, measurement, position, self._state, lambda m: self._warn(trainer, m))
         return measurement.values
 
     def _probe_pass(self, trainer: Any, pl_module: Any, step: int) -> Any:

@@ -21,6 +21,7 @@ import torch
 
 from .compute import Measurement
 from .config import MonitorConfig
+from .schedule import Position
 from .state import MonitorState
 from .tensorboard import write_layout, write_spectrum
 
@@ -46,9 +47,10 @@ class Sinks:
         self.layout_written = False
         self.spectra = {}
 
-    def write(self, trainer: Any, measurement: Measurement, state: MonitorState, warn: Warn) -> None:
-        """Send one measurement everywhere; ``state.history`` already holds it."""
-        step, values = measurement.step, measurement.values
+    def write(self, trainer: Any, measurement: Measurement, position: Position, state: MonitorState,
+              warn: Warn) -> None:
+        """Send one measurement everywhere, at the loggers' ``position.step``; ``state`` already holds it."""
+        step, values = position.step, measurement.values
         device = getattr(getattr(trainer, "strategy", None), "root_device", None)
         for key, value in values.items():
             trainer.callback_metrics[key] = torch.tensor(value, device=device) if device is not None \
@@ -56,8 +58,9 @@ class Sinks:
         folder = raw_dir(trainer, self.config.prefix) if self.config.save_raw else None
         if not trainer.is_global_zero:
             return
+        logged = {**values, f"{self.config.prefix}/epoch": float(position.epoch)}
         for logger in trainer.loggers:
-            logger.log_metrics(dict(values), step=step)
+            logger.log_metrics(logged, step=step)
             if self.tensorboard_loggers and isinstance(logger, self.tensorboard_loggers):
                 try:
                     self._tensorboard_extras(logger.experiment, measurement.spectra, step)
@@ -67,7 +70,7 @@ class Sinks:
         self.layout_written = True
         if folder is not None:
             try:
-                self._save_raw(folder, measurement.spectra, step, state)
+                self._save_raw(folder, measurement.spectra, position.key, state)
             except Exception as err:  # e.g. a full disk or a file in the way
                 warn(f"DSEMonitor: save_raw could not write to {folder} at epoch {step} "
                      f"({type(err).__name__}: {err}); training goes on.")
@@ -82,10 +85,12 @@ class Sinks:
 
     def _save_raw(self, folder: str, spectra: dict[str, np.ndarray], step: int, state: MonitorState) -> None:
         os.makedirs(folder, exist_ok=True)
-        rows = [{"step": s, **state.history[s]} for s in sorted(state.history)]
+        # "step": the history key (completed epochs, or the global step with a step cadence)
+        rows = [{"step": s, **_position_columns(state, s), **state.history[s]} for s in sorted(state.history)]
         with open(os.path.join(folder, "history.json"), "w") as f:
             json.dump({"indices": state.indices, "history": rows}, f, indent=1)
-        columns = ["step"] + sorted({k for r in rows for k in r if k != "step"})
+        fixed = ["step", "epoch", "global_step", "logged_step"]
+        columns = fixed + sorted({k for r in rows for k in r if k not in fixed})
         with open(os.path.join(folder, "history.csv"), "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=columns)
             writer.writeheader()
@@ -97,6 +102,11 @@ class Sinks:
             self.spectra[f"{name}/step_{step}"] = lam
         if self.spectra:
             np.savez(path, **self.spectra)
+
+
+def _position_columns(state: MonitorState, key: int) -> dict[str, Any]:
+    pos = state.positions.get(key, {})
+    return {"epoch": pos.get("epoch"), "global_step": pos.get("global_step"), "logged_step": pos.get("step")}
 
 
 def _earlier_spectra(path: str, step: int, state: MonitorState) -> dict[str, np.ndarray]:

@@ -4,8 +4,11 @@ The layout is versioned: :meth:`MonitorState.to_dict` writes ``version``
 (:data:`STATE_VERSION`) and :meth:`MonitorState.from_dict` reads every earlier version,
 so a change of layout can still resume today's checkpoints.
 
-Version 1 (the first): ``{"version": 1, "indices", "label_groups", "input_groups",
-"history": {step: {key: value}}}``.
+Version 1: ``{"version": 1, "indices", "label_groups", "input_groups",
+"history": {epoch: {key: value}}}`` (logged at step = completed epochs).
+Version 2 adds ``positions``: ``{history key: {"epoch", "global_step", "step"}}``, where
+the history key is the completed epochs (epoch cadence) or the global step (step
+cadence) and ``step`` is where the loggers got the values.
 """
 from __future__ import annotations
 
@@ -14,15 +17,17 @@ from typing import Any, Optional
 
 import torch
 
-STATE_VERSION = 1
+STATE_VERSION = 2
 
 
 @dataclass
 class MonitorState:
     """The monitor's durable state.
 
-    ``history`` maps a step (completed training epochs, 0 = at init) to the values
-    logged then, ``{"<prefix>/<layer>/<metric>": value}``.
+    ``history`` maps a measurement's key (completed training epochs, or the global step
+    with ``every_n_train_steps``; 0 = at init) to the values logged then,
+    ``{"<prefix>/<layer>/<metric>": value}``; ``positions`` gives each key's epoch,
+    global step and logged step.
 
     Example:
         >>> s = MonitorState(indices=[0, 3], history={0: {"dse/penultimate/dse": 1.5}})
@@ -34,6 +39,7 @@ class MonitorState:
     label_groups: Optional[torch.Tensor] = None
     input_groups: Optional[torch.Tensor] = None
     history: dict[int, dict[str, float]] = field(default_factory=dict)
+    positions: dict[int, dict[str, Optional[int]]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -42,6 +48,7 @@ class MonitorState:
             "label_groups": self.label_groups,
             "input_groups": self.input_groups,
             "history": {int(k): dict(v) for k, v in self.history.items()},
+            "positions": {int(k): dict(v) for k, v in self.positions.items()},
         }
 
     @classmethod
@@ -53,11 +60,17 @@ class MonitorState:
                 f"reads ({STATE_VERSION}); upgrade dse-monitor to resume it."
             )
         indices = state.get("indices")
+        history = {int(k): dict(v) for k, v in state.get("history", {}).items()}
+        if version == 1:  # logged by epoch, global steps unknown
+            positions = {k: {"epoch": k, "global_step": None, "step": k} for k in history}
+        else:
+            positions = {int(k): dict(v) for k, v in state.get("positions", {}).items()}
         return cls(
             indices=None if indices is None else [int(i) for i in indices],
             label_groups=state.get("label_groups"),
             input_groups=state.get("input_groups"),
-            history={int(k): dict(v) for k, v in state.get("history", {}).items()},
+            history=history,
+            positions=positions,
         )
 
     def __eq__(self, other: object) -> bool:
@@ -68,4 +81,5 @@ class MonitorState:
             return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
 
         return (self.indices == other.indices and self.history == other.history
+                and self.positions == other.positions
                 and same(self.label_groups, other.label_groups) and same(self.input_groups, other.input_groups))

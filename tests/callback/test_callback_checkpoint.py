@@ -53,7 +53,9 @@ def test_resume_continues_the_curves_without_duplicates(tmp_path):
     assert second.probe_indices == straight.probe_indices
     assert torch.equal(second.input_groups, straight.input_groups)
     assert sorted(second.history) == [0, 1, 2, 3]
-    assert _logged_steps(logger, "dse/penultimate/dse") == [3]  # only the new epoch is logged again
+    # only the new epoch is logged again, at the trainer's step of its validation (2 batches an epoch)
+    assert _logged_steps(logger, "dse/penultimate/dse") == [second.positions[3]["step"]] == [5]
+    assert second.positions[3] == {"epoch": 3, "global_step": 6, "step": 5}
     for step in range(4):
         for key, value in straight.history[step].items():
             assert second.history[step][key] == pytest.approx(value, rel=1e-5, abs=1e-7), (step, key)

@@ -29,24 +29,32 @@ def _run(root, **kw):
     monitor = DSEMonitor(num_samples=41, batch_size=8, metrics=METRICS, sigma=1.0, save_raw=True)  # 41: uneven shares
     # a second monitor whose probe pass fails on rank 1 alone at step 1 (call 3: peek, step 0, step 1)
     flaky = DSEMonitor(num_samples=16, batch_size=8, metrics="dse", prefix="flaky", batch_fn=FailsOnRank1(3))
+    # every optimizer step: each rank must decide identically, or the gather would hang
+    steps = DSEMonitor(num_samples=16, batch_size=8, metrics="dse", prefix="steps", every_n_train_steps=1)
     logger = CSVLogger(str(root), name="csv")
-    trainer = L.Trainer(callbacks=[monitor, flaky], **trainer_kwargs(root, max_epochs=2, logger=logger, **kw))
+    trainer = L.Trainer(callbacks=[monitor, flaky, steps], **trainer_kwargs(root, max_epochs=2, logger=logger, **kw))
     trainer.fit(_model())
     history = json.loads((root / "csv" / "version_0" / "dse_monitor" / "history.json").read_text())
     with open(root / "csv" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
-    flaky_steps = [int(r["step"]) for r in rows if r.get("flaky/penultimate/dse")]
-    return flaky_steps, history, [r for r in rows if r.get("dse/penultimate/dse")]
+    flaky_epochs = [int(float(r["flaky/epoch"])) for r in rows if r.get("flaky/penultimate/dse")]
+    step_cadence = [int(r["step"]) for r in rows if r.get("steps/penultimate/dse")]
+    return flaky_epochs, history, [r for r in rows if r.get("dse/penultimate/dse")], step_cadence
 
 
 def test_ddp_spawn_two_cpu_processes_match_single_process(tmp_path):
-    flaky_single, single, _ = _run(tmp_path / "single")
-    flaky_ddp, ddp, rows = _run(tmp_path / "ddp", strategy="ddp_spawn", devices=2)
-    assert [int(r["step"]) for r in rows] == [0, 1, 2]  # logged once per step, by rank 0 only
+    flaky_single, single, single_rows, steps_single = _run(tmp_path / "single")
+    flaky_ddp, ddp, rows, steps_ddp = _run(tmp_path / "ddp", strategy="ddp_spawn", devices=2)
+    # logged once per measurement, by rank 0 only, at the trainer's step: 64 samples in batches of 32
+    # make 2 optimizer steps an epoch on one process and 1 per rank under DDP
+    assert [float(r["dse/epoch"]) for r in rows] == [0, 1, 2]
+    assert [int(r["step"]) for r in single_rows] == [0, 1, 3] and [int(r["step"]) for r in rows] == [0, 0, 1]
+    assert steps_single == [0, 0, 1, 2, 3] and steps_ddp == [0, 0, 1]  # at init, then after every step
     # a failure on one rank skips that step on all ranks (no deadlock, no dead run), then measuring resumes
     assert flaky_single == [0, 1, 2] and flaky_ddp == [0, 2]
     assert ddp["indices"] == single["indices"] and len(ddp["indices"]) == 41
     assert [r["step"] for r in ddp["history"]] == [0, 1, 2]
     for a, b in zip(single["history"], ddp["history"]):
-        for key in a:
+        assert (a["epoch"], b["epoch"]) == (a["step"], b["step"])
+        for key in (k for k in a if k.startswith("dse/")):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
