@@ -197,8 +197,8 @@ def scale_diagnosis(
     far *above* it). The thresholds 1/3 and 3 come from measurements on real feature
     sets (module docstring): inside [1/3, 3] no set came within 2% of 0 or log2 N, so a
     DSE there is a property of the features (e.g. a real collapse) and gives None. A
-    ratio of exactly 0 (more than half the pairs coincide) is a collapse no bandwidth
-    undoes: None too.
+    ratio of exactly 0 (more than half the pairs coincide: most inputs give one and the
+    same feature vector) is the layer's collapse, not sigma's: None too.
 
     Example:
         >>> scale_diagnosis(0.002, 359, sigma_ratio=0.02)    # every point within sigma
