@@ -2,9 +2,11 @@
 
 Kernels (:mod:`.kernel`), eigen-solvers and spectral entropy (:mod:`.spectrum`),
 DSE and CSE (:mod:`.entropy`), the reference's variants (:mod:`.variants`),
-grouping of references (:mod:`.grouping`) and mutual information
-(:mod:`.mutual_information`).
+grouping of references (:mod:`.grouping`), mutual information
+(:mod:`.mutual_information`), the scale diagnostics (:mod:`.scale`) and the
+diffusion time from the data (:mod:`.diffusion_time`).
 """
+from .diffusion_time import diffusion_time_knee, entropy_curve, knee_of_curve, log_spectrum
 from .entropy import DiffusionEntropy, classic_shannon_entropy, diffusion_eigenvalues, diffusion_spectral_entropy
 from .grouping import reference_groups
 from .kernel import diffusion_kernel, resolve_sigma, squared_distances
@@ -14,11 +16,29 @@ from .mutual_information import (
     classic_shannon_mutual_information,
     diffusion_spectral_mutual_information,
 )
+from .scale import (
+    MedianSigma,
+    median_pairwise_distance,
+    median_sigma,
+    normalised_entropy,
+    scale_diagnosis,
+    scale_warning,
+)
 from .spectrum import entropy_of_spectrum
 from .variants import adjacency_spectral_entropy, matrix_entry_entropy
 
 __all__ = [
     "DiffusionEntropy",
+    "MedianSigma",
+    "diffusion_time_knee",
+    "entropy_curve",
+    "knee_of_curve",
+    "log_spectrum",
+    "median_pairwise_distance",
+    "median_sigma",
+    "normalised_entropy",
+    "scale_diagnosis",
+    "scale_warning",
     "EntropyEstimate",
     "MutualInformationTerms",
     "adjacency_spectral_entropy",
