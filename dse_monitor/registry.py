@@ -13,7 +13,13 @@ dsmi_x     DSMI(Z;X)    inputs     the same, on clusters of the probe inputs
 cse        CSE(Z)       none       :func:`~dse_monitor.functional.classic_shannon_entropy`
 csmi_y     CSMI(Z;Y)    labels     :func:`~dse_monitor.functional.classic_shannon_mutual_information`
 csmi_x     CSMI(Z;X)    inputs     the same, on clusters of the probe inputs
+dse_norm   DSE(Z)/log2N none       derived from ``dse``: DSE / log2 N, in [0, 1]
 =========  ===========  =========  ==============================================
+
+Diagnostics (:data:`DIAGNOSTICS`) are named here too but produced by the monitor
+itself: ``sigma_ratio`` (median pairwise distance / sigma, every measurement), and the
+values frozen at a layer's first measurement, ``sigma`` (``sigma="median_init"``) and
+``t`` (``t="knee"``), logged once.
 
 Example:
     >>> [m.name for m in METRICS.values() if m.reference == "labels"]
@@ -33,13 +39,15 @@ import numpy as np
 import torch
 
 from .functional import (
+    normalised_entropy,
     classic_shannon_entropy,
     classic_shannon_mutual_information,
     diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
 )
 
-__all__ = ["DEFAULT_METRICS", "METRICS", "Metric", "MetricResult", "MetricSettings", "metric_names", "title"]
+__all__ = ["DEFAULT_METRICS", "DIAGNOSTICS", "METRICS", "Metric", "MetricResult", "MetricSettings",
+           "is_monitor_name", "metric_names", "title"]
 
 Reference = Optional[Literal["labels", "inputs"]]
 
@@ -65,6 +73,8 @@ class MetricResult:
     value: float
     eigenvalues: Optional[np.ndarray] = None
     fallback: Optional[str] = None
+    #: Points the value was computed on (DSE: after the ``max_n`` subsample).
+    n: Optional[int] = None
 
 
 Compute = Callable[[torch.Tensor, Optional[torch.Tensor], MetricSettings], MetricResult]
@@ -72,13 +82,19 @@ Compute = Callable[[torch.Tensor, Optional[torch.Tensor], MetricSettings], Metri
 
 @dataclass(frozen=True)
 class Metric:
-    """A metric: its key in the logs, its chart title, the reference it needs, its computation."""
+    """A metric: its key in the logs, its chart title, the reference it needs, its computation.
+
+    A derived metric (``derived_from``) has no computation of its own: the monitor
+    turns the base metric's result into it with ``derive(result)``.
+    """
 
     name: str
     title: str
     reference: Reference
-    compute: Compute
+    compute: Optional[Compute]
     description: str
+    derived_from: Optional[str] = None
+    derive: Optional[Callable[[MetricResult], float]] = None
 
 
 def _dse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
@@ -87,7 +103,7 @@ def _dse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) ->
         memory_fallback=s.memory_fallback,
     )
     lam = None if res.eigenvalues is None else res.eigenvalues.detach().cpu().double().numpy()
-    return MetricResult(float(res.value), lam, res.fallback)
+    return MetricResult(float(res.value), lam, res.fallback, res.n)
 
 
 def _dsmi(z: torch.Tensor, groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
@@ -96,6 +112,10 @@ def _dsmi(z: torch.Tensor, groups: Optional[torch.Tensor], s: MetricSettings) ->
         solver=s.solver, memory_fallback=s.memory_fallback, return_terms=True,
     )
     return MetricResult(float(terms.value), None, terms.fallback)
+
+
+def _dse_norm(dse: MetricResult) -> float:
+    return normalised_entropy(dse.value, dse.n) if dse.n and dse.n > 1 else 0.0
 
 
 def _cse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
@@ -116,19 +136,27 @@ _ENTRIES = (
     Metric("cse", "CSE(Z)", None, _cse, "classic (binning) Shannon entropy, saturates at log2 N in high D"),
     Metric("csmi_y", "CSMI(Z;Y)", "labels", _csmi, "binning mutual information with the labels"),
     Metric("csmi_x", "CSMI(Z;X)", "inputs", _csmi, "binning mutual information with input clusters"),
+    Metric("dse_norm", "DSE(Z) / log2 N", None, None, "DSE normalised to [0, 1] by its maximum log2 N",
+           derived_from="dse", derive=_dse_norm),
 )
 
 #: Every metric by name, in the order of the logs and the charts.
 METRICS: dict[str, Metric] = {m.name: m for m in _ENTRIES}
 #: What the monitor measures unless told otherwise (the paper's three curves).
 DEFAULT_METRICS = ("dse", "dsmi_y", "dsmi_x")
+#: Names the monitor logs beside the metrics, with their chart titles.
+DIAGNOSTICS = {
+    "sigma_ratio": "median distance / sigma",
+    "sigma": "sigma (frozen at the first measurement)",
+    "t": "t (frozen at the first measurement)",
+}
 
 
 def metric_names() -> tuple[str, ...]:
     """The metric names, in registry order.
 
     >>> metric_names()
-    ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x')
+    ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x', 'dse_norm')
     """
     return tuple(METRICS)
 
@@ -140,4 +168,13 @@ def title(name: str) -> str:
     ('DSMI(Z;Y)', 'val_acc')
     """
     metric = METRICS.get(name)
-    return metric.title if metric is not None else name
+    return metric.title if metric is not None else DIAGNOSTICS.get(name, name)
+
+
+def is_monitor_name(name: str) -> bool:
+    """Whether ``name`` (the last part of a tag) is one of the monitor's metrics or diagnostics.
+
+    >>> is_monitor_name("dsmi_x"), is_monitor_name("sigma_ratio"), is_monitor_name("val_acc")
+    (True, True, False)
+    """
+    return name in METRICS or name in DIAGNOSTICS

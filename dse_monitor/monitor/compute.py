@@ -23,9 +23,10 @@ from typing import Optional
 import numpy as np
 import torch
 
-from ..functional import reference_groups
-from ..registry import METRICS
+from ..functional import reference_groups, scale_diagnosis, scale_warning
+from ..registry import METRICS, MetricResult, MetricSettings
 from .config import FALLBACK_CLUSTERS, MonitorConfig
+from .policies import Frozen, layer_scale
 
 
 @dataclass
@@ -92,7 +93,8 @@ class Measurement:
     ``values``: ``{"<prefix>/<layer>/<metric>": bits}`` (NaN for a layer with NaN/Inf
     features); ``spectra``: the DSE eigenvalues per layer (exact path); ``failures``:
     ``{layer: {metric: reason}}`` of metrics skipped alone; ``fallbacks``: why a solver
-    was left (memory); ``notes``: messages for the user.
+    was left (memory); ``notes``: warnings for the user; ``info``: choices made (frozen
+    sigma / t); ``verdicts``: layers whose DSE is pinned by the scale.
     """
 
     step: int
@@ -101,6 +103,9 @@ class Measurement:
     failures: dict[str, dict[str, str]] = field(default_factory=dict)
     fallbacks: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    info: list[str] = field(default_factory=list)
+    #: ``{layer: (direction, warning)}`` where DSE sits at 0 or log2 N because of sigma's scale.
+    verdicts: dict[str, tuple[str, str]] = field(default_factory=dict)
     duration_s: float = 0.0
 
 
@@ -111,12 +116,20 @@ def _failure_note(layer: str, step: int, failures: dict[str, str]) -> str:
 
 
 def compute_measurement(
-    config: MonitorConfig, features: dict[str, torch.Tensor], groups: ReferenceGroups, step: int
+    config: MonitorConfig,
+    features: dict[str, torch.Tensor],
+    groups: ReferenceGroups,
+    step: int,
+    frozen: Optional[Frozen] = None,
 ) -> Measurement:
-    """Every configured metric of every layer; a failing metric is skipped alone and recorded."""
+    """Every configured metric of every layer, plus its ``sigma_ratio``; a failing metric is skipped alone.
+
+    ``frozen`` holds the per-layer sigma / t chosen at a first measurement
+    (``"median_init"``, ``"knee"``) and is completed here for new layers.
+    """
     start = time.perf_counter()
+    frozen = frozen if frozen is not None else Frozen()
     out = Measurement(step, notes=list(groups.notes))
-    settings = config.settings()
     for layer, z in features.items():
         if config.device is not None:
             z = z.to(config.device)
@@ -127,24 +140,60 @@ def compute_measurement(
                              "logging NaN for its metrics (diverged training?).")
             out.values.update({config.key(layer, m): float("nan") for m in metrics})
             continue
-        failures: dict[str, str] = {}
-        for name in metrics:
-            metric = METRICS[name]
-            try:
-                result = metric.compute(z, groups.of(metric.reference), settings)
-            except MemoryError as err:  # no approximate path could take it (t outside {1, 2})
-                failures[name] = f"MemoryError: {err} Lower num_samples."
-                continue
-            except Exception as err:  # noqa: BLE001 - recorded, training goes on
-                failures[name] = f"{type(err).__name__}: {err}"
+        try:
+            scale = layer_scale(config, layer, z, frozen)
+        except Exception as err:  # noqa: BLE001 - e.g. no features: every metric of the layer fails alike
+            failures = {m: f"{type(err).__name__}: {err}" for m in metrics}
+            out.failures[layer] = failures
+            out.notes.append(_failure_note(layer, step, failures))
+            continue
+        out.notes.extend(scale.warnings)
+        out.info.extend(scale.info)
+        out.values.update({config.key(layer, k): v for k, v in scale.frozen_now.items()})
+        ratio = scale.median / scale.settings.sigma
+        out.values[config.key(layer, "sigma_ratio")] = ratio
+        results, failures = _layer_metrics(z, metrics, groups, scale.settings)
+        for name, result in results.items():
+            if name.startswith("_"):  # a base computed only for a derived metric
                 continue
             out.values[config.key(layer, name)] = result.value
             if result.eigenvalues is not None:
                 out.spectra[layer] = result.eigenvalues
             if result.fallback is not None:
                 out.fallbacks.append(f"DSEMonitor: {result.fallback}")
+        dse = results.get("dse") or results.get("_dse")
+        if dse is not None and dse.n is not None and dse.n > 1:
+            direction = scale_diagnosis(dse.value, dse.n, ratio)
+            if direction is not None:
+                message = scale_warning(direction, layer=layer, dse_bits=dse.value, n=dse.n, median=scale.median,
+                                        sigma=scale.settings.sigma)
+                out.verdicts[layer] = (direction, f"DSEMonitor: {message}")
         if failures:
             out.failures[layer] = failures
             out.notes.append(_failure_note(layer, step, failures))
     out.duration_s = time.perf_counter() - start
     return out
+
+
+def _layer_metrics(
+    z: torch.Tensor, metrics: list[str], groups: ReferenceGroups, settings: MetricSettings
+) -> tuple[dict[str, MetricResult], dict[str, str]]:
+    """The metrics of one layer by name (a derived one reuses its base, computed once, kept as ``_<base>``)."""
+    results: dict[str, MetricResult] = {}
+    failures: dict[str, str] = {}
+    for name in metrics:
+        metric = METRICS[name]
+        try:
+            if metric.derived_from is not None:
+                base = results.get(metric.derived_from) or results.get("_" + metric.derived_from)
+                if base is None:
+                    base = METRICS[metric.derived_from].compute(z, None, settings)
+                    results["_" + metric.derived_from] = base
+                results[name] = MetricResult(metric.derive(base))
+            else:
+                results[name] = metric.compute(z, groups.of(metric.reference), settings)
+        except MemoryError as err:  # no approximate path could take it (t outside {1, 2})
+            failures[name] = f"MemoryError: {err} Lower num_samples."
+        except Exception as err:  # noqa: BLE001 - recorded, training goes on
+            failures[name] = f"{type(err).__name__}: {err}"
+    return results, failures

@@ -15,13 +15,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..capture.pooling import Pooling, check_pooling
 from ..capture.probe import unpack_batch
+from ..functional.diffusion_time import T_MAX
 from ..functional._checks import check_int
 from ..functional.solver import check_solver
 from ..registry import DEFAULT_METRICS, METRICS, MetricSettings
 
 BatchFn = Callable[[Any], Any]
 PROBES = ("val", "train")
-SIGMA_POLICIES = ("sqrt_dim", "median")
+SIGMA_POLICIES = ("sqrt_dim", "median", "median_init")
+T_POLICIES = ("knee",)
 #: Clusters of Y and X when the number of classes is unknown (the paper's default).
 FALLBACK_CLUSTERS = 10
 
@@ -45,7 +47,7 @@ def _check_sigma(sigma: Any) -> Union[float, str]:
         return sigma
     if isinstance(sigma, str) or isinstance(sigma, bool) or not isinstance(sigma, (int, float)) \
             or not sigma > 0 or not math.isfinite(sigma):
-        raise ValueError(f"sigma must be a positive number, 'sqrt_dim' or 'median', got {sigma!r}")
+        raise ValueError(f"sigma must be a positive number, 'sqrt_dim', 'median' or 'median_init', got {sigma!r}")
     return float(sigma) if isinstance(sigma, int) else sigma
 
 
@@ -77,7 +79,8 @@ class MonitorConfig:
     at_init: bool
     metrics: list[str]
     sigma: Union[float, str]
-    t: float
+    t: Union[float, str]
+    t_max: int
     num_repetitions: int
     n_clusters: Optional[int]
     x_size: Optional[int]
@@ -103,7 +106,8 @@ class MonitorConfig:
         at_init: bool = True,
         metrics: Union[str, Sequence[str]] = DEFAULT_METRICS,
         sigma: Union[float, str] = 10.0,
-        t: float = 1.0,
+        t: Union[float, str] = 1.0,
+        t_max: int = T_MAX,
         num_repetitions: int = 5,
         n_clusters: Optional[int] = None,
         x_size: Optional[int] = 64,
@@ -124,12 +128,14 @@ class MonitorConfig:
         >>> MonitorConfig.build(metrics=["dse", "entropy"])
         Traceback (most recent call last):
         ...
-        ValueError: metrics must be distinct names among ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x'), got ['dse', 'entropy']
+        ValueError: metrics must be distinct names among ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x', 'dse_norm'), got ['dse', 'entropy']
         """
         if isinstance(probe, str) and probe not in PROBES:
             raise ValueError(f"probe must be 'val', 'train', a Dataset or a DataLoader, got {probe!r}")
-        if isinstance(t, bool) or not isinstance(t, (int, float)) or not t > 0 or not math.isfinite(t):
-            raise ValueError(f"t must be a positive number, got {t!r}")
+        if not (isinstance(t, str) and t in T_POLICIES) and (
+            isinstance(t, (bool, str)) or not isinstance(t, (int, float)) or not t > 0 or not math.isfinite(t)
+        ):
+            raise ValueError(f"t must be a positive number or 'knee' (chosen from the data), got {t!r}")
         if batch_fn is not None and not callable(batch_fn):
             raise ValueError(f"batch_fn must be callable, got {batch_fn!r}")
         if every_n_epochs is not None and every_n_train_steps is not None:
@@ -152,7 +158,8 @@ class MonitorConfig:
             at_init=bool(at_init),
             metrics=_check_metrics(metrics),
             sigma=_check_sigma(sigma),
-            t=float(t),
+            t=t if isinstance(t, str) else float(t),
+            t_max=check_int(t_max, "t_max", 1),
             num_repetitions=check_int(num_repetitions, "num_repetitions", 1),
             n_clusters=check_int(n_clusters, "n_clusters", 1, allow_none=True),
             x_size=check_int(x_size, "x_size", 1, allow_none=True),
@@ -176,6 +183,7 @@ class MonitorConfig:
         return [m for m in self.metrics if METRICS[m].reference == reference]
 
     def settings(self) -> MetricSettings:
+        """The settings of every metric, before :mod:`.policies` makes sigma and t numbers per layer."""
         return MetricSettings(
             sigma=self.sigma, t=self.t, seed=self.seed, dtype=self.dtype, solver=self.solver,
             num_repetitions=self.num_repetitions,

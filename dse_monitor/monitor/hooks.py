@@ -16,6 +16,7 @@ One measurement, top to bottom::
 """
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from typing import Any, Optional, Sequence, Union
@@ -33,6 +34,8 @@ from .probe import ProbeSet
 from .schedule import Position, after_epoch, after_step, at_init
 from .sinks import Sinks, raw_dir
 from .state import MonitorState
+
+log = logging.getLogger(__name__)
 
 
 class DSEMonitorWarning(UserWarning):
@@ -170,6 +173,7 @@ class DSEMonitorCore:
         self._state = MonitorState()
         self._groups = ReferenceGroups()
         self._memory_warned = False
+        self._scale_warned: set[tuple[str, str]] = set()
         self._last_global_step = 0
         self.last_duration_s: Optional[float] = None
         self._sinks.reset()
@@ -307,14 +311,15 @@ class DSEMonitorCore:
         if trainer.is_global_zero:
             try:
                 groups = make_groups(self.config, self._groups, features.labels, features.inputs)
-                payload = (compute_measurement(self.config, features.features, groups, step), groups)
+                measurement = compute_measurement(self.config, features.features, groups, step, self._state.frozen)
+                payload = (measurement, groups, self._state.frozen)
             except Exception as err:  # rank 0 must still reach the broadcast below
                 self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "
                                     f"({type(err).__name__}: {err}); skipping it.")
-                payload = (Measurement(step), self._groups)
+                payload = (Measurement(step), self._groups, self._state.frozen)
         if trainer.world_size > 1:
             payload = trainer.strategy.broadcast(payload, src=0)
-        measurement, groups = payload
+        measurement, groups, self._state.frozen = payload
         self._report(trainer, measurement)
         self._groups = ReferenceGroups(groups.labels, groups.inputs, groups.labels_failed, groups.inputs_failed)
         self.last_duration_s = time.perf_counter() - start
@@ -354,6 +359,13 @@ class DSEMonitorCore:
     def _report(self, trainer: Any, measurement: Measurement) -> None:
         for note in measurement.notes:
             self._warn(trainer, note)
+        for layer, (direction, message) in measurement.verdicts.items():
+            if (layer, direction) not in self._scale_warned:  # once per layer and direction, not every epoch
+                self._scale_warned.add((layer, direction))
+                self._warn(trainer, message)
+        if getattr(trainer, "is_global_zero", True):
+            for line in measurement.info:
+                log.info(line)
         if measurement.fallbacks and not self._memory_warned:
             self._memory_warned = True
             self._warn(trainer, measurement.fallbacks[0])

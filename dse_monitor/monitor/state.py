@@ -8,7 +8,9 @@ Version 1: ``{"version": 1, "indices", "label_groups", "input_groups",
 "history": {epoch: {key: value}}}`` (logged at step = completed epochs).
 Version 2 adds ``positions``: ``{history key: {"epoch", "global_step", "step"}}``, where
 the history key is the completed epochs (epoch cadence) or the global step (step
-cadence) and ``step`` is where the loggers got the values.
+cadence) and ``step`` is where the loggers got the values; and ``frozen``:
+``{"sigma": {layer: value}, "t": {layer: value}}``, chosen at a layer's first
+measurement (``sigma="median_init"``, ``t="knee"``) and reused after a resume.
 """
 from __future__ import annotations
 
@@ -16,6 +18,8 @@ from dataclasses import dataclass, field
 from typing import Any, Optional
 
 import torch
+
+from .policies import Frozen, frozen_from_dict, frozen_to_dict
 
 STATE_VERSION = 2
 
@@ -40,6 +44,7 @@ class MonitorState:
     input_groups: Optional[torch.Tensor] = None
     history: dict[int, dict[str, float]] = field(default_factory=dict)
     positions: dict[int, dict[str, Optional[int]]] = field(default_factory=dict)
+    frozen: Frozen = field(default_factory=Frozen)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -49,6 +54,7 @@ class MonitorState:
             "input_groups": self.input_groups,
             "history": {int(k): dict(v) for k, v in self.history.items()},
             "positions": {int(k): dict(v) for k, v in self.positions.items()},
+            "frozen": frozen_to_dict(self.frozen),
         }
 
     @classmethod
@@ -71,6 +77,7 @@ class MonitorState:
             input_groups=state.get("input_groups"),
             history=history,
             positions=positions,
+            frozen=frozen_from_dict(state.get("frozen")),
         )
 
     def __eq__(self, other: object) -> bool:
@@ -81,5 +88,5 @@ class MonitorState:
             return (a is None and b is None) or (a is not None and b is not None and torch.equal(a, b))
 
         return (self.indices == other.indices and self.history == other.history
-                and self.positions == other.positions
+                and self.positions == other.positions and self.frozen == other.frozen
                 and same(self.label_groups, other.label_groups) and same(self.input_groups, other.input_groups))

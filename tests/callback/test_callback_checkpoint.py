@@ -68,7 +68,7 @@ def test_two_monitors_keep_separate_state(tmp_path):
     _fit(tmp_path, a, 1, extra=[b])
     ckpt = torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=False)["callbacks"]
     assert len(ckpt[a.state_key]["indices"]) == 40 and len(ckpt[b.state_key]["indices"]) == 30
-    assert sorted(b.history[1]) == ["train/net.pool/dse", "train/net.pool/dsmi_y"]
+    assert sorted(b.history[1]) == ["train/net.pool/dse", "train/net.pool/dsmi_y", "train/net.pool/sigma_ratio"]
 
     a2 = DSEMonitor(num_samples=40, seed=1, metrics="dse")
     b2 = DSEMonitor(layers="net.pool", probe="train", num_samples=30, seed=2, prefix="train", metrics=["dse", "dsmi_y"])

@@ -29,7 +29,7 @@ def test_missing_labels_with_dsmi_y_is_a_clear_error(tmp_path):
     # without label metrics, unlabeled probes are fine
     monitor = DSEMonitor(probe=unlabeled, num_samples=None, metrics=["dse", "dsmi_x"], n_clusters=3, x_size=4)
     L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=1, limit_val_batches=0)).fit(LitClassifier(n_train=32))
-    assert sorted(monitor.history[1]) == ["dse/penultimate/dse", "dse/penultimate/dsmi_x"]
+    assert sorted(monitor.history[1]) == ["dse/penultimate/dse", "dse/penultimate/dsmi_x", "dse/penultimate/sigma_ratio"]
     assert int(monitor.input_groups.max()) == 2
 
 
@@ -119,7 +119,7 @@ def test_labels_that_cannot_be_grouped_skip_dsmi_y_and_training_goes_on(tmp_path
     with pytest.warns(DSEMonitorWarning, match="grouping the probe labels for DSMI.*NaN"):
         trainer.fit(LitClassifier(n_train=32))
     assert trainer.current_epoch == 1
-    assert sorted(monitor.history) == [0, 1] and all(sorted(v) == ["dse/penultimate/dse"] for v in monitor.history.values())
+    assert sorted(monitor.history) == [0, 1] and all(sorted(v) == ["dse/penultimate/dse", "dse/penultimate/sigma_ratio"] for v in monitor.history.values())
 
 
 class FailsInSecondEpoch(LitClassifier):

@@ -38,9 +38,10 @@ def test_tensorboard_csv_callback_metrics_and_raw_files(tmp_path):
     acc = EventAccumulator(tb.log_dir, size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}).Reload()
     for key in KEYS:
         events = acc.Scalars(key)
-        assert [e.step for e in events] == [0, 1, 2]  # step = completed epochs, logged once each
+        # at the trainer's step (3 batches an epoch: where val_loss is logged), once each
+        assert [e.step for e in events] == [monitor.positions[s]["step"] for s in (0, 1, 2)] == [0, 2, 5]
         assert [e.value for e in events] == pytest.approx([monitor.history[s][key] for s in (0, 1, 2)], rel=1e-6)
-    assert [h.step for h in acc.Histograms("dse/penultimate/spectrum")] == [0, 1, 2]
+    assert [h.step for h in acc.Histograms("dse/penultimate/spectrum")] == [0, 2, 5]
     spectrum = acc.Histograms("dse/penultimate/spectrum")[0].histogram_value
     assert spectrum.num == 48 and spectrum.max == pytest.approx(1.0, abs=1e-6)
     layout = layout_pb2.Layout.FromString(acc.Tensors("custom_scalars__config__")[0].tensor_proto.string_val[0])
@@ -49,7 +50,7 @@ def test_tensorboard_csv_callback_metrics_and_raw_files(tmp_path):
 
     with open(csv_logger.log_dir + "/metrics.csv") as f:
         rows = [r for r in csv.DictReader(f) if r.get(KEYS[0])]
-    assert [int(r["step"]) for r in rows] == [0, 1, 2]
+    assert [int(r["step"]) for r in rows] == [0, 2, 5]
 
     raw = tmp_path / "tb" / "version_0" / "dse_monitor"
     saved = json.loads((raw / "history.json").read_text())
@@ -67,7 +68,7 @@ def test_schedule_every_n_epochs_without_init_and_without_logger(tmp_path):
     trainer = L.Trainer(callbacks=[monitor], **trainer_kwargs(tmp_path, max_epochs=3))
     trainer.fit(LitClassifier(n_train=32))
     assert sorted(monitor.history) == [2]
-    assert sorted(monitor.history[2]) == ["dse/net.fc/dse", "dse/net.pool/dse"]
+    assert sorted(monitor.history[2]) == ["dse/net.fc/dse", "dse/net.fc/sigma_ratio", "dse/net.pool/dse", "dse/net.pool/sigma_ratio"]
     assert "dse/net.fc/dse" in trainer.callback_metrics
 
 
@@ -122,7 +123,7 @@ def test_probe_from_a_datamodule_and_a_batch_fn_for_dict_samples(tmp_path):
     assert from_dm.probe_indices == list(range(48)) and sorted(from_dm.history) == [0, 1]
     assert torch.equal(from_dm.label_groups, make_data(48, seed=2).tensors[1])
     assert torch.equal(from_dicts.label_groups, make_data(40, seed=3).tensors[1])
-    assert sorted(from_dicts.history[1]) == ["dict/penultimate/dsmi_y"]
+    assert sorted(from_dicts.history[1]) == ["dict/penultimate/dsmi_y", "dict/penultimate/sigma_ratio"]
 
 
 def test_save_raw_that_cannot_write_warns_and_training_goes_on(tmp_path):

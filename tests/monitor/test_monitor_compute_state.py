@@ -64,7 +64,7 @@ def test_groups_that_cannot_be_made_are_not_retried_and_their_metrics_are_droppe
     assert groups.inputs is None and groups.inputs_failed and "clustering the probe inputs" in groups.notes[0]
     assert groups.still_needed(cfg) == (False, False)
     m = compute_measurement(cfg, {"penultimate": x}, groups, step=0)
-    assert sorted(m.values) == ["dse/penultimate/dse"]
+    assert sorted(m.values) == ["dse/penultimate/dse", "dse/penultimate/sigma_ratio"]
 
 
 def test_every_registry_metric_names_a_title_a_reference_and_computes(digits):
@@ -72,6 +72,10 @@ def test_every_registry_metric_names_a_title_a_reference_and_computes(digits):
     settings = MetricSettings(sigma=20.0, solver="exact")
     for name, metric in METRICS.items():
         groups = y if metric.reference is not None else None
+        if metric.derived_from is not None:  # dse_norm: from DSE's result
+            result = METRICS[metric.derived_from].compute(x, groups, settings)
+            assert 0 < metric.derive(result) == result.value / math.log2(len(x)) < 1
+            continue
         result = metric.compute(x, groups, settings)
         assert metric.title and metric.reference in (None, "labels", "inputs")
         assert 0 <= result.value <= math.log2(len(x)) + 1e-9, name
