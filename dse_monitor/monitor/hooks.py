@@ -30,6 +30,7 @@ from ..registry import DEFAULT_METRICS
 from .collect import collect_features, isolated_rng
 from .compute import Measurement, ReferenceGroups, compute_measurement, make_groups
 from .config import BatchFn, MonitorConfig
+from .policies import frozen_to_dict
 from .probe import ProbeSet
 from .schedule import Position, after_epoch, after_step, at_init
 from .sinks import Sinks, raw_dir
@@ -85,10 +86,17 @@ class DSEMonitorCore:
         every_n_train_steps: measure after every n-th optimizer step instead of at epoch
             ends (giving both is an error).
         at_init: also measure before the first training step (logged at step 0).
-        metrics: among ``"dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x"``
-            (:mod:`dse_monitor.registry`).
-        sigma: kernel bandwidth: a number (on raw distances), ``"sqrt_dim"`` or ``"median"``.
-        t: diffusion time.
+        metrics: among ``"dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x"`` and
+            ``"dse_norm"`` (DSE / log2 N) (:mod:`dse_monitor.registry`).
+        sigma: kernel bandwidth: a number (absolute, on raw distances: the paper's; compare
+            runs only at one sigma), ``"sqrt_dim"``, ``"median"`` (recomputed every
+            measurement: the curve is then not on one scale) or ``"median_init"`` (the
+            median pairwise distance at the layer's first measurement, frozen and stored).
+            Every measurement also logs ``sigma_ratio`` = median distance / sigma and warns
+            once when DSE sits at 0 or log2 N because of the scale.
+        t: diffusion time, or ``"knee"``: the knee of DSE(t) over t = 1..``t_max`` at the
+            layer's first measurement, frozen and stored.
+        t_max: the largest t that ``t="knee"`` considers.
         num_repetitions: random subsets per group in DSMI's unconditional term.
         n_clusters: groups for X (and continuous Y); default: the number of classes
             in the probe labels, else 10.
@@ -135,7 +143,8 @@ class DSEMonitorCore:
         at_init: bool = True,
         metrics: Union[str, Sequence[str]] = DEFAULT_METRICS,
         sigma: Union[float, str] = 10.0,
-        t: float = 1.0,
+        t: Union[float, str] = 1.0,
+        t_max: int = 100,
         num_repetitions: int = 5,
         n_clusters: Optional[int] = None,
         x_size: Optional[int] = 64,
@@ -152,7 +161,8 @@ class DSEMonitorCore:
         super().__init__()
         self.config = MonitorConfig.build(
             layers=layers, probe=probe, num_samples=num_samples, seed=seed, every_n_epochs=every_n_epochs,
-            every_n_train_steps=every_n_train_steps, at_init=at_init, metrics=metrics, sigma=sigma, t=t, num_repetitions=num_repetitions,
+            every_n_train_steps=every_n_train_steps, at_init=at_init, metrics=metrics, sigma=sigma, t=t, t_max=t_max,
+            num_repetitions=num_repetitions,
             n_clusters=n_clusters, x_size=x_size, pooling=pooling, batch_fn=batch_fn, batch_size=batch_size,
             device=device, dtype=dtype, prefix=prefix, log_spectrum=log_spectrum, save_raw=save_raw, solver=solver,
         )
@@ -207,6 +217,11 @@ class DSEMonitorCore:
         return self._generate_state_key(  # type: ignore[attr-defined]
             prefix=cfg.prefix, layers=cfg.layers, probe=cfg.probe_name(), num_samples=cfg.num_samples, seed=cfg.seed
         )
+
+    @property
+    def frozen(self) -> dict[str, dict[str, float]]:
+        """Per-layer values chosen at the first measurement: ``{"sigma": {...}, "t": {...}}``."""
+        return frozen_to_dict(self._state.frozen)
 
     @property
     def probe_indices(self) -> Optional[list[int]]:

@@ -23,6 +23,7 @@ from .compute import Measurement
 from .config import MonitorConfig
 from .schedule import Position
 from .state import MonitorState
+from ..functional import log_spectrum
 from .tensorboard import write_layout, write_spectrum
 
 Warn = Callable[[str], None]
@@ -82,6 +83,8 @@ class Sinks:
         if cfg.log_spectrum:
             for name, lam in spectra.items():
                 write_spectrum(writer, cfg.key(name, "spectrum"), lam, step)
+                # the linear view is a spike at 0; log10 |lambda| spreads the small eigenvalues out
+                write_spectrum(writer, cfg.key(name, "spectrum_log10"), log_spectrum(lam).numpy(), step)
 
     def _save_raw(self, folder: str, spectra: dict[str, np.ndarray], step: int, state: MonitorState) -> None:
         os.makedirs(folder, exist_ok=True)
