@@ -340,7 +340,7 @@ def find_blocks(model: nn.Module) -> list[Layer]:
     the shallowest module holding a set wins (all sets at that depth, e.g. an encoder's and
     a decoder's). Found sets: ``layer1``..``layerN`` (ResNet), ``blocks.N`` (timm ViT,
     XCiT), ``stages.N`` (timm ConvNeXt), ``layers.N`` (timm Swin, LLaMA-like, torchvision
-    ViT ``encoder.layers``), ``encoder.layer.N`` (BERT, HF ViT), ``h.N`` (GPT-2-like),
+    ViT ``encoder.layers``), ``encoder.layer.N`` (BERT; HF ViT before transformers 5), ``h.N`` (GPT-2-like),
     ``block.N`` (T5), and the block stages of torchvision's ``features`` (ConvNeXt, Swin).
 
     >>> import torchvision

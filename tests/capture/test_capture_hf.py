@@ -172,3 +172,23 @@ def test_decoder_classifier_score_with_last_token_is_what_the_model_classifies(b
         logits = model(input_ids=batches[16]["input_ids"], attention_mask=batches[16]["attention_mask"]).logits
     # the model pools the last non-padding token before `score`: the same vector
     torch.testing.assert_close(model.score(feats["penultimate"]), logits, rtol=0, atol=1e-6)
+
+
+def test_hf_image_classifier_reads_pixel_values_by_keyword_and_its_classifier_input():
+    torch.manual_seed(0)
+    config = transformers.ViTConfig(
+        image_size=16, patch_size=8, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+        intermediate_size=37, num_labels=3,
+    )
+    model = transformers.ViTForImageClassification(config).eval()
+    batch = {"pixel_values": torch.randn(4, 3, 16, 16), "labels": torch.tensor([0, 1, 2, 0])}
+    pb = split_batch(batch, model)
+    assert sorted(pb.kwargs) == ["pixel_values"] and pb.inputs_for_x is batch["pixel_values"]
+    layers, feats = _probe(model, ["penultimate", "blocks"], batch)
+    vit_layers = [name for name, m in model.named_modules() if type(m).__name__ == "ViTLayer"]  # vit.layers.N in v5
+    assert [layer.name for layer in layers] == [*vit_layers, "penultimate"] and len(vit_layers) == 2
+    assert layers[-1].module_name == "classifier"
+    with torch.no_grad():
+        out = model.vit(pixel_values=batch["pixel_values"], output_hidden_states=True)
+    torch.testing.assert_close(feats["penultimate"], out.last_hidden_state[:, 0], rtol=0, atol=1e-6)  # the CLS token
+    torch.testing.assert_close(feats[vit_layers[0]], out.hidden_states[1].mean(dim=1), rtol=0, atol=1e-6)
