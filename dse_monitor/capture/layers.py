@@ -91,6 +91,10 @@ def _by_depth(model: nn.Module) -> list[tuple[str, nn.Module]]:
     return sorted(named_modules(model), key=lambda item: _depth(item[0]))
 
 
+def _top_level(model: nn.Module) -> str:
+    return ", ".join(repr(n) for n, _ in named_modules(model) if n and "." not in n) or "(none)"
+
+
 def _closest(model: nn.Module, name: str, names: list[str]) -> str:
     close = difflib.get_close_matches(name, names, n=5, cutoff=0.3)
     if not close:  # nothing similar: show the top-level names at least
@@ -194,7 +198,7 @@ def last_linear_in_forward(model: nn.Module, run_forward: Callable[[], Any]) -> 
         raise LayerNotFoundError(
             f"could not find the penultimate layer of {type(model).__name__}: it has no get_classifier(), "
             f"no child named {', '.join(CLASSIFIER_NAMES)}, and no nn.Linear runs in forward. "
-            "Name the layer to read explicitly (layers='<module name>')."
+            f"Name the layer to read explicitly (layers='<module name>'); its top-level modules: {_top_level(model)}."
         )
     return calls[-1], find_module(model, calls[-1])
 
@@ -228,7 +232,7 @@ def resolve_layer(model: nn.Module, name: str, run_forward: Callable[[], Any] | 
         if not candidates:
             raise LayerNotFoundError(
                 f"{type(model).__name__} has no get_classifier() and no child named {', '.join(CLASSIFIER_NAMES)}; "
-                "finding the last nn.Linear needs an example forward pass."
+                f"finding the last nn.Linear needs an example forward pass. Its top-level modules: {_top_level(model)}."
             )
         return Layer(name, *candidates[0], "input")
     ran = _modules_called(model, [m for _, m in candidates], run_forward)
@@ -356,7 +360,7 @@ def find_blocks(model: nn.Module) -> list[Layer]:
             nhwc = _channels_last(module)
             found.extend(Layer(name, name, m, "output", nhwc) for name, m in block_set)
     if not found:
-        top = ", ".join(repr(n) for n, _ in named_modules(model) if n and "." not in n) or "(none)"
+        top = _top_level(model)
         raise LayerNotFoundError(
             f"layers={BLOCKS!r} found no stages or blocks in {type(model).__name__} (looked for children "
             f"layer1..layerN and containers named {', '.join(BLOCK_CONTAINERS)}); its top-level modules: {top}. "

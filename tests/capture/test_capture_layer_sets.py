@@ -114,3 +114,20 @@ def test_globs_match_within_one_name_part_in_definition_order_without_duplicates
         resolve_layers(model, "lyer*")
     with pytest.raises(LayerNotFoundError, match="non-empty"):
         resolve_layers(model, [])
+
+
+def test_penultimate_errors_name_the_modules_when_nothing_fits():
+    class Convs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem = nn.Conv2d(1, 2, 1)
+            self.pool = nn.AdaptiveAvgPool2d(1)
+
+        def forward(self, x):
+            return self.pool(self.stem(x))
+
+    model = Convs()
+    with pytest.raises(LayerNotFoundError, match=r"no nn.Linear.*'stem', 'pool'"):
+        resolve_layers(model, "penultimate", lambda: model(torch.zeros(1, 1, 2, 2)))
+    with pytest.raises(LayerNotFoundError, match=r"example forward pass.*'stem', 'pool'"):
+        resolve_layers(model, "penultimate")
