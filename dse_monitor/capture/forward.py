@@ -33,6 +33,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from .compiled import unwrap
 from .probe import INPUT_KEYS, LABEL_KEYS, to_device
 
 #: The mask key of Hugging Face tokenizers and collators.
@@ -84,7 +85,7 @@ class ProbeBatch:
 def _parameters(module: nn.Module) -> tuple[dict[str, inspect.Parameter], bool]:
     """Named parameters of ``module.forward`` and whether it takes ``**kwargs``."""
     try:
-        params = inspect.signature(module.forward).parameters
+        params = inspect.signature(unwrap(module).forward).parameters  # a compiled wrapper takes (*args, **kwargs)
     except (TypeError, ValueError):
         return {}, False
     named = {

@@ -116,3 +116,14 @@ def test_token_ids_give_no_x_and_float_inputs_do():
     assert pb.inputs_for_x is None and "token ids" in pb.why_no_x
     images_u8 = torch.zeros(2, 3, 4, 4, dtype=torch.uint8)  # integer, but an image
     assert split_batch((images_u8,), Image()).inputs_for_x is images_u8
+
+
+def test_the_signature_of_a_compiled_module_is_its_original_forward():
+    class TwoInputs(nn.Module):
+        def forward(self, image, scale):
+            return image * scale
+
+    batch = {"image": torch.ones(2, 3), "scale": torch.tensor(2.0)}
+    compiled = torch.compile(TwoInputs(), backend="eager")  # forward(*args, **kwargs) on the wrapper
+    pb = split_batch(batch, compiled)
+    assert set(pb.kwargs) == {"image", "scale"} and pb.inputs_for_x is batch["image"]
