@@ -2,8 +2,10 @@
 
 :func:`resolve_layers` turns ``layers=...`` into a list of :class:`~.layers.Layer`: module
 names, ``"penultimate"`` (see :mod:`dse_monitor.capture.layers`), globs matched part by part
-over the dotted module names, and ``"blocks"``, the top-level stages or blocks of
-timm / torchvision / Hugging Face families (:func:`find_blocks`).
+over the dotted module names (``"backbone.layer*"`` is ``backbone.layer1`` ..
+``backbone.layer4``, not their children; ``**`` spans any number of parts), and
+``"blocks"``, the top-level stages or blocks of timm / torchvision / Hugging Face
+families (:func:`find_blocks`).
 """
 from __future__ import annotations
 

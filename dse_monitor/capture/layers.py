@@ -1,4 +1,4 @@
-"""Finding the layers to read: by module name, glob, ``"penultimate"`` or ``"blocks"``.
+"""Finding the layer to read: by module name or ``"penultimate"``.
 
 ``"penultimate"`` is the representation that feeds the final classifier, read as the
 *input* of that classifier, found in this order:
@@ -15,13 +15,12 @@ With an example forward pass (``run_forward``), rules 1 and 2 only count when th
 module actually runs: a timm backbone used through ``forward_features`` under the
 user's own head skips its ``get_classifier()`` module, and the next rule applies.
 
-``"blocks"`` (the top-level stages or blocks of the model family) and globs name several
-layers: :mod:`dse_monitor.capture.layer_sets` resolves them. A name with ``*``, ``?`` or ``[`` is a glob over module names, matched part by part
-(``"backbone.layer*"`` is ``backbone.layer1`` .. ``backbone.layer4``, not their
-children; ``**`` spans any number of parts). Any other name is looked up in
-``model.named_modules()``; an unknown name raises :class:`LayerNotFoundError` listing
-the closest names (:mod:`difflib`). Names of compiled models are accepted with or
-without ``torch.compile``'s ``_orig_mod`` level and always shown without it.
+``"blocks"`` (the top-level stages or blocks of the model family) and globs (names with
+``*``, ``?`` or ``[``) name several layers: :mod:`dse_monitor.capture.layer_sets` resolves
+them. Any other name is looked up in ``model.named_modules()``; an unknown name raises
+:class:`LayerNotFoundError` listing the closest names (:mod:`difflib`). Names of compiled
+models are accepted with or without ``torch.compile``'s ``_orig_mod`` level and always
+shown without it.
 """
 from __future__ import annotations
 
