@@ -18,6 +18,7 @@ from dse_monitor.capture import (  # noqa: E402
     resolve_layer,
     resolve_layers,
     split_batch,
+    to_device,
 )
 
 WORDS = [f"w{i}" for i in range(90)]
@@ -85,6 +86,9 @@ def test_bert_batch_is_passed_as_keyword_arguments_without_labels(bert, batches)
     assert pb.args == () and sorted(pb.kwargs) == ["attention_mask", "input_ids"]
     assert pb.labels.tolist() == [0, 1, 2, 0, 1, 2] and pb.attention_mask is batch["attention_mask"]
     assert pb.inputs_for_x is None and "token ids" in pb.why_no_x
+    moved = to_device(batch, "meta")  # a BatchEncoding stays one (forward_fn may read batch.input_ids)
+    assert isinstance(moved, transformers.BatchEncoding) and moved.input_ids.device.type == "meta"
+    assert isinstance(pb.to("cpu").raw, transformers.BatchEncoding)
     with torch.no_grad():
         out = call_module(bert, pb)
         expected = bert(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
