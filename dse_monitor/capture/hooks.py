@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from .layers import Layer
-from .pooling import Pooling, check_pooling, pool_features
+from .pooling import Pooling, first_tensor, check_pooling, pool_features
 
 
 class FeatureCapture:
@@ -19,6 +19,10 @@ class FeatureCapture:
     :meth:`take` returns ``{layer.name: [B, D] float32}`` from the *last* call of each
     layer's module (a module called several times per forward is read at its last call).
 
+    Token sequences are pooled over real tokens only: set :attr:`attention_mask` to the
+    current batch's ``[B, T]`` mask (or ``None``) before each forward pass; it stays in
+    force until it is set again.
+
     Example:
         >>> from dse_monitor.capture.layers import resolve_layer
         >>> net = nn.Sequential(nn.Linear(4, 3), nn.ReLU(), nn.Linear(3, 2))
@@ -28,24 +32,41 @@ class FeatureCapture:
         torch.Size([5, 3])
         >>> len(net[1]._forward_hooks)
         0
+        >>> seq = nn.Sequential(nn.Linear(2, 2))              # applied to every token
+        >>> with FeatureCapture([resolve_layer(seq, "0")]) as cap:
+        ...     cap.attention_mask = torch.tensor([[1, 0, 0]])  # one real token, two pads
+        ...     out = seq(torch.randn(1, 3, 2))
+        ...     torch.equal(cap.take()["0"], out[:, 0].detach())  # the mean of the real tokens
+        True
     """
 
     def __init__(self, layers: Sequence[Layer], pooling: Pooling = "mean") -> None:
         self.layers = list(layers)
         self.pooling = check_pooling(pooling)
+        #: ``[B, T]`` mask of real tokens of the batch going through the model, or None.
+        self.attention_mask: torch.Tensor | None = None
         self._last: dict[str, torch.Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
-    def _output_hook(self, name: str):
+    def _pool(self, name: str, activation) -> None:
+        try:
+            self._last[name] = pool_features(activation, self.pooling, self.attention_mask)
+        except (ValueError, TypeError) as err:
+            raise type(err)(f"layer {name!r}: {err}") from err
+
+    def _output_hook(self, layer: Layer):
         def hook(_module: nn.Module, _args, output) -> None:
-            self._last[name] = pool_features(output, self.pooling)
+            if layer.channels_last:
+                output = first_tensor(output)
+                if output.ndim == 4:  # [B, H, W, C] -> [B, C, H, W]: pool over the spatial grid
+                    output = output.permute(0, 3, 1, 2)
+            self._pool(layer.name, output)
 
         return hook
 
     def _input_hook(self, name: str):
         def hook(_module: nn.Module, args, kwargs) -> None:
-            first = args[0] if args else next(iter(kwargs.values()), None)
-            self._last[name] = pool_features(first, self.pooling)
+            self._pool(name, args[0] if args else next(iter(kwargs.values()), None))
 
         return hook
 
@@ -58,7 +79,7 @@ class FeatureCapture:
                 if layer.read == "input":
                     h = layer.module.register_forward_pre_hook(self._input_hook(layer.name), with_kwargs=True)
                 else:
-                    h = layer.module.register_forward_hook(self._output_hook(layer.name))
+                    h = layer.module.register_forward_hook(self._output_hook(layer))
                 self._handles.append(h)
         except BaseException:
             self.remove()
@@ -69,6 +90,7 @@ class FeatureCapture:
         while self._handles:
             self._handles.pop().remove()
         self._last.clear()
+        self.attention_mask = None
 
     def take(self) -> dict[str, torch.Tensor]:
         """Features captured since the last call; raises if a layer did not run."""

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Mapping
 from typing import Any, Callable, Sequence
 
 import torch
@@ -106,11 +107,28 @@ def unpack_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
 
 
 def to_device(obj: Any, device: torch.device | str) -> Any:
-    """Move the tensors of a (nested) tuple/list/dict to ``device``."""
+    """Move the tensors of a (nested) tuple/list/mapping to ``device``.
+
+    Mappings keep their type when it can be rebuilt from a dict (e.g. Hugging Face
+    ``BatchEncoding``), named tuples stay named tuples.
+
+    >>> from collections import namedtuple
+    >>> Pair = namedtuple("Pair", "x y")
+    >>> to_device(Pair(torch.zeros(1), {"m": torch.ones(1)}), "cpu")
+    Pair(x=tensor([0.]), y={'m': tensor([1.])})
+    """
     if isinstance(obj, torch.Tensor):
         return obj.to(device, non_blocking=True)
-    if isinstance(obj, dict):
-        return {k: to_device(v, device) for k, v in obj.items()}
+    if isinstance(obj, Mapping):
+        moved = {k: to_device(v, device) for k, v in obj.items()}
+        if type(obj) is dict:
+            return moved
+        try:
+            return type(obj)(moved)
+        except Exception:  # a mapping type that cannot be built from a dict
+            return moved
+    if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+        return type(obj)(*(to_device(v, device) for v in obj))
     if isinstance(obj, (tuple, list)):
         return type(obj)(to_device(v, device) for v in obj)
     return obj
@@ -126,9 +144,9 @@ def resize_inputs(x: Any, size: int | None = 64) -> torch.Tensor:
     torch.Size([2, 5])
     """
     if not isinstance(x, torch.Tensor):
-        from .pooling import _first_tensor
+        from .pooling import first_tensor
 
-        x = _first_tensor(x)
+        x = first_tensor(x)
     x = x.detach().float()
     if size is not None and x.ndim == 4 and tuple(x.shape[-2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="nearest")
