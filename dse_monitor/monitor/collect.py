@@ -16,19 +16,25 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from ..capture.compiled import eager
+from ..capture.forward import ProbeBatch, call_module, split_batch
 from ..capture.hooks import FeatureCapture, eval_mode
 from ..capture.layers import Layer
-from ..capture.probe import resize_inputs, to_device
+from ..capture.probe import resize_inputs
 from .config import MonitorConfig
 
 
 @dataclass
 class ProbeFeatures:
-    """Pooled features ``{layer: [N, D] float32}`` and, when still needed, labels and resized inputs."""
+    """Pooled features ``{layer: [N, D] float32}`` and, when still needed, labels and resized inputs.
+
+    ``why_no_inputs``: why the batches gave no X for DSMI(Z;X) (e.g. token ids), once.
+    """
 
     features: dict[str, torch.Tensor]
     labels: Optional[torch.Tensor] = None
     inputs: Optional[torch.Tensor] = None
+    why_no_inputs: Optional[str] = None
 
 
 @contextmanager
@@ -56,12 +62,12 @@ def isolated_rng(device: Optional[torch.device] = None) -> Iterator[None]:
         np.random.set_state(np_state)
 
 
-def forward_as_validation(trainer: Any, pl_module: Any, x: Any) -> Any:
-    """``pl_module(x)`` with the trainer's precision (input conversion and autocast of validation)."""
+def forward_as_validation(trainer: Any, module: Any, batch: ProbeBatch, config: MonitorConfig) -> Any:
+    """The forward pass with the trainer's precision (input conversion and autocast of validation)."""
     precision = trainer.precision_plugin
-    x = precision.convert_input(x)  # e.g. float64 inputs under precision="64-true"
+    batch = batch.convert_call(precision.convert_input)  # e.g. float64 inputs under precision="64-true"
     with precision.val_step_context():
-        return pl_module(x)
+        return call_module(module, batch, config.forward_fn)
 
 
 def collect_features(
@@ -75,24 +81,33 @@ def collect_features(
     want_labels: bool,
     want_inputs: bool,
 ) -> ProbeFeatures:
-    """Run this rank's share through the model and read the layers with ``capture``'s hooks."""
-    device = pl_module.device
+    """Run this rank's share through the model and read the layers with ``capture``'s hooks.
+
+    A compiled model runs its eager original (same weights), so that the hooks fire and
+    dynamo never sees them (no recompilation of the training graph).
+    """
     feats: dict[str, list[torch.Tensor]] = {layer.name: [] for layer in layers}
     ys: list[torch.Tensor] = []
     xs: list[torch.Tensor] = []
-    with eval_mode(pl_module), capture as cap:
+    why_no_inputs = None
+    with eager(pl_module) as module, eval_mode(module), capture as cap:
         for batch in loader:
-            x, y = config.batch_fn(batch)
-            x = to_device(x, device)
-            forward_as_validation(trainer, pl_module, x)
+            pb = split_batch(batch, module, config.batch_fn).to(pl_module.device)
+            cap.attention_mask = pb.attention_mask  # token sequences pool over real tokens only
+            forward_as_validation(trainer, module, pb, config)
             for name, z in cap.take().items():
                 feats[name].append(z)
-            if want_labels and y is not None:
-                ys.append(torch.as_tensor(y).to(device))
+            if want_labels and pb.labels is not None:
+                ys.append(torch.as_tensor(pb.labels).to(pl_module.device))
             if want_inputs:
-                xs.append(resize_inputs(x, config.x_size))
+                if pb.inputs_for_x is None:
+                    why_no_inputs = pb.why_no_x or "the probe batches hold no inputs to cluster"
+                    want_inputs = False
+                else:
+                    xs.append(resize_inputs(pb.inputs_for_x, config.x_size))
     return ProbeFeatures(
         {name: torch.cat(zs) for name, zs in feats.items()},
         torch.cat(ys) if ys else None,
-        torch.cat(xs) if want_inputs else None,
+        torch.cat(xs) if xs and why_no_inputs is None else None,
+        why_no_inputs,
     )

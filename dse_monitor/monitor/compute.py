@@ -58,11 +58,22 @@ class ReferenceGroups:
 
 
 def make_groups(
-    config: MonitorConfig, known: ReferenceGroups, labels: Optional[torch.Tensor], inputs: Optional[torch.Tensor]
+    config: MonitorConfig,
+    known: ReferenceGroups,
+    labels: Optional[torch.Tensor],
+    inputs: Optional[torch.Tensor],
+    why_no_inputs: Optional[str] = None,
 ) -> ReferenceGroups:
-    """Complete ``known`` with the groups that the collected labels and inputs allow."""
+    """Complete ``known`` with the groups that the collected labels and inputs allow.
+
+    ``why_no_inputs``: the batches had no X to cluster (e.g. token ids): DSMI(Z;X) is
+    then given up once, with that reason, never computed on something meaningless.
+    """
     out = ReferenceGroups(known.labels, known.inputs, known.labels_failed, known.inputs_failed)
     refs = config.references()
+    if why_no_inputs is not None and "inputs" in refs and out.inputs is None and not out.inputs_failed:
+        out.inputs_failed = True
+        out.notes.append(f"DSEMonitor: {why_no_inputs}; DSMI(Z;X) and CSMI(Z;X) will not be logged.")
     if out.labels is None and labels is not None and "labels" in refs and not out.labels_failed:
         try:
             out.labels = reference_groups(labels.cpu(), n_clusters=config.n_clusters or FALLBACK_CLUSTERS).cpu()

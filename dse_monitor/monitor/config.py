@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..capture.pooling import Pooling, check_pooling
-from ..capture.probe import unpack_batch
+from ..capture.forward import ForwardFn
 from ..functional.diffusion_time import T_MAX
 from ..functional._checks import check_int
 from ..functional.solver import check_solver
@@ -85,7 +85,8 @@ class MonitorConfig:
     n_clusters: Optional[int]
     x_size: Optional[int]
     pooling: Pooling
-    batch_fn: BatchFn
+    batch_fn: Optional[BatchFn]
+    forward_fn: Optional[ForwardFn]
     batch_size: Optional[int]
     device: Optional[torch.device]
     dtype: Optional[torch.dtype]
@@ -113,6 +114,7 @@ class MonitorConfig:
         x_size: Optional[int] = 64,
         pooling: Pooling = "mean",
         batch_fn: Optional[BatchFn] = None,
+        forward_fn: Optional[ForwardFn] = None,
         batch_size: Optional[int] = None,
         device: Union[str, torch.device, None] = None,
         dtype: Union[str, torch.dtype, None] = None,
@@ -138,6 +140,8 @@ class MonitorConfig:
             raise ValueError(f"t must be a positive number or 'knee' (chosen from the data), got {t!r}")
         if batch_fn is not None and not callable(batch_fn):
             raise ValueError(f"batch_fn must be callable, got {batch_fn!r}")
+        if forward_fn is not None and not callable(forward_fn):
+            raise ValueError(f"forward_fn must be callable as forward_fn(module, batch), got {forward_fn!r}")
         if every_n_epochs is not None and every_n_train_steps is not None:
             raise ValueError(
                 f"pass every_n_epochs or every_n_train_steps, not both (got every_n_epochs={every_n_epochs!r}, "
@@ -164,7 +168,8 @@ class MonitorConfig:
             n_clusters=check_int(n_clusters, "n_clusters", 1, allow_none=True),
             x_size=check_int(x_size, "x_size", 1, allow_none=True),
             pooling=check_pooling(pooling),
-            batch_fn=batch_fn or unpack_batch,
+            batch_fn=batch_fn,
+            forward_fn=forward_fn,
             batch_size=check_int(batch_size, "batch_size", 1, allow_none=True),
             device=torch.device(device) if device is not None else None,
             dtype=parse_dtype(dtype),

@@ -24,6 +24,7 @@ from typing import Any, Optional, Sequence, Union
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..capture.forward import ForwardFn
 from ..capture.hooks import FeatureCapture
 from ..capture.pooling import Pooling
 from ..registry import DEFAULT_METRICS
@@ -76,9 +77,12 @@ class DSEMonitorCore:
     epoch; ``check_on_train_epoch_end=True`` / ``save_on_train_epoch_end=True`` otherwise).
 
     Args:
-        layers: module names from ``named_modules()``, or ``"penultimate"``: the input of
-            the final classifier (timm ``get_classifier()``, torchvision ``fc`` /
-            ``classifier`` / ``head``, else the last ``nn.Linear`` run in ``forward``).
+        layers: module names from ``named_modules()``, glob patterns over them
+            (``"backbone.layer*"``, ``"blocks.*"``), ``"penultimate"`` (the input of the
+            final classifier: timm ``get_classifier()``, ``fc`` / ``classifier`` / ``head``
+            / ``score`` / ``lm_head``, else the last ``nn.Linear`` run in ``forward``) or
+            ``"blocks"`` (the stages / blocks of timm, torchvision and Hugging Face models).
+            A compiled model (``torch.compile``) is probed through its eager original.
         probe: ``"val"`` or ``"train"`` (the trainer's loaders) or a Dataset / DataLoader.
         num_samples: size of the probe subset (None: the whole split); clamped with a warning.
         seed: seed of the probe subset, the input clustering and the DSMI subsets.
@@ -101,10 +105,16 @@ class DSEMonitorCore:
         n_clusters: groups for X (and continuous Y); default: the number of classes
             in the probe labels, else 10.
         x_size: side of the nearest-resized images for DSMI(Z;X) (None: no resize).
-        pooling: ``"mean"`` (avg-pool maps, mean of tokens), ``"cls"`` (first token),
+        pooling: ``"mean"`` (avg-pool maps, mean of the real tokens of a sequence),
+            ``"cls"`` (first real token), ``"last_token"`` (last real token: decoders),
             ``"flatten"`` or a callable ``[B, ...] -> [B, D]``.
-        batch_fn: callable ``batch -> (inputs, labels or None)``; default handles
-            ``(x, y, ...)`` tuples/lists and dicts with the usual keys.
+        batch_fn: callable ``batch -> (inputs, labels)``, ``(inputs, labels, attention_mask)``
+            or a :class:`~dse_monitor.capture.ProbeBatch`; by default ``(x, y, ...)``
+            tuples/lists, dicts with the usual image keys, and dict / ``BatchEncoding``
+            batches whose keys ``forward`` accepts (called as ``model(**batch)``, labels
+            dropped, ``attention_mask`` used for pooling).
+        forward_fn: callable ``(module, batch) -> Any`` that runs the forward pass
+            itself (it gets the raw batch on the device); default: as described above.
         batch_size: probe batch size (default: the source loader's, else 64).
         device: device of the metric computation (default: the features' device).
         dtype: dtype of the metric computation (default float64; ``"float32"`` is faster).
@@ -150,6 +160,7 @@ class DSEMonitorCore:
         x_size: Optional[int] = 64,
         pooling: Pooling = "mean",
         batch_fn: Optional[BatchFn] = None,
+        forward_fn: Optional[ForwardFn] = None,
         batch_size: Optional[int] = None,
         device: Union[str, torch.device, None] = None,
         dtype: Union[str, torch.dtype, None] = None,
@@ -163,7 +174,8 @@ class DSEMonitorCore:
             layers=layers, probe=probe, num_samples=num_samples, seed=seed, every_n_epochs=every_n_epochs,
             every_n_train_steps=every_n_train_steps, at_init=at_init, metrics=metrics, sigma=sigma, t=t, t_max=t_max,
             num_repetitions=num_repetitions,
-            n_clusters=n_clusters, x_size=x_size, pooling=pooling, batch_fn=batch_fn, batch_size=batch_size,
+            n_clusters=n_clusters, x_size=x_size, pooling=pooling, batch_fn=batch_fn, forward_fn=forward_fn,
+            batch_size=batch_size,
             device=device, dtype=dtype, prefix=prefix, log_spectrum=log_spectrum, save_raw=save_raw, solver=solver,
         )
         self._probe = ProbeSet(self.config)
@@ -270,7 +282,14 @@ class DSEMonitorCore:
     def on_fit_start(self, trainer: Any, pl_module: Any) -> None:
         """Choose the probe subset and resolve the layers: configuration errors surface here, before training."""
         with isolated_rng(pl_module.device), torch.no_grad():
-            self._probe.prepare(trainer, pl_module, self._state, lambda m: self._warn(trainer, m))
+            self._prepare(trainer, pl_module)
+
+    def _prepare(self, trainer: Any, pl_module: Any) -> None:
+        def info(message: str) -> None:
+            if getattr(trainer, "is_global_zero", True):
+                log.info(message)
+
+        self._probe.prepare(trainer, pl_module, self._state, lambda m: self._warn(trainer, m), info)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # global_step > 0: resumed from a checkpoint taken inside the first epoch; the model is no
@@ -317,7 +336,7 @@ class DSEMonitorCore:
         start = time.perf_counter()
         with isolated_rng(pl_module.device), torch.no_grad():
             if not self._probe.layers:  # called without on_fit_start (e.g. by hand)
-                self._probe.prepare(trainer, pl_module, self._state, lambda m: self._warn(trainer, m))
+                self._prepare(trainer, pl_module)
             features = self._probe_pass(trainer, pl_module, step)
         if features is None:
             self.last_duration_s = time.perf_counter() - start
@@ -325,7 +344,8 @@ class DSEMonitorCore:
         payload = None
         if trainer.is_global_zero:
             try:
-                groups = make_groups(self.config, self._groups, features.labels, features.inputs)
+                groups = make_groups(self.config, self._groups, features.labels, features.inputs,
+                                     features.why_no_inputs)
                 measurement = compute_measurement(self.config, features.features, groups, step, self._state.frozen)
                 payload = (measurement, groups, self._state.frozen)
             except Exception as err:  # rank 0 must still reach the broadcast below
@@ -342,7 +362,8 @@ class DSEMonitorCore:
             return None
         self.history[step] = dict(measurement.values)
         self.positions[step] = {"epoch": position.epoch, "global_step": position.global_step, "step": position.step}
-        self._sinks.write(trainer, measurement, position, self._state, lambda m: self._warn(trainer, m))
+        self._sinks.write(trainer, measurement, position, self._state, self._probe.layer_names,
+                          lambda m: self._warn(trainer, m))
         return measurement.values
 
     def _probe_pass(self, trainer: Any, pl_module: Any, step: int) -> Any:

@@ -17,9 +17,12 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from ..capture.compiled import eager
+from ..capture.forward import split_batch
 from ..capture.hooks import FeatureCapture, eval_mode
-from ..capture.layers import Layer, LayerNotFoundError, resolve_layer
-from ..capture.probe import choose_indices, first_dataloader, probe_loader, source_dataset, to_device
+from ..capture.layer_sets import describe_layers, resolve_layers
+from ..capture.layers import Layer, LayerNotFoundError
+from ..capture.probe import choose_indices, first_dataloader, probe_loader, source_dataset
 from .collect import ProbeFeatures, forward_as_validation
 from .config import MonitorConfig
 from .state import MonitorState
@@ -58,16 +61,22 @@ class ProbeSet:
         self.layers: list[Layer] = []
         self.loader: Optional[DataLoader] = None
 
+    @property
+    def layer_names(self) -> list[str]:
+        """The resolved layers' names, as they appear in the logged keys."""
+        return [layer.name for layer in self.layers]
+
     def release(self) -> None:
         """Drop the per-run objects (they reference the data and the model)."""
         self.source, self.layers, self.loader = None, [], None
 
     # ------------------------------------------------------------------ preflight
-    def prepare(self, trainer: Any, pl_module: Any, state: MonitorState, warn: Warn) -> None:
+    def prepare(self, trainer: Any, pl_module: Any, state: MonitorState, warn: Warn, info: Warn) -> None:
         """Choose (or check the stored) indices, resolve the layers and run one peek batch.
 
         Configuration errors surface here, at fit start: no probe split, labels missing
-        for ``dsmi_y``, an unknown layer, a layer that ``forward`` never calls.
+        for ``dsmi_y``, an unknown layer, a layer that ``forward`` never calls. The
+        resolved layers (globs, ``"blocks"``) are listed in one ``info`` line.
         """
         cfg = self.config
         self.source = resolve_source(trainer, cfg.probe)
@@ -86,32 +95,38 @@ class ProbeSet:
             )
         self.loader = None
         peek = probe_loader(self.source, state.indices[: min(len(state.indices), 8)], batch_size=8)
-        x, y = cfg.batch_fn(next(iter(peek)))
-        self._check_labels(y)
-        x = to_device(x, pl_module.device)
+        raw = next(iter(peek))
+        with eager(pl_module) as module:
+            batch = split_batch(raw, module, cfg.batch_fn)
+            self._check_labels(batch.labels, batch.why_no_labels)
+            batch = batch.to(pl_module.device)
 
-        def run_forward() -> Any:
-            with eval_mode(pl_module):
-                return forward_as_validation(trainer, pl_module, x)
+            def run_forward() -> Any:
+                with eval_mode(module):
+                    return forward_as_validation(trainer, module, batch, cfg)
 
-        self.layers = [resolve_layer(pl_module, name, run_forward) for name in cfg.layers]
-        # One pass over the peek batch: a layer that forward() never calls, or an activation the
-        # pooling cannot handle, is a configuration error now rather than after the first epoch.
-        with FeatureCapture(self.layers, cfg.pooling) as cap:
-            run_forward()
-            try:
-                cap.take()
-            except RuntimeError as err:
-                raise LayerNotFoundError(f"DSEMonitor: {err}") from err
+            self.layers = resolve_layers(module, cfg.layers, run_forward)
+            # One pass over the peek batch: a layer that forward() never calls, or an activation the
+            # pooling cannot handle, is a configuration error now rather than after the first epoch.
+            with FeatureCapture(self.layers, cfg.pooling) as cap:
+                cap.attention_mask = batch.attention_mask
+                run_forward()
+                try:
+                    cap.take()
+                except RuntimeError as err:
+                    raise LayerNotFoundError(f"DSEMonitor: {err}") from err
+        if len(self.layers) > 1 or any(layer.name != name for layer, name in zip(self.layers, cfg.layers)):
+            info(describe_layers(self.layers))
 
-    def _check_labels(self, y: Any) -> None:
+    def _check_labels(self, y: Any, why_none: Optional[str] = None) -> None:
         asked = self.config.metrics_needing("labels")
         if not asked:
             return
         if y is None:
+            why = why_none or "batch_fn returned no labels"
             raise ValueError(
-                f"DSEMonitor: metrics {asked} need labels, but the probe batches carry none (batch_fn returned "
-                "no labels). Use batches like (x, y) or {'x': ..., 'y': ...}, pass batch_fn, or drop those metrics."
+                f"DSEMonitor: metrics {asked} need labels, but the probe batches carry none ({why}). Use batches "
+                "like (x, y) or {'x': ..., 'y': ...}, pass batch_fn, or drop those metrics."
             )
         try:
             torch.as_tensor(y)
@@ -145,4 +160,4 @@ class ProbeSet:
             return t[:n]
 
         return ProbeFeatures({name: gather(z) for name, z in local.features.items()},
-                             gather(local.labels), gather(local.inputs))
+                             gather(local.labels), gather(local.inputs), local.why_no_inputs)

@@ -24,7 +24,7 @@ from .config import MonitorConfig
 from .schedule import Position
 from .state import MonitorState
 from ..functional import log_spectrum
-from .tensorboard import write_layout, write_spectrum
+from .tensorboard import write_heatmaps, write_layout, write_spectrum
 
 Warn = Callable[[str], None]
 
@@ -49,7 +49,7 @@ class Sinks:
         self.spectra = {}
 
     def write(self, trainer: Any, measurement: Measurement, position: Position, state: MonitorState,
-              warn: Warn) -> None:
+              layers: list[str], warn: Warn) -> None:
         """Send one measurement everywhere, at the loggers' ``position.step``; ``state`` already holds it."""
         step, values = position.step, measurement.values
         device = getattr(getattr(trainer, "strategy", None), "root_device", None)
@@ -64,7 +64,7 @@ class Sinks:
             logger.log_metrics(logged, step=step)
             if self.tensorboard_loggers and isinstance(logger, self.tensorboard_loggers):
                 try:
-                    self._tensorboard_extras(logger.experiment, measurement.spectra, step)
+                    self._tensorboard_extras(logger.experiment, measurement.spectra, step, layers, state)
                 except Exception as err:  # the extras are optional: never kill the run for them
                     warn(f"DSEMonitor: writing the TensorBoard layout/spectrum at epoch {step} "
                          f"failed ({type(err).__name__}: {err}).")
@@ -76,10 +76,13 @@ class Sinks:
                 warn(f"DSEMonitor: save_raw could not write to {folder} at epoch {step} "
                      f"({type(err).__name__}: {err}); training goes on.")
 
-    def _tensorboard_extras(self, writer: Any, spectra: dict[str, np.ndarray], step: int) -> None:
+    def _tensorboard_extras(self, writer: Any, spectra: dict[str, np.ndarray], step: int, layers: list[str],
+                            state: MonitorState) -> None:
         cfg = self.config
         if not self.layout_written:
-            write_layout(writer, cfg.prefix, cfg.layers, cfg.metrics)
+            write_layout(writer, cfg.prefix, layers, cfg.metrics)
+        if len(layers) > 1:
+            write_heatmaps(writer, cfg, layers, state, step)
         if cfg.log_spectrum:
             for name, lam in spectra.items():
                 write_spectrum(writer, cfg.key(name, "spectrum"), lam, step)

@@ -12,12 +12,14 @@ titled as in the paper::
 """
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any, Sequence
 
 import numpy as np
 
 from ..registry import title
+from .heatmap import heatmap_image
 
 
 
@@ -55,3 +57,18 @@ def write_spectrum(writer: Any, tag: str, eigenvalues: Any, step: int) -> None:
     flush = getattr(writer, "flush", None)
     if callable(flush):
         flush()
+
+
+def write_heatmaps(writer: Any, config: Any, layers: Sequence[str], state: Any, step: int) -> None:
+    """One image per metric: layers (rows, in depth order) x measurements so far (columns).
+
+    Written at every measurement under ``<prefix>/heatmap/<metric>`` (TensorBoard's image
+    slider then steps through the run); the colour range is the image's own min..max.
+    """
+    keys = sorted(state.history)
+    for metric in config.metrics:
+        table = [[state.history[k].get(config.key(layer, metric), float("nan")) for k in keys] for layer in layers]
+        if all(math.isnan(v) for row in table for v in row):
+            continue
+        image = heatmap_image(table)
+        writer.add_image(f"{config.prefix}/heatmap/{metric}", image, global_step=step, dataformats="CHW")

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dse_monitor.heatmap import heatmap_image
+from dse_monitor.monitor.heatmap import heatmap_image
 
 
 def test_rows_are_layers_columns_measurements_and_colours_follow_the_values():
