@@ -46,7 +46,8 @@ def paired_overhead(measure, extras: dict, repeats: int) -> tuple[float, dict]:
         for k, b in {**before, **after}.items():
             t_extra[k].append(b)
             ratios[k].append(b / a)
-    return statistics.median(t_measure), {k: (statistics.median(t_extra[k]), statistics.median(ratios[k])) for k in extras}
+    medians = {k: (statistics.median(t_extra[k]), statistics.median(ratios[k])) for k in extras}
+    return statistics.median(t_measure), medians
 
 
 def main() -> None:

@@ -46,7 +46,9 @@ HIGH_RATIO = 2.0
 Direction = Literal["below", "above"]
 
 
-def _squared_pair_distances(z: Any, max_points: int, seed: int, dtype: torch.dtype | None) -> tuple[torch.Tensor, float]:
+def _squared_pair_distances(
+    z: Any, max_points: int, seed: int, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, float]:
     """Squared distances of all pairs of (a seeded sample of at most ``max_points`` of) the rows,
     and the rows' RMS norm."""
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2:
