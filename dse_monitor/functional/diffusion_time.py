@@ -99,7 +99,8 @@ def knee_of_curve(ts: Sequence[int] | torch.Tensor, values: Sequence[float] | to
     if float(yv.max() - yv.min()) <= 1e-12 * max(1.0, float(np.abs(yv).max())):
         return int(x[0])
     xv = x.double().numpy()
-    errors = [_line_fit_error(xv[: b + 1], yv[: b + 1]) + _line_fit_error(xv[b:], yv[b:]) for b in range(1, len(xv) - 1)]
+    errors = [_line_fit_error(xv[: b + 1], yv[: b + 1]) + _line_fit_error(xv[b:], yv[b:])
+              for b in range(1, len(xv) - 1)]
     return int(x[1 + int(np.argmin(errors))])
 
 

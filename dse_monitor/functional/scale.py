@@ -8,14 +8,18 @@ clusters, 256-D Gaussian noise; ``examples/sigma_scale.py`` reruns a smaller gri
 * ``r <= 0.1``: every set had DSE below 1.2% of log2 N, whatever its structure (it
   grows about like r^2 there: every point is within sigma of every other); each left
   the 2% band near 0 between r = 0.1 and 0.22, and none was in it at r >= 0.22;
-* ``r >= 3``: the most spread set (256-D noise) saturated at 99.6% of log2 N; the
-  others saturate later (5 for digits pixels, 20-70 for low-dimensional sets), and none
-  was in the 2% band at r <= 2.15 (at most 93%).
+* ``r >= 3``: the most spread set (256-D noise) sat at 99.4% of log2 N; the others
+  saturate later (r ~ 5 for digits pixels, 20-70 for low-dimensional sets, never for
+  tight clusters), and none was in the 2% band at r <= 2.15 (at most 93%). Points all
+  at one distance from each other saturate first (no point has a closer neighbour):
+  with g = exp(-r^2 / 2) their spectrum is 1 and (1 - g) / (1 + (N - 1) g), N - 1 times,
+  which gives at most 94.4% of log2 N at r = 2 and 98% only from r ~ 2.4-2.6, for N
+  from 100 to 10^4.
 
 Hence :func:`scale_diagnosis` calls a DSE within ``tol`` of 0 or of log2 N the scale's
-doing only when ``r < 1/3`` or ``r > 3``: at those ratios every set measured sat in
-(or next to) the band, and at ratios inside [1/3, 3] none did, so a DSE in a band
-there is the features' own structure (e.g. a real collapse), not the bandwidth.
+doing only when ``r < 1/3`` or ``r > 2``: beyond those ratios every set measured sat in
+(or next to) the band, and between them none did, so a DSE in a band there is the
+features' own structure (e.g. a real collapse), not the bandwidth.
 """
 from __future__ import annotations
 
@@ -26,53 +30,65 @@ from typing import Any, Literal
 import torch
 
 from ._checks import check_features, check_positive
-from .kernel import MEDIAN_SAMPLE, squared_distances, subsample_indices
+from .kernel import squared_distances, subsample_indices
 
 #: Pairwise distances below this fraction of the points' RMS norm count as 0: they are
 #: rounding (float32 features resolve ~1.2e-7 of their magnitude), not spread.
 DISTANCE_RESOLUTION = 1e-6
 
+#: Rows whose pairs give the median distance (above this, a seeded sample).
+SCALE_SAMPLE = 1000
+
 #: Sigma ratios outside [LOW_RATIO, HIGH_RATIO] are "far from 1" (see module docstring).
 LOW_RATIO = 1 / 3
-HIGH_RATIO = 3.0
+HIGH_RATIO = 2.0
 
 Direction = Literal["below", "above"]
 
 
-def _pair_distances(z: Any, max_points: int, seed: int, dtype: torch.dtype | None) -> tuple[torch.Tensor, float]:
-    """Distances of all pairs of (a seeded sample of at most ``max_points`` of) the rows, and their RMS norm."""
+def _squared_pair_distances(
+    z: Any, max_points: int, seed: int, dtype: torch.dtype | None
+) -> tuple[torch.Tensor, float]:
+    """Squared distances of all pairs of (a seeded sample of at most ``max_points`` of) the rows,
+    and the rows' RMS norm."""
     if isinstance(max_points, bool) or not isinstance(max_points, int) or max_points < 2:
         raise ValueError(f"max_points must be an integer >= 2 (pairs are needed), got {max_points!r}")
     x = check_features(z, dtype=dtype)
     n = x.shape[0]
     if n < 2:
         raise ValueError(f"a median pairwise distance needs at least 2 points, got {n}")
-    # The same sample as resolve_sigma("median"), so that the two agree exactly.
+    # The draw of resolve_sigma("median"): with the same max_points, the same sample.
     pts = x if n <= max_points else x[subsample_indices(n, max_points, seed)]
     with torch.no_grad():
         pts = pts.detach()
         d = squared_distances(pts)
         iu = torch.triu_indices(d.shape[0], d.shape[0], offset=1, device=d.device)
-        pair = d[iu[0], iu[1]].sqrt_()
-        rms = float(torch.linalg.vector_norm(pts) / math.sqrt(pts.shape[0]))
-    return pair, rms
+        rms = float(torch.linalg.vector_norm(pts)) / math.sqrt(pts.shape[0])
+    return d[iu[0], iu[1]], rms
 
 
-def _median(pair: torch.Tensor, floor: float) -> float:
-    med = float(pair.median())
-    return 0.0 if med <= floor else med
+def _zero_floor_sq(rms: float) -> float:
+    """Squared distances at or below this are rounding, not spread."""
+    return (DISTANCE_RESOLUTION * rms) ** 2
+
+
+def _median(squared: torch.Tensor, rms: float) -> float:
+    # sqrt is monotone: the median of the squares is the square of the median (same element).
+    med_sq = float(squared.median())
+    return 0.0 if med_sq <= _zero_floor_sq(rms) else math.sqrt(med_sq)
 
 
 def median_pairwise_distance(
-    z: Any, *, max_points: int = MEDIAN_SAMPLE, seed: int = 0, dtype: torch.dtype | None = None
+    z: Any, *, max_points: int = SCALE_SAMPLE, seed: int = 0, dtype: torch.dtype | None = None
 ) -> float:
     """Median Euclidean distance ``median_{i<j} ||z_i - z_j||`` among the rows of ``z``.
 
     Exact (all N(N-1)/2 pairs) for ``N <= max_points``; above, all pairs of a seeded
-    sample of ``max_points`` rows (the sample and the value of ``resolve_sigma("median")``,
-    whose default is also 2,000 points; about 0.5 s of an exact DSE's ~10 s at N = 4,000
-    on 2 cores, see ``benchmarks/diagnostics.py``). For an even number of pairs it is
-    the lower of the two middle values (``torch.median``). A median below
+    sample of ``max_points`` rows. The default, 1,000 rows (499,500 pairs), came within
+    0.05% of the all-pairs median at N = 4,000 and costs 0.8% of one exact DSE there
+    (``benchmarks/diagnostics.py``; all pairs would cost 4.3%); ``max_points=MEDIAN_SAMPLE`` (2,000) draws the
+    sample of ``resolve_sigma("median")`` and returns exactly its value. For an even
+    number of pairs it is the lower of the two middle values (``torch.median``). A median below
     ``DISTANCE_RESOLUTION`` (1e-6) times the RMS norm of the rows is rounding and is
     returned as exactly 0: more than half the pairs coincide.
 
@@ -85,8 +101,8 @@ def median_pairwise_distance(
         >>> median_pairwise_distance(torch.ones(4, 3))                # all points coincide
         0.0
     """
-    pair, rms = _pair_distances(z, max_points, seed, dtype)
-    return _median(pair, DISTANCE_RESOLUTION * rms)
+    squared, rms = _squared_pair_distances(z, max_points, seed, dtype)
+    return _median(squared, rms)
 
 
 @dataclass(frozen=True)
@@ -124,7 +140,7 @@ class MedianSigma:
 
 
 def median_sigma(
-    z: Any, *, max_points: int = MEDIAN_SAMPLE, seed: int = 0, dtype: torch.dtype | None = None
+    z: Any, *, max_points: int = SCALE_SAMPLE, seed: int = 0, dtype: torch.dtype | None = None
 ) -> MedianSigma:
     """The median pairwise distance as a bandwidth, with a stated rule when it would be 0.
 
@@ -139,7 +155,9 @@ def median_sigma(
     4. ``"sqrt_dim"``: else (all features are 0) ``sqrt(D)``, the paper's choice.
 
     Meant for ``sigma="median_init"``: call it once at a layer's first measurement and
-    freeze ``.sigma``; ``.describe()`` says which rule chose it.
+    freeze ``.sigma``; ``.describe()`` says which rule chose it. With the same
+    ``max_points`` and ``seed``, ``.median`` is :func:`median_pairwise_distance`'s value,
+    so the first measurement's sigma_ratio is exactly 1.
 
     Example:
         >>> median_sigma(torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]]))
@@ -149,14 +167,13 @@ def median_sigma(
         >>> median_sigma(torch.zeros(5, 16))
         MedianSigma(sigma=4.0, median=0.0, rule='sqrt_dim')
     """
-    pair, rms = _pair_distances(z, max_points, seed, dtype)
-    floor = DISTANCE_RESOLUTION * rms
-    med = _median(pair, floor)
+    squared, rms = _squared_pair_distances(z, max_points, seed, dtype)
+    med = _median(squared, rms)
     if med > 0:
         return MedianSigma(med, med, "median")
-    nonzero = pair[pair > floor]
+    nonzero = squared[squared > _zero_floor_sq(rms)]
     if nonzero.numel():
-        return MedianSigma(float(nonzero.median()), 0.0, "median_nonzero")
+        return MedianSigma(math.sqrt(float(nonzero.median())), 0.0, "median_nonzero")
     if rms > 0:
         return MedianSigma(rms, 0.0, "rms_norm")
     return MedianSigma(math.sqrt(check_features(z, dtype=dtype).shape[1]), 0.0, "sqrt_dim")
@@ -190,12 +207,12 @@ def scale_diagnosis(
 ) -> Direction | None:
     """Is a flat DSE the bandwidth's doing? ``"below"``, ``"above"`` or None.
 
-        "below"  if  DSE <= tol * log2 N        and  0 < sigma_ratio < low_ratio
-        "above"  if  DSE >= (1 - tol) * log2 N  and  sigma_ratio > high_ratio
+        "below"  if  DSE <= tol * log2 N        and  0 < sigma_ratio < low_ratio   (1/3)
+        "above"  if  DSE >= (1 - tol) * log2 N  and  sigma_ratio > high_ratio  (2)
 
     ``sigma_ratio = median pairwise distance / sigma`` (features far *below* sigma /
-    far *above* it). The thresholds 1/3 and 3 come from measurements on real feature
-    sets (module docstring): inside [1/3, 3] no set came within 2% of 0 or log2 N, so a
+    far *above* it). The thresholds 1/3 and 2 come from measurements on real feature
+    sets (module docstring): inside [1/3, 2] no set came within 2% of 0 or log2 N, so a
     DSE there is a property of the features (e.g. a real collapse) and gives None. A
     ratio of exactly 0 (more than half the pairs coincide: most inputs give one and the
     same feature vector) is the layer's collapse, not sigma's: None too.

@@ -17,8 +17,8 @@ from dse_monitor.functional import (
     scale_diagnosis,
     scale_warning,
 )
-from dse_monitor.functional.kernel import subsample_indices
-from dse_monitor.functional.scale import HIGH_RATIO, LOW_RATIO
+from dse_monitor.functional.kernel import MEDIAN_SAMPLE, subsample_indices
+from dse_monitor.functional.scale import HIGH_RATIO, LOW_RATIO, SCALE_SAMPLE
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +54,14 @@ def test_median_above_max_points_is_the_seeded_sample_and_agrees_with_resolve_si
     value = median_pairwise_distance(digits, max_points=120, seed=3)
     assert value == pytest.approx(brute_force_median(sample), rel=1e-10)
     assert value != median_pairwise_distance(digits, max_points=120, seed=4)  # another sample, another median
-    # Same sample and formula as sigma="median" (2,000 points by default): the same number.
+    # With resolve_sigma's sample size, its sample and formula: the same number as sigma="median".
     big = torch.cat([digits + k for k in range(8)])  # 2,400 rows > 2,000
-    assert median_pairwise_distance(big) == resolve_sigma("median", big)
+    assert median_pairwise_distance(big, max_points=MEDIAN_SAMPLE) == resolve_sigma("median", big)
+    # The default, cheaper sample (1,000 rows) is within 2% of the median over all pairs.
+    assert len(big) > SCALE_SAMPLE
+    assert median_pairwise_distance(big) == pytest.approx(brute_force_median(big), rel=0.02)
+    # median_sigma's median is this value (same sample): the first sigma_ratio of median_init is exactly 1.
+    assert median_sigma(big).median == median_pairwise_distance(big)
 
 
 def test_median_is_scale_equivariant_and_accepts_float32_and_numpy(digits):
@@ -138,12 +143,12 @@ def test_a_collapsed_layer_at_a_sensible_scale_is_not_diagnosed(digits):
     assert ratio == 0.0 and dse < 0.02 * math.log2(len(z))
     assert scale_diagnosis(dse, len(z), ratio) is None
     # In the 2% band but at a ratio inside [1/3, 3]: the features' structure, not the scale.
-    assert scale_diagnosis(0.0, 300, 0.5) is None and scale_diagnosis(math.log2(300), 300, 2.0) is None
+    assert scale_diagnosis(0.0, 300, 0.5) is None and scale_diagnosis(math.log2(300), 300, 1.5) is None
 
 
 def test_the_ratio_thresholds_hold_on_real_features(digits, cnn_features):
-    # Why 1/3 and 3 (module docstring): at r <= 0.1 DSE sits within 2% of 0 whatever the
-    # features; at ratios inside [1/3, 3] none of these sets is within 2% of 0 or of log2 N.
+    # Why 1/3 and 2 (module docstring): at r <= 0.1 DSE sits within 2% of 0 whatever the
+    # features; at ratios inside [1/3, 2] none of these sets is within 2% of 0 or of log2 N.
     centred = digits - digits.mean(0)
     plane = centred @ torch.linalg.svd(centred, full_matrices=False).Vh[:2].T
     for z in (digits, cnn_features, plane):
@@ -151,6 +156,16 @@ def test_the_ratio_thresholds_hold_on_real_features(digits, cnn_features):
         assert float(diffusion_spectral_entropy(z, med / 0.1)) < 0.02 * top
         for r in (LOW_RATIO, 1.0, HIGH_RATIO):
             assert 0.02 * top < float(diffusion_spectral_entropy(z, med / r)) < 0.98 * top
+
+
+def test_equidistant_points_the_fastest_to_saturate_stay_out_of_the_band_at_the_high_ratio():
+    simplex = torch.eye(300, dtype=torch.float64) * 5.0  # every pair at distance 5 sqrt(2)
+    med, top = median_pairwise_distance(simplex), math.log2(300)
+    at_high = float(diffusion_spectral_entropy(simplex, med / HIGH_RATIO))
+    assert 0.9 * top < at_high < 0.95 * top
+    assert scale_diagnosis(at_high, 300, HIGH_RATIO) is None
+    at_three = float(diffusion_spectral_entropy(simplex, med / 3.0))
+    assert at_three > 0.99 * top and scale_diagnosis(at_three, 300, 3.0) == "above"
 
 
 def test_the_diagnosis_needs_both_the_band_and_the_ratio():
