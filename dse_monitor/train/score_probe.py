@@ -46,7 +46,7 @@ class Probe:
     def record(self) -> dict[str, str]:
         """What identifies the probe in ``scores.csv``: a hash of its indices, labels and input values, and
         the data arguments (to name the one that changed)."""
-        return {"probe": self.fingerprint, "data": self.data}
+        return {"data": self.data, "probe": self.fingerprint}
 
 
 def data_arguments(datamodule: Any) -> dict[str, Any]:
