@@ -205,6 +205,7 @@ def _score_one(spec_text: str, module: nn.Module | None, probe: Probe, settings:
     start = time.perf_counter()
     kind = "module" if module is not None else parse_model(spec_text).kind
     model = module if module is not None else load_model(spec_text, model_class)
+    home = next(iter(model.parameters()), torch.empty(0)).device  # a given module goes back where it was
     used = device
     try:
         try:
@@ -221,7 +222,7 @@ def _score_one(spec_text: str, module: nn.Module | None, probe: Probe, settings:
             values, sigma, notes = _metrics(z, probe, settings, used)
     finally:
         if module is not None:
-            module.cpu()
+            module.to(home)
         del model
         gc.collect()
         if torch.cuda.is_available():
@@ -312,6 +313,10 @@ def score(
     probe = build_probe(datamodule, settings, batch_size)
     record = {**record, **probe.record()}
     check_settings(previous, record, scores.path if scores else None)
+    if progress:
+        clusters = "" if probe.input_groups is None else f", {int(probe.input_groups.unique().numel())} input clusters"
+        print(f"score: probe = {len(probe.indices)} samples of the {split} split (seed {seed}){clusters}; "
+              f"sigma = {sigma}, t = {t:g}")
     done = {r["model"]: r for r in previous}
     rows, failed = ScoreRows(), {}
     todo = [(name, module) for name, module in items if name not in done]

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 import os
+import re
 import warnings
 from pathlib import Path
 from typing import Any, Sequence
@@ -21,6 +22,7 @@ __all__ = [
     "format_header",
     "format_row",
     "read_accuracy_file",
+    "short_model",
     "write_correlations",
     "write_failures",
     "write_scatter",
@@ -201,8 +203,16 @@ def _cell(value: Any, width: int) -> str:
     return (f"{value:.3f}" if isinstance(value, float) else str(value)).rjust(width)
 
 
-def _short_model(name: str) -> str:
-    return name if len(name) <= MODEL_WIDTH else "..." + name[-(MODEL_WIDTH - 3):]
+def short_model(name: str, width: int = MODEL_WIDTH) -> str:
+    """A model name to show: Lightning's ``lightning_logs/version_N/checkpoints/`` left out, cut from the left.
+
+    >>> short_model("runs/lr=0.1_seed=1/lightning_logs/version_0/checkpoints/epoch=3-step=48.ckpt")
+    'runs/lr=0.1_seed=1/epoch=3-step=48.ckpt'
+    >>> short_model("a" * 50, 10)
+    '...aaaaaaa'
+    """
+    name = re.sub(r"(^|/)lightning_logs/version_\d+/checkpoints/", r"\1", name)
+    return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
 def format_header(metrics: Sequence[str]) -> str:
@@ -222,7 +232,7 @@ def format_row(row: dict[str, Any], metrics: Sequence[str]) -> str:
     ['a.ckpt', '0.500', '3.250']
     """
     cells = [_cell(row.get(m), max(9, len(title(m)))) for m in metrics]
-    return "  ".join([_short_model(str(row["model"])).ljust(MODEL_WIDTH), _cell(row.get("accuracy"), 8), *cells])
+    return "  ".join([short_model(str(row["model"])).ljust(MODEL_WIDTH), _cell(row.get("accuracy"), 8), *cells])
 
 
 def format_correlations(table: Sequence[dict[str, Any]]) -> str:
@@ -262,7 +272,7 @@ def write_scatter(rows: Sequence[dict[str, Any]], table: Sequence[dict[str, Any]
         ax.scatter([p[0] for p in pairs], [p[1] for p in pairs], s=22)
         if len(pairs) <= 12:  # few models: name them
             for x, y, m in pairs:
-                ax.annotate(Path(m).stem[-18:] if m.endswith(".ckpt") else m[-18:], (x, y), fontsize=6,
+                ax.annotate(short_model(m, 24), (x, y), fontsize=6,
                             xytext=(3, 3), textcoords="offset points")
         e = by_metric[metric]
         rho = "nan" if math.isnan(e["spearman"]) else f"{e['spearman']:.2f}"
