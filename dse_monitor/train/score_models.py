@@ -108,10 +108,10 @@ def _library_of(name: str) -> str:
 def load_model(spec: ModelSpec | str, model_class: str | type | None = None) -> nn.Module:
     """The model of ``spec`` on the CPU in eval mode, weights from local files only.
 
-    >>> load_model("timm:test_resnet")  # doctest: +ELLIPSIS
+    >>> load_model("timm:test_resnet=/nowhere/test_resnet.safetensors")
     Traceback (most recent call last):
     ...
-    dse_monitor.train.score_models.WeightsNotFoundError: timm weights of 'test_resnet' are not on this machine...
+    dse_monitor.train.score_models.WeightsNotFoundError: weights file /nowhere/test_resnet.safetensors of timm:test_resnet not found
     """
     spec = parse_model(spec) if isinstance(spec, str) else spec
     loader = {"checkpoint": _load_checkpoint, "timm": _load_timm, "torchvision": _load_torchvision}[spec.kind]

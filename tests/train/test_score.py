@@ -121,7 +121,8 @@ def test_score_checkpoints_rows_accuracy_correlation_png_and_rerun(trained, tmp_
     assert (out / "scores.csv").read_bytes() == before
 
 
-def test_failures_are_reported_the_rest_goes_on_and_a_model_list_and_accuracy_file_work(trained, tmp_path, capsys):
+def test_failures_are_reported_the_rest_goes_on_and_a_model_list_and_accuracy_file_work(trained, empty_caches,
+                                                                                        tmp_path, capsys):
     import timm
 
     ckpts, val_acc = trained
@@ -148,7 +149,8 @@ def test_failures_are_reported_the_rest_goes_on_and_a_model_list_and_accuracy_fi
     assert timm_row["dim"] == "96"  # test_resnet's pre-logits width: its head (1,000 classes) gives no accuracy
     failures = {r["model"]: r["error"] for r in _rows(out / "failures.csv")}
     assert set(failures) == {str(broken), "timm:test_resnet"}
-    assert "are not on this machine" in failures["timm:test_resnet"] and "huggingface" in failures["timm:test_resnet"]
+    assert "are not on this machine" in failures["timm:test_resnet"]
+    assert str(empty_caches / "hf") in failures["timm:test_resnet"]  # where to put it
     assert "timm:test_resnet=/path/to/weights" in failures["timm:test_resnet"]
     assert str(broken) in captured.err and "timm:test_resnet" in captured.err
     # the rerun skips the two scored models and retries the two failed ones
@@ -157,19 +159,53 @@ def test_failures_are_reported_the_rest_goes_on_and_a_model_list_and_accuracy_fi
     assert len(_rows(out / "scores.csv")) == 2
 
 
-def test_torchvision_weights_offline_error_names_the_hub_path_and_a_file_loads(tmp_path):
-    with pytest.raises(WeightsNotFoundError) as err:
-        load_model("torchvision:mobilenet_v3_small")
-    expected = Path(torch.hub.get_dir()) / "checkpoints"
-    assert str(expected) in str(err.value) and "mobilenet_v3_small=/path/to/weights.pth" in str(err.value)
-    from torchvision import models as tvm
+@pytest.fixture
+def empty_caches(tmp_path, monkeypatch):
+    """Fresh Hugging Face and torch hub caches (whatever this machine has cached stays out of the test)."""
+    from huggingface_hub import constants
 
-    reference = tvm.get_model("mobilenet_v3_small", num_classes=1000).eval()
-    torch.save(reference.state_dict(), tmp_path / "mnv3.pth")
-    loaded = load_model(f"torchvision:mobilenet_v3_small={tmp_path / 'mnv3.pth'}")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setattr(torch.hub, "_hub_dir", str(tmp_path / "torch_hub"))
+    return tmp_path
+
+
+def _same_outputs(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(loaded(x), reference(x))
+        return torch.equal(a.eval()(x), b.eval()(x))
+
+
+def test_torchvision_weights_offline_error_names_the_hub_path_then_cache_and_file_load(empty_caches):
+    from torchvision import models as tvm
+
+    weights = tvm.get_model_weights("mobilenet_v3_small").DEFAULT
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(weights.url).name
+    with pytest.raises(WeightsNotFoundError) as err:
+        load_model("torchvision:mobilenet_v3_small")
+    assert f"at {cached}" in str(err.value) and "mobilenet_v3_small=/path/to/weights.pth" in str(err.value)
+    reference = tvm.get_model("mobilenet_v3_small", num_classes=1000)
+    cached.parent.mkdir(parents=True)
+    torch.save(reference.state_dict(), cached)  # where the error said: now it loads, offline
+    assert _same_outputs(load_model("torchvision:mobilenet_v3_small"), reference)
+    other = empty_caches / "mnv3.pth"
+    cached.rename(other)
+    assert _same_outputs(load_model(f"torchvision:mobilenet_v3_small={other}"), reference)
+
+
+def test_timm_weights_offline_error_then_the_hugging_face_cache_loads(empty_caches):
+    import timm
+    from safetensors.torch import save_file
+
+    with pytest.raises(WeightsNotFoundError) as err:
+        load_model("test_resnet")  # a bare timm name
+    assert str(empty_caches / "hf") in str(err.value) and "timm/test_resnet.r160_in1k" in str(err.value)
+    reference = timm.create_model("test_resnet")
+    repo = empty_caches / "hf" / "models--timm--test_resnet.r160_in1k"  # the hub's cache layout
+    (repo / "snapshots" / "abc123").mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("abc123")
+    save_file(reference.state_dict(), str(repo / "snapshots" / "abc123" / "model.safetensors"))
+    assert _same_outputs(load_model("timm:test_resnet"), reference)
 
 
 def test_python_api_modules_and_settings(tmp_path):
