@@ -282,7 +282,7 @@ def score(
             Dataset or a DataLoader, yielding ``(x, y)`` batches.
         out: folder for ``scores.csv`` (appended as each model finishes; a rerun skips
             the models in it and refuses changed settings), ``correlation.csv`` and
-            ``scores.png``; None writes nothing.
+            ``scores.png`` (over every model in ``scores.csv``); None writes nothing.
         split, num_samples, seed: the probe: ``choose_indices(len(split), num_samples, seed)``.
         sigma: ``"sqrt_dim"`` (sqrt(D), the paper's choice), ``"median"`` or a number.
         t, num_repetitions, dtype: as in the monitor.
@@ -346,10 +346,14 @@ def score(
             _write(bar, format_row(row, settings.metrics))
     rows.extend(done[name] for name, _ in items if name in done)
     rows.failed = failed
-    if out is not None:
-        table = correlations(rows, settings.metrics)
+    if progress and len(rows) > len(todo) - len(failed):  # some came from scores.csv: show them all
+        print("\n".join([f"all {len(rows)} models:", format_header(settings.metrics),
+                         *(format_row(r, settings.metrics) for r in rows)]))
+    if out is not None:  # the files describe every model of scores.csv, also those of earlier runs
+        every = list(done.values())
+        table = correlations(every, settings.metrics)
         write_correlations(table, Path(out) / "correlation.csv")
-        write_scatter(rows, table, settings.metrics, Path(out) / "scores.png")
+        write_scatter(every, table, settings.metrics, Path(out) / "scores.png")
         write_failures(failed, Path(out) / "failures.csv")
         if progress:
             print(format_correlations(table))

@@ -131,8 +131,8 @@ def score_main(argv: Sequence[str]) -> int:
             print(f"dse-monitor score: {err}", file=sys.stderr)
             return 2
     out = Path(args.out)
-    print(f"dse-monitor score: {len(rows)} models in {out / 'scores.csv'}; {out / 'correlation.csv'}, "
-          f"{out / 'scores.png'}")
+    print(f"dse-monitor score: {len(rows)} of the given models are in {out / 'scores.csv'}; "
+          f"{out / 'correlation.csv'} and {out / 'scores.png'} cover every model there")
     if rows.failed:
         print(f"dse-monitor score: {len(rows.failed)} model(s) failed (listed in {out / 'failures.csv'}; "
               "a rerun retries them):", file=sys.stderr)

@@ -112,6 +112,10 @@ def test_score_checkpoints_rows_accuracy_correlation_png_and_rerun(trained, tmp_
     assert main(args) == 0
     assert "5 of 5 models already in" in capsys.readouterr().out
     assert (out / "scores.csv").read_bytes() == before
+    # a rerun on some of them: the correlation still covers every model of scores.csv
+    correlation = (out / "correlation.csv").read_bytes()
+    assert main(["score", *ckpts[:2], *args[1 + len(ckpts):]]) == 0
+    assert (out / "correlation.csv").read_bytes() == correlation
 
     # a changed setting is refused, naming it; nothing is appended
     assert main([*args, "--sigma", "10"]) == 2
