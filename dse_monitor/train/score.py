@@ -275,6 +275,14 @@ def score(
 ) -> ScoreRows:
     """Score each model on one probe subset; return one row (dict) per model.
 
+    Per model, with Z its penultimate features [N, D] on the probe:
+
+        DSE(Z) = -sum_i a_i log2 a_i,  a_i = |lambda_i|^t / sum_j |lambda_j|^t  (diffusion spectrum)
+        DSMI(Z; B) = sum_b p(b) [ mean_r DSE(Z_r^(b)) - DSE(Z | B = b) ],  B = labels Y or input clusters X
+
+    and, over the models, Pearson's r and Spearman's rho of each metric against accuracy.
+    Example: see the module docstring.
+
     Args:
         models: MODEL strings (see :mod:`~dse_monitor.train.score_models`: checkpoints,
             ``timm:NAME``, ``torchvision:NAME``, list files) or ``(name, nn.Module)`` pairs.
@@ -296,7 +304,7 @@ def score(
         model_class: LightningModule class (or its import path) of the checkpoints
             (default :class:`~dse_monitor.train.model.ImageClassifier`).
 
-    A model that fails is reported (a :class:`ScoreWarning`) and the others go on; the
+    A model that fails is reported (a :class:`ScoreFailedWarning`) and the others go on; the
     failures are in ``rows.failed``. Each row holds ``model``, ``accuracy``,
     ``accuracy_source`` (probe, file, none), the metrics in bits, ``n``, ``dim``,
     ``sigma_value`` and the settings.
