@@ -8,7 +8,7 @@ from .functional import *  # noqa: F401,F403
 from .functional import __all__ as _functional_all
 
 __version__ = "0.1.0"
-__all__ = [*_functional_all, "DSEMonitor"]
+__all__ = [*_functional_all, "DSEMonitor", "score"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from .callback import DSEMonitor  # the lightning.pytorch callback
 
         return DSEMonitor
+    if name == "score":
+        from .train.score import score  # the cross-model study (needs the [train] extra)
+
+        return score
     raise AttributeError(f"module 'dse_monitor' has no attribute {name!r}")

@@ -35,6 +35,8 @@ OVERVIEW = """usage: dse-monitor {fit,validate,test,sweep,compare} ...
             dse-monitor sweep --config configs/digits.yaml --grid model.init_std=0.01,0.1 --seeds 1,2,3 --root runs/init
   compare   mean +/- std over seeds per epoch, grouped by a hyperparameter:
             dse-monitor compare runs/init --metric dse --group-by model.init_std --out init.png
+  score     rank models by DSE/DSMI on one probe set, correlated with accuracy:
+            dse-monitor score runs/init/*/lightning_logs/*/checkpoints/*.ckpt --config configs/digits.yaml --out scores
 """
 
 
@@ -318,6 +320,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return sweep_main(argv[1:])
     if argv[0] == "compare":
         return compare_main(argv[1:])
+    if argv[0] == "score":
+        from .score_cli import score_main
+
+        return score_main(argv[1:])
     return run_fit_cli(argv)
 
 
