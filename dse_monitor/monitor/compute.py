@@ -6,8 +6,8 @@ Each metric is computed by its :mod:`~dse_monitor.registry` entry; the solver ch
 and the out-of-memory fallback are the functional core's.
 
 Example:
-    >>> from dse_monitor.monitor.config import MonitorConfig
-    >>> cfg = MonitorConfig.build(metrics=["dse", "dsmi_y"], sigma=1.0)
+    >>> from dse_monitor.monitor import DSEMonitorCore
+    >>> cfg = DSEMonitorCore(metrics=["dse", "dsmi_y"], sigma=1.0).config
     >>> z = torch.cat([torch.zeros(10, 2), torch.full((10, 2), 50.0)])
     >>> groups = make_groups(cfg, ReferenceGroups(), labels=torch.arange(20) // 10, inputs=None)
     >>> m = compute_measurement(cfg, {"penultimate": z}, groups, step=3)

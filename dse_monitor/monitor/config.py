@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..capture.pooling import Pooling, check_pooling
 from ..capture.forward import ForwardFn
-from ..functional.diffusion_time import T_MAX
 from ..functional._checks import check_int
 from ..functional.solver import check_solver
-from ..registry import DEFAULT_METRICS, METRICS, MetricSettings
+from ..registry import METRICS, MetricSettings
 
 BatchFn = Callable[[Any], Any]
 PROBES = ("val", "train")
@@ -96,88 +95,33 @@ class MonitorConfig:
     solver: str
 
     @classmethod
-    def build(
-        cls,
-        layers: Union[str, Sequence[str]] = "penultimate",
-        probe: Union[str, Dataset, DataLoader] = "val",
-        num_samples: Optional[int] = 1000,
-        seed: int = 0,
-        every_n_epochs: Optional[int] = None,
-        every_n_train_steps: Optional[int] = None,
-        at_init: bool = True,
-        metrics: Union[str, Sequence[str]] = DEFAULT_METRICS,
-        sigma: Union[float, str] = 10.0,
-        t: Union[float, str] = 1.0,
-        t_max: int = T_MAX,
-        num_repetitions: int = 5,
-        n_clusters: Optional[int] = None,
-        x_size: Optional[int] = 64,
-        pooling: Pooling = "mean",
-        batch_fn: Optional[BatchFn] = None,
-        forward_fn: Optional[ForwardFn] = None,
-        batch_size: Optional[int] = None,
-        device: Union[str, torch.device, None] = None,
-        dtype: Union[str, torch.dtype, None] = None,
-        prefix: str = "dse",
-        log_spectrum: bool = True,
-        save_raw: bool = False,
-        solver: str = "auto",
-    ) -> "MonitorConfig":
-        """Validate the arguments; a ``ValueError`` names the argument, what it got and what it takes.
+    def build(cls, arguments: Mapping[str, Any]) -> "MonitorConfig":
+        """Validate every argument of the monitor, given by name (the defaults live with the
+        signature, on ``DSEMonitorCore``); a ``ValueError`` names the argument, what it got
+        and what it takes.
 
-        >>> MonitorConfig.build(metrics="dse", sigma=1).sigma
+        >>> from dse_monitor.monitor import DSEMonitorCore
+        >>> DSEMonitorCore(metrics="dse", sigma=1).config.sigma
         1.0
-        >>> MonitorConfig.build(metrics=["dse", "entropy"])
+        >>> DSEMonitorCore(metrics=["dse", "entropy"])
         Traceback (most recent call last):
         ...
         ValueError: metrics must be distinct names among ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x', 'dse_norm'), got ['dse', 'entropy']
         """
-        if isinstance(probe, str) and probe not in PROBES:
-            raise ValueError(f"probe must be 'val', 'train', a Dataset or a DataLoader, got {probe!r}")
-        if not (isinstance(t, str) and t in T_POLICIES) and (
-            isinstance(t, (bool, str)) or not isinstance(t, (int, float)) or not t > 0 or not math.isfinite(t)
-        ):
-            raise ValueError(f"t must be a positive number or 'knee' (chosen from the data), got {t!r}")
-        if batch_fn is not None and not callable(batch_fn):
-            raise ValueError(f"batch_fn must be callable, got {batch_fn!r}")
-        if forward_fn is not None and not callable(forward_fn):
-            raise ValueError(f"forward_fn must be callable as forward_fn(module, batch), got {forward_fn!r}")
-        if every_n_epochs is not None and every_n_train_steps is not None:
+        given, names = set(arguments), set(_CHECKS)
+        if given != names:
+            raise TypeError(f"MonitorConfig.build takes every argument of the monitor by name; missing "
+                            f"{sorted(names - given)}, unknown {sorted(given - names)}")
+        a = dict(arguments)
+        if a["every_n_epochs"] is not None and a["every_n_train_steps"] is not None:
             raise ValueError(
-                f"pass every_n_epochs or every_n_train_steps, not both (got every_n_epochs={every_n_epochs!r}, "
-                f"every_n_train_steps={every_n_train_steps!r}): with a step cadence the monitor does not also "
+                f"pass every_n_epochs or every_n_train_steps, not both (got every_n_epochs={a['every_n_epochs']!r}, "
+                f"every_n_train_steps={a['every_n_train_steps']!r}): with a step cadence the monitor does not also "
                 "measure at epoch ends."
             )
-        if every_n_train_steps is None:
-            every_n_epochs = 1 if every_n_epochs is None else every_n_epochs
-        if not isinstance(prefix, str) or not prefix or "/" in prefix:
-            raise ValueError(f"prefix must be a non-empty string without '/', got {prefix!r}")
-        return cls(
-            layers=_check_layers(layers),
-            probe=probe,
-            num_samples=check_int(num_samples, "num_samples", 2, allow_none=True),
-            seed=check_int(seed, "seed", 0),
-            every_n_epochs=check_int(every_n_epochs, "every_n_epochs", 1, allow_none=True),
-            every_n_train_steps=check_int(every_n_train_steps, "every_n_train_steps", 1, allow_none=True),
-            at_init=bool(at_init),
-            metrics=_check_metrics(metrics),
-            sigma=_check_sigma(sigma),
-            t=t if isinstance(t, str) else float(t),
-            t_max=check_int(t_max, "t_max", 1),
-            num_repetitions=check_int(num_repetitions, "num_repetitions", 1),
-            n_clusters=check_int(n_clusters, "n_clusters", 1, allow_none=True),
-            x_size=check_int(x_size, "x_size", 1, allow_none=True),
-            pooling=check_pooling(pooling),
-            batch_fn=batch_fn,
-            forward_fn=forward_fn,
-            batch_size=check_int(batch_size, "batch_size", 1, allow_none=True),
-            device=torch.device(device) if device is not None else None,
-            dtype=parse_dtype(dtype),
-            prefix=prefix,
-            log_spectrum=bool(log_spectrum),
-            save_raw=bool(save_raw),
-            solver=check_solver(solver),
-        )
+        if a["every_n_train_steps"] is None and a["every_n_epochs"] is None:
+            a["every_n_epochs"] = 1
+        return cls(**{name: check(a[name]) for name, check in _CHECKS.items()})
 
     # ------------------------------------------------------------------ derived
     def references(self) -> set[str]:
@@ -200,3 +144,65 @@ class MonitorConfig:
 
     def probe_name(self) -> str:
         return self.probe if isinstance(self.probe, str) else type(self.probe).__name__
+
+
+def _check_probe(probe: Any) -> Any:
+    if isinstance(probe, str) and probe not in PROBES:
+        raise ValueError(f"probe must be 'val', 'train', a Dataset or a DataLoader, got {probe!r}")
+    return probe
+
+
+def _check_t(t: Any) -> Union[float, str]:
+    if isinstance(t, str) and t in T_POLICIES:
+        return t
+    if isinstance(t, (bool, str)) or not isinstance(t, (int, float)) or not t > 0 or not math.isfinite(t):
+        raise ValueError(f"t must be a positive number or 'knee' (chosen from the data), got {t!r}")
+    return float(t)
+
+
+def _check_callable(name: str, how: str) -> Callable[[Any], Any]:
+    def check(fn: Any) -> Any:
+        if fn is not None and not callable(fn):
+            raise ValueError(f"{name} must be callable as {how}, got {fn!r}")
+        return fn
+
+    return check
+
+
+def _check_prefix(prefix: Any) -> str:
+    if not isinstance(prefix, str) or not prefix or "/" in prefix:
+        raise ValueError(f"prefix must be a non-empty string without '/', got {prefix!r}")
+    return prefix
+
+
+def _int(name: str, minimum: int, allow_none: bool = True) -> Callable[[Any], Any]:
+    return lambda v: check_int(v, name, minimum, allow_none=allow_none)
+
+
+#: One check per argument, in the order of the fields: each returns the normalised value or raises.
+_CHECKS: dict[str, Callable[[Any], Any]] = {
+    "layers": _check_layers,
+    "probe": _check_probe,
+    "num_samples": _int("num_samples", 2),
+    "seed": _int("seed", 0, allow_none=False),
+    "every_n_epochs": _int("every_n_epochs", 1),
+    "every_n_train_steps": _int("every_n_train_steps", 1),
+    "at_init": bool,
+    "metrics": _check_metrics,
+    "sigma": _check_sigma,
+    "t": _check_t,
+    "t_max": _int("t_max", 1, allow_none=False),
+    "num_repetitions": _int("num_repetitions", 1, allow_none=False),
+    "n_clusters": _int("n_clusters", 1),
+    "x_size": _int("x_size", 1),
+    "pooling": check_pooling,
+    "batch_fn": _check_callable("batch_fn", "batch_fn(batch)"),
+    "forward_fn": _check_callable("forward_fn", "forward_fn(module, batch)"),
+    "batch_size": _int("batch_size", 1),
+    "device": lambda d: torch.device(d) if d is not None else None,
+    "dtype": parse_dtype,
+    "prefix": _check_prefix,
+    "log_spectrum": bool,
+    "save_raw": bool,
+    "solver": check_solver,
+}

@@ -28,6 +28,7 @@ from ..capture.forward import ForwardFn
 from ..capture.hooks import FeatureCapture
 from ..capture.pooling import Pooling
 from ..registry import DEFAULT_METRICS
+from ..functional.diffusion_time import T_MAX
 from .collect import collect_features, isolated_rng
 from .compute import Measurement, ReferenceGroups, compute_measurement, make_groups
 from .config import BatchFn, MonitorConfig
@@ -154,7 +155,7 @@ class DSEMonitorCore:
         metrics: Union[str, Sequence[str]] = DEFAULT_METRICS,
         sigma: Union[float, str] = 10.0,
         t: Union[float, str] = 1.0,
-        t_max: int = 100,
+        t_max: int = T_MAX,
         num_repetitions: int = 5,
         n_clusters: Optional[int] = None,
         x_size: Optional[int] = 64,
@@ -169,15 +170,9 @@ class DSEMonitorCore:
         save_raw: bool = False,
         solver: str = "auto",
     ) -> None:
+        arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
-        self.config = MonitorConfig.build(
-            layers=layers, probe=probe, num_samples=num_samples, seed=seed, every_n_epochs=every_n_epochs,
-            every_n_train_steps=every_n_train_steps, at_init=at_init, metrics=metrics, sigma=sigma, t=t, t_max=t_max,
-            num_repetitions=num_repetitions,
-            n_clusters=n_clusters, x_size=x_size, pooling=pooling, batch_fn=batch_fn, forward_fn=forward_fn,
-            batch_size=batch_size,
-            device=device, dtype=dtype, prefix=prefix, log_spectrum=log_spectrum, save_raw=save_raw, solver=solver,
-        )
+        self.config = MonitorConfig.build(arguments)
         self._probe = ProbeSet(self.config)
         self._sinks = Sinks(self.config, self._tensorboard_loggers)
         self._reset()

@@ -10,6 +10,7 @@ from sklearn.datasets import load_digits
 import dse_monitor as dm
 from dse_monitor.monitor import (
     STATE_VERSION,
+    DSEMonitorCore,
     MonitorConfig,
     MonitorState,
     ReferenceGroups,
@@ -27,7 +28,7 @@ def digits():
 
 def test_measurement_equals_the_functional_core(digits):
     x, y = digits
-    cfg = MonitorConfig.build(metrics=["dse", "dsmi_y", "dsmi_x", "cse"], sigma=20.0, solver="exact")
+    cfg = DSEMonitorCore(metrics=["dse", "dsmi_y", "dsmi_x", "cse"], sigma=20.0, solver="exact").config
     groups = make_groups(cfg, ReferenceGroups(), labels=y, inputs=x)
     assert groups.labels is not None and groups.inputs is not None and not groups.notes
     assert int(groups.inputs.max()) + 1 == 10  # clusters = classes when n_clusters is not given
@@ -45,7 +46,7 @@ def test_measurement_equals_the_functional_core(digits):
 
 def test_a_failing_metric_is_recorded_not_raised_and_nan_layers_log_nan(digits):
     x, y = digits
-    cfg = MonitorConfig.build(metrics=["dse", "dsmi_y"], sigma=20.0)
+    cfg = DSEMonitorCore(metrics=["dse", "dsmi_y"], sigma=20.0).config
     groups = make_groups(cfg, ReferenceGroups(), labels=y, inputs=None)
     bad = x.clone()
     bad[3, 0] = float("nan")
@@ -59,7 +60,7 @@ def test_a_failing_metric_is_recorded_not_raised_and_nan_layers_log_nan(digits):
 
 def test_groups_that_cannot_be_made_are_not_retried_and_their_metrics_are_dropped(digits):
     x, _ = digits
-    cfg = MonitorConfig.build(metrics=["dse", "dsmi_x"], n_clusters=500)  # more clusters than samples
+    cfg = DSEMonitorCore(metrics=["dse", "dsmi_x"], n_clusters=500).config  # more clusters than samples
     groups = make_groups(cfg, ReferenceGroups(), labels=None, inputs=x)
     assert groups.inputs is None and groups.inputs_failed and "clustering the probe inputs" in groups.notes[0]
     assert groups.still_needed(cfg) == (False, False)
