@@ -9,12 +9,14 @@ module             its one job
 ``compute``        pure: features + reference groups -> a :class:`Measurement`
 ``sinks``          callback_metrics, loggers, TensorBoard extras (``tensorboard``), raw files
 ``state``          the versioned checkpoint state
+``report``         warnings and info lines, each said as often as it should be
 ``hooks``          the Lightning hooks, shared by both distributions' thin classes
 =================  ======================================================================
 """
 from .compute import Measurement, ReferenceGroups, compute_measurement, make_groups
 from .config import MonitorConfig
-from .hooks import DSEMonitorCore, DSEMonitorWarning
+from .hooks import DSEMonitorCore
+from .report import DSEMonitorWarning
 from .state import STATE_VERSION, MonitorState
 
 __all__ = [

@@ -16,33 +16,25 @@ One measurement, top to bottom::
 """
 from __future__ import annotations
 
-import logging
 import time
-import warnings
 from typing import Any, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..capture.forward import ForwardFn
-from ..capture.hooks import FeatureCapture
 from ..capture.pooling import Pooling
 from ..registry import DEFAULT_METRICS
 from ..functional.diffusion_time import T_MAX
-from .collect import collect_features, isolated_rng
+from .collect import isolated_rng
 from .compute import Measurement, ReferenceGroups, compute_measurement, make_groups
 from .config import BatchFn, MonitorConfig
 from .policies import frozen_to_dict
 from .probe import ProbeSet
+from .report import DSEMonitorWarning, Reporter
 from .schedule import Position, after_epoch, after_step, at_init
 from .sinks import Sinks, raw_dir
 from .state import MonitorState
-
-log = logging.getLogger(__name__)
-
-
-class DSEMonitorWarning(UserWarning):
-    """Warnings of the monitor (NaN features, skipped measurements, clamped probe, fallbacks)."""
 
 
 class DSEMonitorCore:
@@ -174,6 +166,7 @@ class DSEMonitorCore:
         super().__init__()
         self.config = MonitorConfig.build(arguments)
         self._probe = ProbeSet(self.config)
+        self._reporter = Reporter()
         self._sinks = Sinks(self.config, self._tensorboard_loggers)
         self._reset()
 
@@ -189,8 +182,7 @@ class DSEMonitorCore:
         """Forget the stored state (probe, groups, history) and the per-run objects."""
         self._state = MonitorState()
         self._groups = ReferenceGroups()
-        self._memory_warned = False
-        self._scale_warned: set[tuple[str, str]] = set()
+        self._reporter.reset()
         self._last_global_step = 0
         self.last_duration_s: Optional[float] = None
         self._sinks.reset()
@@ -199,7 +191,6 @@ class DSEMonitorCore:
     def _release(self) -> None:
         """Drop the per-run objects: data source, loader, resolved layers (which reference the model)."""
         self._probe.release()
-        self._capture: Optional[FeatureCapture] = None
         self._sinks.layout_written = False
 
     # Read by tests and users: what the monitor holds after fit (nothing that references the model).
@@ -261,8 +252,7 @@ class DSEMonitorCore:
         return raw_dir(trainer, self.config.prefix)
 
     def _warn(self, trainer: Any, message: str) -> None:
-        if getattr(trainer, "is_global_zero", True):
-            warnings.warn(message, DSEMonitorWarning, stacklevel=3)
+        self._reporter.warn(trainer, message)
 
     # ------------------------------------------------------------------ hooks
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
@@ -280,11 +270,8 @@ class DSEMonitorCore:
             self._prepare(trainer, pl_module)
 
     def _prepare(self, trainer: Any, pl_module: Any) -> None:
-        def info(message: str) -> None:
-            if getattr(trainer, "is_global_zero", True):
-                log.info(message)
-
-        self._probe.prepare(trainer, pl_module, self._state, lambda m: self._warn(trainer, m), info)
+        self._probe.prepare(trainer, pl_module, self._state, lambda m: self._warn(trainer, m),
+                            lambda m: self._reporter.info(trainer, m))
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         # global_step > 0: resumed from a checkpoint taken inside the first epoch; the model is no
@@ -307,15 +294,13 @@ class DSEMonitorCore:
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # Hooks never outlive a probe pass (a context manager removes them); removing again is a no-op
         # that guards against an interrupted pass. Then drop the loader and the references to the model.
-        if self._capture is not None:
-            self._capture.remove()
+        self._probe.remove_hooks()
         if str(getattr(stage, "value", stage)) == "fit":
             self._release()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Lightning skips teardown when fit raises: drop the hooks and the references to the model here.
-        if self._capture is not None:
-            self._capture.remove()
+        self._probe.remove_hooks()
         self._release()
 
     # ------------------------------------------------------------------ measurement
@@ -332,7 +317,9 @@ class DSEMonitorCore:
         with isolated_rng(pl_module.device), torch.no_grad():
             if not self._probe.layers:  # called without on_fit_start (e.g. by hand)
                 self._prepare(trainer, pl_module)
-            features = self._probe_pass(trainer, pl_module, step)
+            want_labels, want_inputs = self._groups.still_needed(self.config)
+            features = self._probe.run(trainer, pl_module, self._state.indices, step,
+                                       want_labels=want_labels, want_inputs=want_inputs)
         if features is None:
             self.last_duration_s = time.perf_counter() - start
             return None
@@ -350,7 +337,7 @@ class DSEMonitorCore:
         if trainer.world_size > 1:
             payload = trainer.strategy.broadcast(payload, src=0)
         measurement, groups, self._state.frozen = payload
-        self._report(trainer, measurement)
+        self._reporter.measurement(trainer, measurement)
         self._groups = ReferenceGroups(groups.labels, groups.inputs, groups.labels_failed, groups.inputs_failed)
         self.last_duration_s = time.perf_counter() - start
         if not measurement.values:
@@ -360,43 +347,3 @@ class DSEMonitorCore:
         self._sinks.write(trainer, measurement, position, self._state, self._probe.layer_names,
                           lambda m: self._warn(trainer, m))
         return measurement.values
-
-    def _probe_pass(self, trainer: Any, pl_module: Any, step: int) -> Any:
-        """Collect this rank's features and gather them; None (on every rank) when any rank failed."""
-        indices = self._state.indices
-        assert indices is not None
-        want_labels, want_inputs = self._groups.still_needed(self.config)
-        try:
-            loader = self._probe.shard_loader(trainer, indices)
-            self._capture = FeatureCapture(self._probe.layers, self.config.pooling)
-            local = collect_features(trainer, pl_module, loader, self._probe.layers, self.config, self._capture,
-                                     want_labels=want_labels, want_inputs=want_inputs)
-        except Exception as err:  # e.g. out of memory, a batch the model rejects: never kill the run
-            local = None
-            warnings.warn(
-                f"DSEMonitor: the probe pass at epoch {step} failed on rank {trainer.global_rank} "
-                f"({type(err).__name__}: {err}); skipping this measurement.",
-                DSEMonitorWarning,
-                stacklevel=3,
-            )
-        # all ranks agree before gathering: one rank skipping alone would leave the others waiting
-        ok = local is not None
-        if trainer.world_size > 1:
-            ok = trainer.strategy.reduce_boolean_decision(ok, all=True)
-        if not ok:
-            return None
-        return self._probe.gather(trainer, local, len(indices))
-
-    def _report(self, trainer: Any, measurement: Measurement) -> None:
-        for note in measurement.notes:
-            self._warn(trainer, note)
-        for layer, (direction, message) in measurement.verdicts.items():
-            if (layer, direction) not in self._scale_warned:  # once per layer and direction, not every epoch
-                self._scale_warned.add((layer, direction))
-                self._warn(trainer, message)
-        if getattr(trainer, "is_global_zero", True):
-            for line in measurement.info:
-                log.info(line)
-        if measurement.fallbacks and not self._memory_warned:
-            self._memory_warned = True
-            self._warn(trainer, measurement.fallbacks[0])

@@ -12,6 +12,7 @@ cut back to the N probe samples in probe order.
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Callable, Optional
 
 import torch
@@ -23,7 +24,8 @@ from ..capture.hooks import FeatureCapture, eval_mode
 from ..capture.layer_sets import describe_layers, resolve_layers
 from ..capture.layers import Layer, LayerNotFoundError
 from ..capture.probe import choose_indices, first_dataloader, probe_loader, source_dataset
-from .collect import ProbeFeatures, forward_as_validation
+from .collect import ProbeFeatures, collect_features, forward_as_validation
+from .report import DSEMonitorWarning
 from .config import MonitorConfig
 from .state import MonitorState
 
@@ -60,6 +62,7 @@ class ProbeSet:
         self.source: Any = None
         self.layers: list[Layer] = []
         self.loader: Optional[DataLoader] = None
+        self.capture: Optional[FeatureCapture] = None
 
     @property
     def layer_names(self) -> list[str]:
@@ -68,7 +71,40 @@ class ProbeSet:
 
     def release(self) -> None:
         """Drop the per-run objects (they reference the data and the model)."""
-        self.source, self.layers, self.loader = None, [], None
+        self.source, self.layers, self.loader, self.capture = None, [], None, None
+
+    def remove_hooks(self) -> None:
+        """Hooks never outlive a probe pass (a context manager removes them); this is a no-op
+        that guards against an interrupted one."""
+        if self.capture is not None:
+            self.capture.remove()
+
+    # ------------------------------------------------------------------ one pass
+    def run(self, trainer: Any, pl_module: Any, indices: list[int], step: int, *, want_labels: bool,
+            want_inputs: bool) -> Optional[ProbeFeatures]:
+        """This rank's features, gathered in probe order; None on every rank when any rank failed.
+
+        A failing pass (out of memory, a batch the model rejects) warns on its rank and
+        skips the measurement everywhere: all ranks agree before gathering, so that one
+        rank skipping alone cannot leave the others waiting.
+        """
+        try:
+            loader = self.shard_loader(trainer, indices)
+            self.capture = FeatureCapture(self.layers, self.config.pooling)
+            local = collect_features(trainer, pl_module, loader, self.layers, self.config, self.capture,
+                                     want_labels=want_labels, want_inputs=want_inputs)
+        except Exception as err:  # never kill the run for a measurement
+            local = None
+            warnings.warn(
+                f"DSEMonitor: the probe pass at epoch {step} failed on rank {trainer.global_rank} "
+                f"({type(err).__name__}: {err}); skipping this measurement.",
+                DSEMonitorWarning,
+                stacklevel=4,
+            )
+        ok = local is not None
+        if trainer.world_size > 1:
+            ok = trainer.strategy.reduce_boolean_decision(ok, all=True)
+        return self.gather(trainer, local, len(indices)) if ok else None
 
     # ------------------------------------------------------------------ preflight
     def prepare(self, trainer: Any, pl_module: Any, state: MonitorState, warn: Warn, info: Warn) -> None:
