@@ -6,11 +6,15 @@ accepts it. Checkpoints are interchangeable: the state key is the same.
 """
 from __future__ import annotations
 
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.loggers import TensorBoardLogger
+from ._extras import import_distribution
 
-from ._monitor_core import DSEMonitorCore
-from .callback import DOC
+import_distribution("pytorch_lightning", "pip install pytorch-lightning", "dse_monitor.pytorch_lightning.DSEMonitor",
+                    instead="with lightning: from dse_monitor import DSEMonitor")
+
+from pytorch_lightning.callbacks import Callback  # noqa: E402
+from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+
+from ._monitor_core import DOC, DSEMonitorCore  # noqa: E402
 
 __all__ = ["DSEMonitor"]
 
