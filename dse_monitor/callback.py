@@ -7,11 +7,16 @@ docstring live there) plus their package's ``Callback`` base.
 """
 from __future__ import annotations
 
-from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.loggers import TensorBoardLogger
+from ._extras import import_distribution
 
-from .monitor.hooks import DSEMonitorCore, DSEMonitorWarning
-from .registry import DEFAULT_METRICS, metric_names
+import_distribution("lightning", "pip install lightning", "dse_monitor.DSEMonitor",
+                    instead="with pytorch_lightning: from dse_monitor.pytorch_lightning import DSEMonitor")
+
+from lightning.pytorch.callbacks import Callback  # noqa: E402
+from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+
+from .monitor.hooks import DSEMonitorCore, DSEMonitorWarning  # noqa: E402
+from .registry import DEFAULT_METRICS, metric_names  # noqa: E402
 
 __all__ = ["DEFAULT_METRICS", "DSEMonitor", "DSEMonitorWarning", "METRICS"]
 

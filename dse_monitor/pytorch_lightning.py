@@ -7,10 +7,15 @@ as base so that a ``pytorch_lightning.Trainer`` accepts it. Imports nothing of
 """
 from __future__ import annotations
 
-from pytorch_lightning.callbacks import Callback
-from pytorch_lightning.loggers import TensorBoardLogger
+from ._extras import import_distribution
 
-from .monitor.hooks import DSEMonitorCore, DSEMonitorWarning
+import_distribution("pytorch_lightning", "pip install pytorch-lightning", "dse_monitor.pytorch_lightning.DSEMonitor",
+                    instead="with lightning: from dse_monitor import DSEMonitor")
+
+from pytorch_lightning.callbacks import Callback  # noqa: E402
+from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+
+from .monitor.hooks import DSEMonitorCore, DSEMonitorWarning  # noqa: E402
 
 __all__ = ["DSEMonitor", "DSEMonitorWarning"]
 

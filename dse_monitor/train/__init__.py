@@ -6,9 +6,17 @@
   CIFAR-10, STL-10, image folders; the permuted-label condition.
 - :mod:`~dse_monitor.train.cli`: the ``dse-monitor`` command.
 - :mod:`~dse_monitor.train.compare`: runs grouped by a hyperparameter, mean +/- std over seeds.
+
+Needs the ``[train]`` extra (``pip install "dse-monitor[train]"``: lightning, timm,
+torchvision, torchmetrics, matplotlib, jsonargparse); importing this package without it
+raises an ``ImportError`` that names that line.
 """
-from .data import DatasetFilesNotFoundError, ImageDataModule, permuted_labels
-from .model import ImageClassifier, paper_init_, warmup_cosine_factor
+from .._extras import require_train_extra
+
+require_train_extra()
+
+from .data import DatasetFilesNotFoundError, ImageDataModule, permuted_labels  # noqa: E402
+from .model import ImageClassifier, paper_init_, warmup_cosine_factor  # noqa: E402
 
 __all__ = [
     "DatasetFilesNotFoundError",
