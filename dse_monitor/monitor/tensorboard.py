@@ -1,4 +1,4 @@
-"""TensorBoard extras of the monitor: a custom-scalars layout and eigenvalue histograms.
+"""TensorBoard extras of the monitor: a custom-scalars layout, eigenvalue histograms, layer heat maps.
 
 Works with any writer that has ``add_custom_scalars`` / ``add_histogram``
 (``torch.utils.tensorboard.SummaryWriter``, what Lightning's TensorBoardLogger holds
