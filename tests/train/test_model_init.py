@@ -14,6 +14,7 @@ from torch import nn
 
 from dse_monitor import diffusion_spectral_entropy
 from dse_monitor.train import ImageClassifier, ImageDataModule, paper_init_, warmup_cosine_factor
+from dse_monitor.train.model import warmup_cosine_schedule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -104,3 +105,19 @@ def test_pretrained_offline_without_cached_weights_is_a_clear_error(monkeypatch,
         ImageClassifier("resnet10t", num_classes=3, pretrained=True)
     with pytest.raises(ValueError, match="cannot be combined"):
         ImageClassifier("resnet10t", num_classes=3, pretrained=True, init_std=0.01)
+
+
+@pytest.mark.parametrize("warmup,total,min_factor", [(2, 6, 0.0), (0, 5, 0.0), (1, 5, 0.0), (4, 12, 0.0),
+                                                     (5, 5, 0.0), (3, 40, 0.1), (10, 400, 0.0), (7, 7, 0.05)])
+def test_torch_schedulers_give_the_warmup_cosine_factor_at_every_step(warmup, total, min_factor):
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=3e-4)
+    sched = warmup_cosine_schedule(opt, warmup, total, min_factor)
+    seen = []
+    for _ in range(total):
+        seen.append(opt.param_groups[0]["lr"] / 3e-4)
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([warmup_cosine_factor(s, warmup, total, min_factor) for s in range(total)],
+                                 rel=1e-9, abs=1e-12)
+    if warmup:
+        assert isinstance(sched, torch.optim.lr_scheduler.SequentialLR)
