@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["format_run_table", "main", "parse_grid", "plan_sweep"]
+from .tables import EpochScalars, format_run_table, run_table
+
+__all__ = ["format_run_table", "main", "parse_grid", "plan_sweep", "run_table"]
 
 OVERVIEW = """usage: dse-monitor {fit,validate,test,sweep,compare} ...
 
@@ -61,6 +63,8 @@ def _cli_class():
 
         def before_fit(self) -> None:
             trainer = self.trainer
+            if not any(isinstance(cb, EpochScalars) for cb in trainer.callbacks):
+                trainer.callbacks.append(EpochScalars())  # the accuracies of the closing table
             for logger in trainer.loggers:
                 logger.log_hyperparams(self._hparams())
             if trainer.is_global_zero:
@@ -94,68 +98,6 @@ def _tensorboard_logger(trainer: Any) -> Any:
         if isinstance(logger, TensorBoardLogger):
             return logger
     return None
-
-
-def format_run_table(curves: dict[str, dict[int, float]]) -> str:
-    """Epoch-by-epoch table of the monitor's curves and validation accuracy.
-
-    Example:
-        >>> print(format_run_table({"dse/penultimate/dse": {0: 8.4, 1: 5.25}, "val_acc": {1: 0.9}}))
-        epoch  DSE(Z)  val_acc
-            0   8.400        -
-            1   5.250    0.900
-    """
-    from .compare import TITLES, _is_monitor_tag, _num
-
-    tags = sorted(t for t in curves if _is_monitor_tag(t))
-    order = {m: i for i, m in enumerate(TITLES)}  # the monitor's metric order
-    tags.sort(key=lambda t: ("/".join(t.split("/")[:-1]), order.get(t.split("/")[-1], 99)))
-    layers = {"/".join(t.split("/")[1:-1]) for t in tags}
-    names = []
-    for t in tags:
-        title = TITLES.get(t.split("/")[-1], t)
-        names.append(title if len(layers) <= 1 else f"{title}@{'/'.join(t.split('/')[1:-1])}")
-    if "val_acc" in curves:
-        tags.append("val_acc")
-        names.append("val_acc")
-    if not tags:
-        return ""
-    epochs = sorted({e for t in tags for e in curves[t]})
-    widths = [max(len(n), 6) for n in names]
-    lines = ["epoch  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))]
-    for e in epochs:
-        cells = []
-        for t, w in zip(tags, widths):
-            v = curves[t].get(e)
-            cells.append(("-" if v is None else _num(v)).rjust(w))
-        lines.append(f"{e:5d}  " + "  ".join(cells))
-    return "\n".join(lines)
-
-
-def run_table(trainer: Any) -> str:
-    """The end-of-run table, read back from the TensorBoard event files (what the user sees),
-    else from the monitors' history."""
-    curves: dict[str, dict[int, float]] = {}
-    tb = _tensorboard_logger(trainer)
-    if tb is not None:
-        from .compare import read_run
-
-        try:
-            tb.experiment.flush()
-            curves = read_run(tb.log_dir).curves
-        except Exception:  # noqa: BLE001 - fall back to the callbacks' own history
-            curves = {}
-    if not curves:  # no TensorBoard logger: the DSEMonitor callbacks keep {epoch: {key: value}}
-        for cb in trainer.callbacks:
-            history = getattr(cb, "history", None)
-            if not isinstance(history, dict):
-                continue
-            for step, values in history.items():
-                for k, v in values.items():
-                    curves.setdefault(k, {})[int(step)] = float(v)
-    if not curves:
-        return ""
-    return "DSE/DSMI in bits by completed epoch (0 = at initialisation):\n" + format_run_table(curves)
 
 
 def run_fit_cli(args: Sequence[str]) -> int:

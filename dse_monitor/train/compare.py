@@ -11,7 +11,6 @@ epochs through Lightning's ``epoch`` scalar.
 from __future__ import annotations
 
 import csv
-import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import yaml
 
 from ..registry import METRICS
+from .tables import is_monitor_tag, format_columns, mean_std
 
 __all__ = ["Run", "aggregate", "compare", "find_runs", "flatten", "read_run"]
 
@@ -69,11 +69,6 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _is_monitor_tag(tag: str) -> bool:
-    parts = tag.split("/")
-    return len(parts) >= 3 and parts[-1] in MONITOR_METRICS
-
-
 def find_runs(root: str | os.PathLike) -> list[Path]:
     """Every folder under ``root`` (itself included) that holds TensorBoard event files, sorted."""
     root = Path(root)
@@ -118,7 +113,7 @@ def read_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
             continue
         series: dict[int, float] = {}
         for e in acc.Scalars(tag):
-            if _is_monitor_tag(tag):
+            if is_monitor_tag(tag):
                 epoch = e.step
             elif e.step in epoch_at_step:
                 epoch = epoch_at_step[e.step] + 1  # logged during epoch k (0-based) = k+1 completed
@@ -139,7 +134,7 @@ def resolve_tags(runs: Sequence[Run], metrics: Sequence[str]) -> list[str]:
         if m in present:
             hits = [m]
         else:
-            hits = [t for t in present if _is_monitor_tag(t) and t.split("/")[-1] == m]
+            hits = [t for t in present if is_monitor_tag(t) and t.split("/")[-1] == m]
         if not hits:
             raise ValueError(f"no run has the metric {m!r}; scalars found: {', '.join(present) or 'none'}")
         out.extend(h for h in hits if h not in out)
@@ -244,36 +239,18 @@ def _drop_partial(runs: list[Run], tags: Sequence[str], group_by: str, say: Any)
     return kept
 
 
-def _num(v: float) -> str:
-    """Three decimals, without the ``-0.000`` of tiny negative estimates."""
-    if math.isnan(v):
-        return "nan"
-    text = f"{v:.3f}"
-    return "0.000" if text == "-0.000" else text
-
-
-def _fmt(mean: float, std: float, n: int) -> str:
-    if math.isnan(mean):
-        return "nan"
-    return _num(mean) if n <= 1 else f"{_num(mean)}±{_num(std)}"
-
-
 def format_table(curves: dict[str, dict[Any, dict[int, tuple[float, float, int]]]], group_by: str) -> str:
     """A compact table: per metric and group, the runs and the values at first, second and last epoch."""
     lines = []
     for tag, groups in curves.items():
         epochs = sorted({e for g in groups.values() for e in g})
         shown = sorted({epochs[0], epochs[min(1, len(epochs) - 1)], epochs[-1]}) if epochs else []
-        header = [f"{TITLES.get(tag.split('/')[-1], tag)} [{tag}]", group_by, "runs"] + [f"epoch {e}" for e in shown]
         rows = []
         for value, table in groups.items():
             n = max((v[2] for v in table.values()), default=0)
-            rows.append(["", str(value), str(n)] + [_fmt(*table[e]) if e in table else "-" for e in shown])
-        widths = [max(len(r[i]) for r in [header[1:]] + [r[1:] for r in rows]) for i in range(len(header) - 1)]
-        lines.append(header[0])
-        lines.append("  " + "  ".join(h.rjust(w) for h, w in zip(header[1:], widths)))
-        for r in rows:
-            lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(r[1:], widths)))
+            rows.append([str(value), str(n)] + [mean_std(*table[e]) if e in table else "-" for e in shown])
+        lines.append(f"{TITLES.get(tag.split('/')[-1], tag)} [{tag}]")
+        lines.append(format_columns([group_by, "runs"] + [f"epoch {e}" for e in shown], rows, indent="  "))
     return "\n".join(lines)
 
 

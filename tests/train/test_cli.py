@@ -100,3 +100,20 @@ def test_sweep_runs_the_grid_survives_a_failed_run_and_compare_draws_it(tmp_path
     assert set(dse) == {("0.01", "0"), ("0.01", "1"), ("0.1", "0"), ("0.1", "1")}
     assert dse[("0.01", "0")] < 0.1 and dse[("0.1", "0")] > dse[("0.01", "0")] + 3  # collapse vs spread
     assert any(r["metric"] == "val_acc" for r in rows)
+
+
+def test_closing_table_takes_the_accuracy_from_the_run_and_the_epoch_an_entry_carries():
+    import lightning.pytorch as pl
+
+    from dse_monitor import DSEMonitor
+    from dse_monitor.train.cli import run_table
+    from dse_monitor.train.tables import EpochScalars
+
+    monitor = DSEMonitor()
+    # today's entries (step = completed epochs) and an entry at a global step that says its epoch
+    monitor.history = {0: {"dse/penultimate/dse": 8.25}, 70: {"epoch": 1, "dse/penultimate/dse": 5.5}}
+    scalars = EpochScalars()
+    scalars.history = {"val_acc": {1: 0.75}}
+    trainer = pl.Trainer(logger=False, callbacks=[monitor, scalars], enable_progress_bar=False)
+    lines = run_table(trainer).splitlines()
+    assert lines[1:] == ["epoch  DSE(Z)  val_acc", "    0   8.250        -", "    1   5.500    0.750"]
