@@ -41,16 +41,16 @@ OVERVIEW = """usage: dse-monitor {fit,validate,test,sweep,compare} ...
 
 
 # ---------------------------------------------------------------------------------- fit
-def _cli_class():
+def _cli_class(model_key: str = "model"):
     from lightning.pytorch.cli import LightningCLI
 
     class DSEMonitorCLI(LightningCLI):
         """LightningCLI that links data and model and reports where the logs are."""
 
         def add_arguments_to_parser(self, parser: Any) -> None:
-            parser.link_arguments("data.image_size", "model.img_size")
-            parser.link_arguments("model.in_chans", "data.in_chans")
-            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            parser.link_arguments("data.image_size", f"{model_key}.img_size")
+            parser.link_arguments(f"{model_key}.in_chans", "data.in_chans")
+            parser.link_arguments("data.num_classes", f"{model_key}.num_classes", apply_on="instantiate")
 
         def _hparams(self) -> dict[str, Any]:
             from .compare import flatten
@@ -100,14 +100,41 @@ def _tensorboard_logger(trainer: Any) -> Any:
     return None
 
 
+def _names_a_model_class(args: Sequence[str]) -> bool:
+    """Whether the configs or the arguments choose the model by ``class_path`` (e.g. ``SimCLRModule``)."""
+    import yaml
+
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--model" or arg.startswith(("--model=", "--model.class_path")):
+            return True
+        path = None
+        if arg == "--config" and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.partition("=")[2]
+        if path and Path(path).is_file():
+            with open(path) as f:
+                model = (yaml.safe_load(f) or {}).get("model")
+            if isinstance(model, dict) and "class_path" in model:
+                return True
+    return False
+
+
 def run_fit_cli(args: Sequence[str]) -> int:
+    import lightning.pytorch as pl
+
     from .data import ImageDataModule
     from .model import ImageClassifier
 
-    cli_cls = _cli_class()
+    # ImageClassifier unless a config names another LightningModule by class_path (the
+    # contrastive configs); the plain configs keep their flat `model:` section.
+    subclass = _names_a_model_class(args)
+    cli_cls = _cli_class("model.init_args" if subclass else "model")
     cli_cls(
-        ImageClassifier,
+        pl.LightningModule if subclass else ImageClassifier,
         ImageDataModule,
+        subclass_mode_model=subclass,
         # None: LightningCLI reads sys.argv itself (it warns when given both).
         args=None if list(args) == sys.argv[1:] else list(args),
         save_config_kwargs={"overwrite": True},
