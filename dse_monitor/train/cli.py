@@ -37,6 +37,7 @@ OVERVIEW = """usage: dse-monitor {fit,validate,test,sweep,compare} ...
             dse-monitor sweep --config configs/digits.yaml --grid model.init_std=0.01,0.1 --seeds 1,2,3 --root runs/init
   compare   mean +/- std over seeds per epoch, grouped by a hyperparameter:
             dse-monitor compare runs/init --metric dse --group-by model.init_std --out init.png
+            [--x step] [--plot info-plane | --plot layers] [--correlate val_acc]
 """
 
 
@@ -263,14 +264,32 @@ def compare_main(argv: Sequence[str]) -> int:
     parser.add_argument("--group-by", default="model.init_std", help="hyperparameter (dotted, as in the config)")
     parser.add_argument("--out", default=None, help="PNG path (default <root>/compare_<metric>.png)")
     parser.add_argument("--csv", default=None, help="CSV path (default: the PNG's with .csv)")
-    parser.add_argument("--no-accuracy", action="store_true", help="leave out the validation-accuracy panel")
+    parser.add_argument("--no-accuracy", action="store_true", help="leave out the accuracy panels")
+    parser.add_argument("--plot", choices=("curves", "info-plane", "layers"), default="curves",
+                        help="curves: metric vs epoch (default); info-plane: DSMI(Z;X) vs DSMI(Z;Y) per group; "
+                             "layers: layers x measurements heat map at --epoch")
+    parser.add_argument("--x", choices=("epoch", "step"), default="epoch",
+                        help="x-axis of the curves: epochs (default) or the global step ending each epoch")
+    parser.add_argument("--correlate", default=None, metavar="ACCURACY",
+                        help="instead of plotting: Pearson/Spearman of each metric against val_acc or probe_acc "
+                             "over all (run, epoch) points and per group; table and CSV")
+    parser.add_argument("--layer", default=None, help="info-plane: the layer (<prefix>/<layer> or <layer>)")
+    parser.add_argument("--epoch", type=int, default=None, help="layers: the epoch of the heat map (default last)")
     args = parser.parse_args(list(argv))
     metrics = [m.strip() for spec in (args.metric or ["dse,dsmi_y,dsmi_x"]) for m in spec.split(",") if m.strip()]
+    from .analyses import correlate, info_plane, layer_heatmap
     from .compare import compare
 
     try:
-        compare(args.root, metrics, args.group_by, out=args.out, csv_path=args.csv,
-                accuracy=None if args.no_accuracy else "val_acc")
+        if args.correlate:
+            correlate(args.root, metrics, args.correlate, args.group_by, csv_path=args.csv)
+        elif args.plot == "info-plane":
+            info_plane(args.root, args.group_by, layer=args.layer, out=args.out, csv_path=args.csv)
+        elif args.plot == "layers":
+            layer_heatmap(args.root, metrics, args.group_by, epoch=args.epoch, out=args.out, csv_path=args.csv)
+        else:
+            compare(args.root, metrics, args.group_by, out=args.out, csv_path=args.csv,
+                    accuracy=None if args.no_accuracy else "val_acc,probe_acc", x=args.x)
     except (FileNotFoundError, ValueError) as err:
         print(f"dse-monitor compare: {err}", file=sys.stderr)
         return 2
