@@ -6,9 +6,10 @@ math alone does not pay for importing Lightning.
 """
 from .functional import *  # noqa: F401,F403
 from .functional import __all__ as _functional_all
+from .loss import DSELoss
 
 __version__ = "0.1.0"
-__all__ = [*_functional_all, "DSEMonitor"]
+__all__ = [*_functional_all, "DSELoss", "DSEMonitor"]
 
 
 def __getattr__(name: str):
