@@ -161,6 +161,10 @@ class ImageClassifier(pl.LightningModule):
             paper's studies train from scratch).
         backbone_kwargs: further keyword arguments for ``timm.create_model`` (e.g.
             ``channels`` and ``stem_width`` for a narrow ResNet).
+        dse_weight: DSE as a training term: ``loss = cross-entropy + dse_weight * DSE(Z)``,
+            Z the batch's penultimate features (:class:`~dse_monitor.DSELoss`, bits).
+            Positive compresses the representation, negative spreads it; 0 (default): off.
+        dse_sigma: the kernel bandwidth of that term.
 
     Example:
         >>> model = ImageClassifier("resnet10t", num_classes=3, in_chans=1, init_std=0.01,
@@ -182,11 +186,16 @@ class ImageClassifier(pl.LightningModule):
         min_lr_factor: float = 0.0,
         pretrained: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
+        dse_weight: float = 0.0,
+        dse_sigma: float = 10.0,
     ) -> None:
         super().__init__()
         if pretrained and init_std is not None:
             raise ValueError("init_std re-initialises every layer: it cannot be combined with pretrained=True")
         self.save_hyperparameters()
+        from ..loss import DSELoss
+
+        self.dse_loss = DSELoss(sigma=dse_sigma) if dse_weight else None
         kwargs = dict(backbone_kwargs or {})
         if "channels" in kwargs and isinstance(kwargs["channels"], list):
             kwargs["channels"] = tuple(kwargs["channels"])
@@ -202,8 +211,15 @@ class ImageClassifier(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        logits = self(x)
-        loss = self.criterion(logits, y)
+        if self.dse_loss is None:
+            logits = self(x)
+            loss = self.criterion(logits, y)
+        else:  # the classifier's input, then the classifier: the same logits as forward
+            z = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+            logits = self.backbone.get_classifier()(z)
+            dse = self.dse_loss(z)
+            self.log("train_dse", dse, on_step=True, on_epoch=True)
+            loss = self.criterion(logits, y) + self.hparams.dse_weight * dse
         self.train_acc(logits, y)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)

@@ -20,7 +20,6 @@ def _points(n=7, d=3, seed=0):
 def test_gradcheck_float64(sigma, t):
     z = _points().requires_grad_()
     assert torch.autograd.gradcheck(DSELoss(sigma=sigma, t=t), (z,))
-    assert torch.autograd.gradgradcheck(DSELoss(sigma=sigma, t=t), (z,)) if t == 1.0 else True
 
 
 def test_gradcheck_dsmi_with_labels():

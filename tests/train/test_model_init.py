@@ -121,3 +121,20 @@ def test_torch_schedulers_give_the_warmup_cosine_factor_at_every_step(warmup, to
                                  rel=1e-9, abs=1e-12)
     if warmup:
         assert isinstance(sched, torch.optim.lr_scheduler.SequentialLR)
+
+
+def test_dse_weight_adds_the_dse_of_the_penultimate_batch_to_the_loss():
+    from dse_monitor import DSELoss
+
+    torch.manual_seed(0)
+    model = ImageClassifier("resnet10t", num_classes=3, in_chans=1, dse_weight=0.5, dse_sigma=1.0,
+                            backbone_kwargs={"channels": [4, 4, 4, 4], "stem_width": 4}).eval()
+    x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 3, (12,))
+    loss = model.training_step((x, y), 0)
+    z = model.backbone.forward_head(model.backbone.forward_features(x), pre_logits=True)
+    expected = nn.functional.cross_entropy(model(x), y) + 0.5 * DSELoss(sigma=1.0)(z)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
+    assert ImageClassifier("resnet10t", num_classes=3, backbone_kwargs={"channels": [4, 4, 4, 4],
+                                                                        "stem_width": 4}).dse_loss is None
