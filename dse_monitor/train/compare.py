@@ -371,7 +371,7 @@ def compare(
     group_by: str = "model.init_std",
     out: str | os.PathLike | None = None,
     csv_path: str | os.PathLike | None = None,
-    accuracy: str | None = "val_acc",
+    accuracy: str | None = "val_acc,probe_acc",
     say: Any = print,
     x: str = "epoch",
 ) -> dict[str, Any]:

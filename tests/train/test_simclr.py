@@ -87,3 +87,14 @@ def test_one_view_batches_are_a_clear_error():
                          backbone_kwargs={"channels": [4, 4, 4, 4], "stem_width": 4})
     with pytest.raises(ValueError, match="views=2"):
         model.training_step((torch.zeros(2, 1, 8, 8), torch.zeros(2, dtype=torch.long)), 0)
+
+
+def test_compare_draws_the_probe_accuracy_beside_the_curves(runs, tmp_path):
+    from dse_monitor.train.compare import compare
+
+    root = runs[0].parents[2]
+    out = compare(root, ["dse"], "data.label_noise", out=tmp_path / "simclr.png", say=lambda *_: None)
+    assert list(out["curves"]) == ["dse/penultimate/dse", "probe_acc"]
+    probe = out["curves"]["probe_acc"]
+    assert sorted(probe) == ["none", "permute"] and sorted(probe["none"]) == [1, 2]
+    assert probe["none"][2][0] == pytest.approx(read_run(runs[0]).curves["probe_acc"][2])
