@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-from .tables import EpochScalars, format_run_table, run_table
+from .tables import format_run_table, run_table
 
 __all__ = ["format_run_table", "main", "parse_grid", "plan_sweep", "run_table"]
 
@@ -63,6 +63,8 @@ def _cli_class(model_key: str = "model"):
             return {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
         def before_fit(self) -> None:
+            from .scalars import EpochScalars
+
             trainer = self.trainer
             if not any(isinstance(cb, EpochScalars) for cb in trainer.callbacks):
                 trainer.callbacks.append(EpochScalars())  # the accuracies of the closing table

@@ -2,18 +2,16 @@
 
 The closing table of ``fit`` is built from what the run measured in memory: the
 :class:`~dse_monitor.DSEMonitor` callbacks' ``history`` and the validation scalars that
-:class:`EpochScalars` records from ``trainer.callback_metrics`` after each validation.
+:class:`~dse_monitor.train.scalars.EpochScalars` records after each validation.
 """
 from __future__ import annotations
 
 import math
 from typing import Any, Sequence
 
-import lightning.pytorch as pl
-
 from ..registry import METRICS
 
-__all__ = ["EpochScalars", "format_columns", "format_run_table", "is_monitor_tag", "mean_std", "num", "run_curves", "run_table"]
+__all__ = ["format_columns", "format_run_table", "is_monitor_tag", "mean_std", "num", "run_curves", "run_table"]
 
 #: Scalars of the LightningModules shown beside the monitor's curves.
 ACCURACIES = ("val_acc", "probe_acc")
@@ -92,39 +90,14 @@ def format_run_table(curves: dict[str, dict[int, float]]) -> str:
     return format_columns(["epoch", *names], rows)
 
 
-class EpochScalars(pl.Callback):
-    """Records the epoch-level validation scalars ``names`` after each validation.
-
-    ``history[name] = {completed epochs: value}``: the validation that ends epoch k
-    (0-based) is stored at k + 1, the step the monitor gives the same epoch. Sanity checks
-    are skipped, and so is a scalar not logged in this validation (``callback_metrics``
-    keeps the last value of a scalar logged only every few epochs, e.g. ``probe_acc``).
-    """
-
-    def __init__(self, names: Sequence[str] = ACCURACIES) -> None:
-        self.names = tuple(names)
-        self.history: dict[str, dict[int, float]] = {}
-        self._before: dict[str, Any] = {}
-
-    def on_validation_start(self, trainer: Any, pl_module: Any) -> None:
-        self._before = {name: trainer.callback_metrics.get(name) for name in self.names}
-
-    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.sanity_checking:
-            return
-        for name in self.names:
-            value = trainer.callback_metrics.get(name)
-            # Lightning stores a fresh tensor for each scalar logged in this validation
-            if value is not None and value is not self._before.get(name):
-                self.history.setdefault(name, {})[trainer.current_epoch + 1] = float(value)
-
-
 def run_curves(trainer: Any) -> dict[str, dict[int, float]]:
     """``{tag: {completed epochs: value}}`` from the monitors' ``history`` and :class:`EpochScalars`.
 
     A history entry is ``{"<prefix>/<layer>/<metric>": value}`` keyed by completed epochs;
     an entry that carries its own ``"epoch"`` is placed at that epoch.
     """
+    from .scalars import EpochScalars
+
     curves: dict[str, dict[int, float]] = {}
     for cb in trainer.callbacks:
         if isinstance(cb, EpochScalars):

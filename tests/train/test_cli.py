@@ -108,7 +108,7 @@ def test_closing_table_takes_the_accuracy_from_the_run_and_the_epoch_an_entry_ca
 
     from dse_monitor import DSEMonitor
     from dse_monitor.train.cli import run_table
-    from dse_monitor.train.tables import EpochScalars
+    from dse_monitor.train.scalars import EpochScalars
 
     monitor = DSEMonitor()
     # today's entries (step = completed epochs) and an entry at a global step that says its epoch
@@ -124,7 +124,7 @@ def test_recorded_accuracies_are_only_those_logged_in_each_validation(tmp_path):
     import lightning.pytorch as pl
     import torch
 
-    from dse_monitor.train.tables import EpochScalars
+    from dse_monitor.train.scalars import EpochScalars
 
     class EveryOther(pl.LightningModule):
         def __init__(self):
