@@ -109,7 +109,8 @@ def test_layers_heat_map_has_one_row_per_layer(root, tmp_path):
                  "--group-by", "model.init_std", "--out", str(tmp_path / "layers.png")]) == 0
     rows = _rows(tmp_path / "layers.csv")
     runs = _runs(root)
-    assert {(r["layer"], r["metric"]) for r in rows} == {(lay, m) for lay in LAYERS for m in ("dse", "dsmi_y", "dsmi_x")}
+    expected = {(lay, m) for lay in LAYERS for m in ("dse", "dsmi_y", "dsmi_x")}
+    assert {(r["layer"], r["metric"]) for r in rows} == expected
     for row in rows:
         assert row["epoch"] == "2"  # the last epoch by default
         vals = [r.curves[f"{row['layer']}/{row['metric']}"][2] for n, r in runs.items()
