@@ -8,10 +8,11 @@ same callback for the ``pytorch_lightning`` package.
 """
 from .functional import *  # noqa: F401,F403
 from .functional import __all__ as _functional_all
+from .loss import DSELoss
 
 __version__ = "0.1.0"
 # DSEMonitor and score are left out of __all__ so that `from dse_monitor import *` works without Lightning.
-__all__ = [*_functional_all, "DSEMonitorWarning"]
+__all__ = [*_functional_all, "DSELoss", "DSEMonitorWarning"]
 
 
 def __getattr__(name: str):

@@ -23,7 +23,9 @@ import time
 from pathlib import Path
 from typing import Any, Sequence
 
-__all__ = ["format_run_table", "main", "parse_grid", "plan_sweep"]
+from .tables import format_run_table, run_table
+
+__all__ = ["format_run_table", "main", "parse_grid", "plan_sweep", "run_table"]
 
 OVERVIEW = """usage: dse-monitor {fit,validate,test,sweep,compare} ...
 
@@ -35,22 +37,23 @@ OVERVIEW = """usage: dse-monitor {fit,validate,test,sweep,compare} ...
             dse-monitor sweep --config configs/digits.yaml --grid model.init_std=0.01,0.1 --seeds 1,2,3 --root runs/init
   compare   mean +/- std over seeds per epoch, grouped by a hyperparameter:
             dse-monitor compare runs/init --metric dse --group-by model.init_std --out init.png
+            [--x step] [--plot info-plane | --plot layers] [--correlate val_acc]
   score     rank models by DSE/DSMI on one probe set, correlated with accuracy:
             dse-monitor score runs/init/*/lightning_logs/*/checkpoints/*.ckpt --config configs/digits.yaml --out scores
 """
 
 
 # ---------------------------------------------------------------------------------- fit
-def _cli_class():
+def _cli_class(model_key: str = "model"):
     from lightning.pytorch.cli import LightningCLI
 
     class DSEMonitorCLI(LightningCLI):
         """LightningCLI that links data and model and reports where the logs are."""
 
         def add_arguments_to_parser(self, parser: Any) -> None:
-            parser.link_arguments("data.image_size", "model.img_size")
-            parser.link_arguments("model.in_chans", "data.in_chans")
-            parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+            parser.link_arguments("data.image_size", f"{model_key}.img_size")
+            parser.link_arguments(f"{model_key}.in_chans", "data.in_chans")
+            parser.link_arguments("data.num_classes", f"{model_key}.num_classes", apply_on="instantiate")
 
         def _hparams(self) -> dict[str, Any]:
             from .compare import flatten
@@ -62,7 +65,11 @@ def _cli_class():
             return {k: v for k, v in flat.items() if isinstance(v, (int, float, str, bool)) or v is None}
 
         def before_fit(self) -> None:
+            from .scalars import EpochScalars
+
             trainer = self.trainer
+            if not any(isinstance(cb, EpochScalars) for cb in trainer.callbacks):
+                trainer.callbacks.append(EpochScalars())  # the accuracies of the closing table
             for logger in trainer.loggers:
                 logger.log_hyperparams(self._hparams())
             if trainer.is_global_zero:
@@ -98,76 +105,41 @@ def _tensorboard_logger(trainer: Any) -> Any:
     return None
 
 
-def format_run_table(curves: dict[str, dict[int, float]]) -> str:
-    """Epoch-by-epoch table of the monitor's curves and validation accuracy.
+def _names_a_model_class(args: Sequence[str]) -> bool:
+    """Whether the configs or the arguments choose the model by ``class_path`` (e.g. ``SimCLRModule``)."""
+    import yaml
 
-    Example:
-        >>> print(format_run_table({"dse/penultimate/dse": {0: 8.4, 1: 5.25}, "val_acc": {1: 0.9}}))
-        epoch  DSE(Z)  val_acc
-            0   8.400        -
-            1   5.250    0.900
-    """
-    from .compare import TITLES, _is_monitor_tag, _num
-
-    tags = sorted(t for t in curves if _is_monitor_tag(t))
-    order = {m: i for i, m in enumerate(TITLES)}  # the monitor's metric order
-    tags.sort(key=lambda t: ("/".join(t.split("/")[:-1]), order.get(t.split("/")[-1], 99)))
-    layers = {"/".join(t.split("/")[1:-1]) for t in tags}
-    names = []
-    for t in tags:
-        title = TITLES.get(t.split("/")[-1], t)
-        names.append(title if len(layers) <= 1 else f"{title}@{'/'.join(t.split('/')[1:-1])}")
-    if "val_acc" in curves:
-        tags.append("val_acc")
-        names.append("val_acc")
-    if not tags:
-        return ""
-    epochs = sorted({e for t in tags for e in curves[t]})
-    widths = [max(len(n), 6) for n in names]
-    lines = ["epoch  " + "  ".join(n.rjust(w) for n, w in zip(names, widths))]
-    for e in epochs:
-        cells = []
-        for t, w in zip(tags, widths):
-            v = curves[t].get(e)
-            cells.append(("-" if v is None else _num(v)).rjust(w))
-        lines.append(f"{e:5d}  " + "  ".join(cells))
-    return "\n".join(lines)
-
-
-def run_table(trainer: Any) -> str:
-    """The end-of-run table, read back from the TensorBoard event files (what the user sees),
-    else from the monitors' history."""
-    curves: dict[str, dict[int, float]] = {}
-    tb = _tensorboard_logger(trainer)
-    if tb is not None:
-        from .compare import read_run
-
-        try:
-            tb.experiment.flush()
-            curves = read_run(tb.log_dir).curves
-        except Exception:  # noqa: BLE001 - fall back to the callbacks' own history
-            curves = {}
-    if not curves:  # no TensorBoard logger: the DSEMonitor callbacks keep {epoch: {key: value}}
-        for cb in trainer.callbacks:
-            history = getattr(cb, "history", None)
-            if not isinstance(history, dict):
-                continue
-            for step, values in history.items():
-                for k, v in values.items():
-                    curves.setdefault(k, {})[int(step)] = float(v)
-    if not curves:
-        return ""
-    return "DSE/DSMI in bits by completed epoch (0 = at initialisation):\n" + format_run_table(curves)
+    args = list(args)
+    for i, arg in enumerate(args):
+        if arg == "--model" or arg.startswith(("--model=", "--model.class_path")):
+            return True
+        path = None
+        if arg == "--config" and i + 1 < len(args):
+            path = args[i + 1]
+        elif arg.startswith("--config="):
+            path = arg.partition("=")[2]
+        if path and Path(path).is_file():
+            with open(path) as f:
+                model = (yaml.safe_load(f) or {}).get("model")
+            if isinstance(model, dict) and "class_path" in model:
+                return True
+    return False
 
 
 def run_fit_cli(args: Sequence[str]) -> int:
+    import lightning.pytorch as pl
+
     from .data import ImageDataModule
     from .model import ImageClassifier
 
-    cli_cls = _cli_class()
+    # ImageClassifier unless a config names another LightningModule by class_path (the
+    # contrastive configs); the plain configs keep their flat `model:` section.
+    subclass = _names_a_model_class(args)
+    cli_cls = _cli_class("model.init_args" if subclass else "model")
     cli_cls(
-        ImageClassifier,
+        pl.LightningModule if subclass else ImageClassifier,
         ImageDataModule,
+        subclass_mode_model=subclass,
         # None: LightningCLI reads sys.argv itself (it warns when given both).
         args=None if list(args) == sys.argv[1:] else list(args),
         save_config_kwargs={"overwrite": True},
@@ -296,14 +268,32 @@ def compare_main(argv: Sequence[str]) -> int:
     parser.add_argument("--group-by", default="model.init_std", help="hyperparameter (dotted, as in the config)")
     parser.add_argument("--out", default=None, help="PNG path (default <root>/compare_<metric>.png)")
     parser.add_argument("--csv", default=None, help="CSV path (default: the PNG's with .csv)")
-    parser.add_argument("--no-accuracy", action="store_true", help="leave out the validation-accuracy panel")
+    parser.add_argument("--no-accuracy", action="store_true", help="leave out the accuracy panels")
+    parser.add_argument("--plot", choices=("curves", "info-plane", "layers"), default="curves",
+                        help="curves: metric vs epoch (default); info-plane: DSMI(Z;X) vs DSMI(Z;Y) per group; "
+                             "layers: layers x measurements heat map at --epoch")
+    parser.add_argument("--x", choices=("epoch", "step"), default="epoch",
+                        help="x-axis of the curves: epochs (default) or the global step ending each epoch")
+    parser.add_argument("--correlate", default=None, metavar="ACCURACY",
+                        help="instead of plotting: Pearson/Spearman of each metric against val_acc or probe_acc "
+                             "over all (run, epoch) points and per group; table and CSV")
+    parser.add_argument("--layer", default=None, help="info-plane: the layer (<prefix>/<layer> or <layer>)")
+    parser.add_argument("--epoch", type=int, default=None, help="layers: the epoch of the heat map (default last)")
     args = parser.parse_args(list(argv))
     metrics = [m.strip() for spec in (args.metric or ["dse,dsmi_y,dsmi_x"]) for m in spec.split(",") if m.strip()]
+    from .analyses import correlate, info_plane, layer_heatmap
     from .compare import compare
 
     try:
-        compare(args.root, metrics, args.group_by, out=args.out, csv_path=args.csv,
-                accuracy=None if args.no_accuracy else "val_acc")
+        if args.correlate:
+            correlate(args.root, metrics, args.correlate, args.group_by, csv_path=args.csv)
+        elif args.plot == "info-plane":
+            info_plane(args.root, args.group_by, layer=args.layer, out=args.out, csv_path=args.csv)
+        elif args.plot == "layers":
+            layer_heatmap(args.root, metrics, args.group_by, epoch=args.epoch, out=args.out, csv_path=args.csv)
+        else:
+            compare(args.root, metrics, args.group_by, out=args.out, csv_path=args.csv,
+                    accuracy=None if args.no_accuracy else "val_acc,probe_acc", x=args.x)
     except (FileNotFoundError, ValueError) as err:
         print(f"dse-monitor compare: {err}", file=sys.stderr)
         return 2

@@ -4,16 +4,18 @@ hyperparameter and draw mean +/- std over seeds per epoch.
 A run is a folder holding ``events.out.tfevents.*`` files. Its hyperparameters come from
 the ``config.yaml`` that LightningCLI saves beside them (flattened to dotted keys such as
 ``model.init_std`` and ``seed_everything``), else from the logger's ``hparams.yaml``.
-The monitor's curves (``<prefix>/<layer>/<metric>``) are stepped by completed epochs
-already; other scalars (``val_acc``) are logged by global step and are mapped to completed
-epochs through Lightning's ``epoch`` scalar.
+Every curve is keyed by completed epochs (0 = at initialisation). Scalars logged by
+Lightning (``val_acc``) are stepped by global step and mapped to completed epochs through
+Lightning's ``epoch`` scalar; the monitor's curves are read in both layouts: stepped by
+completed epochs (event files of earlier versions) or by the global step at which
+Lightning logs the same epoch's validation (0 at initialisation). ``--x step`` plots
+against those global steps instead.
 """
 from __future__ import annotations
 
 import csv
-import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -21,8 +23,9 @@ import numpy as np
 import yaml
 
 from ..registry import METRICS
+from .tables import is_monitor_tag, format_columns, mean_std
 
-__all__ = ["Run", "aggregate", "compare", "find_runs", "flatten", "read_run"]
+__all__ = ["Run", "aggregate", "by_step", "compare", "find_runs", "flatten", "load_runs", "read_run"]
 
 MONITOR_METRICS = tuple(METRICS)
 TITLES = {**{m.name: m.title for m in METRICS.values()}, "val_acc": "validation accuracy"}
@@ -36,6 +39,8 @@ class Run:
     name: str
     hparams: dict[str, Any] = field(default_factory=dict)
     curves: dict[str, dict[int, float]] = field(default_factory=dict)
+    #: completed epochs -> the global step ending them, from Lightning's ``epoch`` scalar
+    step_of_epoch: dict[int, int] = field(default_factory=dict)
 
     def get(self, key: str) -> Any:
         """The hyperparameter ``key`` (dotted), or a unique key ending with ``.key``; KeyError if none."""
@@ -67,11 +72,6 @@ def flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
             else:
                 out[key] = v
     return out
-
-
-def _is_monitor_tag(tag: str) -> bool:
-    parts = tag.split("/")
-    return len(parts) >= 3 and parts[-1] in MONITOR_METRICS
 
 
 def find_runs(root: str | os.PathLike) -> list[Path]:
@@ -112,14 +112,24 @@ def read_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
     if "epoch" in tags:
         for e in acc.Scalars("epoch"):
             epoch_at_step[e.step] = int(round(e.value))
+    # completed epochs -> the global step that ends them (where Lightning logs that epoch's validation)
+    step_of_epoch = {0: 0}
+    for step, epoch in epoch_at_step.items():
+        step_of_epoch[epoch + 1] = max(step, step_of_epoch.get(epoch + 1, step))
+    val_steps = {e.step for t in tags if t.startswith("val_") for e in acc.Scalars(t)}
     curves: dict[str, dict[int, float]] = {}
     for tag in tags:
         if tag == "epoch":
             continue
+        events = acc.Scalars(tag)
+        at_global_steps = not is_monitor_tag(tag) or _monitor_at_global_steps(
+            {e.step for e in events if e.step}, epoch_at_step, val_steps)
         series: dict[int, float] = {}
-        for e in acc.Scalars(tag):
-            if _is_monitor_tag(tag):
+        for e in events:
+            if not at_global_steps:
                 epoch = e.step
+            elif is_monitor_tag(tag) and e.step == 0:
+                epoch = 0  # the measurement at initialisation
             elif e.step in epoch_at_step:
                 epoch = epoch_at_step[e.step] + 1  # logged during epoch k (0-based) = k+1 completed
             else:
@@ -128,7 +138,34 @@ def read_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
         if series:
             curves[tag] = dict(sorted(series.items()))
     name = str(path.relative_to(root)) if root is not None and path != Path(root) else path.name
-    return Run(path=path, name=name, hparams=_read_hparams(path), curves=curves)
+    return Run(path=path, name=name, hparams=_read_hparams(path), curves=curves, step_of_epoch=step_of_epoch)
+
+
+def _monitor_at_global_steps(steps: set[int], epoch_at_step: dict[int, int], val_steps: set[int]) -> bool:
+    """Whether a monitor curve was logged at global steps (else at completed epochs, the older layout).
+
+    Global steps are steps where Lightning logged its ``epoch`` scalar; completed epochs
+    are at most the last epoch + 1. When both readings fit (one or two batches per epoch),
+    the steps of the validation metrics decide.
+    """
+    if not steps or not steps <= set(epoch_at_step):
+        return False
+    last_completed = max(epoch_at_step.values(), default=-1) + 1
+    if not steps <= set(range(last_completed + 1)):
+        return True
+    return bool(val_steps) and steps <= val_steps
+
+
+def by_step(run: Run, tag: str) -> dict[int, float]:
+    """A curve of ``run`` keyed by the global step that ends each epoch (0 = at initialisation).
+
+    Raises ``ValueError`` when the run has no Lightning ``epoch`` scalar to map epochs to steps.
+    """
+    missing = [e for e in run.curves[tag] if e not in run.step_of_epoch]
+    if missing:
+        raise ValueError(f"{run.name}: no global step known for epoch {missing[0]} of {tag!r} "
+                         "(its event files have no Lightning `epoch` scalar); plot against epochs")
+    return {run.step_of_epoch[e]: v for e, v in run.curves[tag].items()}
 
 
 def resolve_tags(runs: Sequence[Run], metrics: Sequence[str]) -> list[str]:
@@ -139,7 +176,7 @@ def resolve_tags(runs: Sequence[Run], metrics: Sequence[str]) -> list[str]:
         if m in present:
             hits = [m]
         else:
-            hits = [t for t in present if _is_monitor_tag(t) and t.split("/")[-1] == m]
+            hits = [t for t in present if is_monitor_tag(t) and t.split("/")[-1] == m]
         if not hits:
             raise ValueError(f"no run has the metric {m!r}; scalars found: {', '.join(present) or 'none'}")
         out.extend(h for h in hits if h not in out)
@@ -178,6 +215,17 @@ def aggregate(runs: Sequence[Run], tag: str, group_by: str) -> dict[Any, dict[in
             table[e] = (float(vals.mean()), std, int(len(vals)))
         out[value] = table
     return out
+
+
+def load_runs(root: Path, group_by: str, say: Any = print) -> list[Run]:
+    """The readable runs under ``root`` that have ``group_by``, newest of identical configs; others named."""
+    paths = find_runs(root)
+    if not paths:
+        raise FileNotFoundError(f"no TensorBoard event files under {root}")
+    runs = _select_runs(paths, root, group_by, say)
+    if not runs:
+        raise ValueError(f"no readable run under {root} has the hyperparameter {group_by!r}")
+    return _drop_duplicates(runs, say)
 
 
 def _select_runs(paths: Iterable[Path], root: Path, group_by: str, say: Any) -> list[Run]:
@@ -244,43 +292,27 @@ def _drop_partial(runs: list[Run], tags: Sequence[str], group_by: str, say: Any)
     return kept
 
 
-def _num(v: float) -> str:
-    """Three decimals, without the ``-0.000`` of tiny negative estimates."""
-    if math.isnan(v):
-        return "nan"
-    text = f"{v:.3f}"
-    return "0.000" if text == "-0.000" else text
-
-
-def _fmt(mean: float, std: float, n: int) -> str:
-    if math.isnan(mean):
-        return "nan"
-    return _num(mean) if n <= 1 else f"{_num(mean)}±{_num(std)}"
-
-
-def format_table(curves: dict[str, dict[Any, dict[int, tuple[float, float, int]]]], group_by: str) -> str:
+def format_table(curves: dict[str, dict[Any, dict[int, tuple[float, float, int]]]], group_by: str,
+                 x: str = "epoch") -> str:
     """A compact table: per metric and group, the runs and the values at first, second and last epoch."""
     lines = []
     for tag, groups in curves.items():
         epochs = sorted({e for g in groups.values() for e in g})
         shown = sorted({epochs[0], epochs[min(1, len(epochs) - 1)], epochs[-1]}) if epochs else []
-        header = [f"{TITLES.get(tag.split('/')[-1], tag)} [{tag}]", group_by, "runs"] + [f"epoch {e}" for e in shown]
         rows = []
         for value, table in groups.items():
             n = max((v[2] for v in table.values()), default=0)
-            rows.append(["", str(value), str(n)] + [_fmt(*table[e]) if e in table else "-" for e in shown])
-        widths = [max(len(r[i]) for r in [header[1:]] + [r[1:] for r in rows]) for i in range(len(header) - 1)]
-        lines.append(header[0])
-        lines.append("  " + "  ".join(h.rjust(w) for h, w in zip(header[1:], widths)))
-        for r in rows:
-            lines.append("  " + "  ".join(c.rjust(w) for c, w in zip(r[1:], widths)))
+            rows.append([str(value), str(n)] + [mean_std(*table[e]) if e in table else "-" for e in shown])
+        lines.append(f"{TITLES.get(tag.split('/')[-1], tag)} [{tag}]")
+        lines.append(format_columns([group_by, "runs"] + [f"{x} {e}" for e in shown], rows, indent="  "))
     return "\n".join(lines)
 
 
-def write_csv(curves: dict[str, dict[Any, dict[int, tuple[float, float, int]]]], group_by: str, path: Path) -> None:
+def write_csv(curves: dict[str, dict[Any, dict[int, tuple[float, float, int]]]], group_by: str, path: Path,
+              x: str = "epoch") -> None:
     with open(path, "w", newline="") as f:
         w = csv.writer(f)
-        w.writerow(["metric", "group_by", "group", "epoch", "mean", "std", "n_runs"])
+        w.writerow(["metric", "group_by", "group", x, "mean", "std", "n_runs"])
         for tag, groups in curves.items():
             for value, table in groups.items():
                 for e, (mean, std, n) in table.items():
@@ -299,7 +331,7 @@ def _pyplot():
 
 
 def plot(curves: dict[str, dict[Any, dict[int, tuple[float, float, int]]]], group_by: str, path: Path,
-         title: str | None = None) -> None:
+         title: str | None = None, x: str = "epoch") -> None:
     """One panel per curve, one line per group: mean with a +/- std band over seeds."""
     plt = _pyplot()
     n = len(curves)
@@ -321,7 +353,7 @@ def plot(curves: dict[str, dict[Any, dict[int, tuple[float, float, int]]]], grou
         parts = tag.split("/")
         layer = f" — {'/'.join(parts[1:-1])}" if len(parts) >= 3 and parts[1:-1] != ["penultimate"] else ""
         ax.set_title(TITLES.get(metric, tag) + layer)
-        ax.set_xlabel("epoch")
+        ax.set_xlabel("global step" if x == "step" else "epoch")
         ax.set_ylabel("bits" if metric in MONITOR_METRICS else ("accuracy" if "acc" in metric else metric))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
@@ -339,34 +371,37 @@ def compare(
     group_by: str = "model.init_std",
     out: str | os.PathLike | None = None,
     csv_path: str | os.PathLike | None = None,
-    accuracy: str | None = "val_acc",
+    accuracy: str | None = "val_acc,probe_acc",
     say: Any = print,
+    x: str = "epoch",
 ) -> dict[str, Any]:
     """Group the runs under ``root`` by ``group_by``; write a PNG and a CSV; print a table.
 
+    ``accuracy`` may name several scalars, comma-separated (``"val_acc,probe_acc"``); those
+    present are drawn beside the metrics. ``x="step"`` plots against the global step that
+    ends each epoch instead of the epoch.
+
     Returns ``{"curves": ..., "runs": [...], "png": path, "csv": path}``.
     """
+    if x not in ("epoch", "step"):
+        raise ValueError(f"x must be 'epoch' or 'step', got {x!r}")
     root = Path(root)
-    paths = find_runs(root)
-    if not paths:
-        raise FileNotFoundError(f"no TensorBoard event files under {root}")
-    runs = _select_runs(paths, root, group_by, say)
-    if not runs:
-        raise ValueError(f"no readable run under {root} has the hyperparameter {group_by!r}")
+    runs = load_runs(root, group_by, say)
     tags = resolve_tags(runs, metrics)
-    if accuracy and any(accuracy in r.curves for r in runs) and accuracy not in tags:
-        tags.append(accuracy)
-    runs = _drop_duplicates(runs, say)
-    runs = _drop_partial(runs, [t for t in tags if t != accuracy], group_by, say)
+    accuracies = [a for a in (accuracy or "").split(",") if a and any(a in r.curves for r in runs)]
+    tags += [a for a in accuracies if a not in tags]
+    runs = _drop_partial(runs, [t for t in tags if t not in accuracies], group_by, say)
     if not runs:
         raise ValueError("every run was skipped")
+    if x == "step":
+        runs = [replace(r, curves={t: by_step(r, t) for t in tags if t in r.curves}) for r in runs]
     curves = {t: aggregate(runs, t, group_by) for t in tags}
     slug = "_".join(m.replace("/", "-") for m in metrics)
     png = Path(out) if out is not None else root / f"compare_{slug}.png"
     csv_file = Path(csv_path) if csv_path is not None else png.with_suffix(".csv")
     png.parent.mkdir(parents=True, exist_ok=True)
-    plot(curves, group_by, png, title=f"{root.name}: {len(runs)} runs by {group_by}")
-    write_csv(curves, group_by, csv_file)
-    say(format_table(curves, group_by))
+    plot(curves, group_by, png, title=f"{root.name}: {len(runs)} runs by {group_by}", x=x)
+    write_csv(curves, group_by, csv_file, x=x)
+    say(format_table(curves, group_by, x=x))
     say(f"figure: {png}\ncurves: {csv_file}")
     return {"curves": curves, "runs": runs, "png": png, "csv": csv_file}

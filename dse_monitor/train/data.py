@@ -7,7 +7,7 @@ and ``S = image_size``, normalised with the dataset's channel statistics.
 """
 from __future__ import annotations
 
-import hashlib
+import copy
 import os
 import pickle
 import warnings
@@ -17,7 +17,6 @@ from typing import Any, Callable, Literal, Sequence
 import lightning.pytorch as pl
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, Subset
 
 __all__ = [
@@ -58,49 +57,104 @@ def permuted_labels(labels: Sequence[int] | np.ndarray, seed: int) -> np.ndarray
     return labels[np.random.default_rng(seed).permutation(len(labels))]
 
 
-def _adapt_channels(x: torch.Tensor, in_chans: int) -> torch.Tensor:
-    """[C, H, W] -> [in_chans, H, W]: grey images repeated, colour images averaged to grey."""
-    c = x.shape[0]
-    if c == in_chans:
-        return x
-    if c == 1:
-        return x.expand(in_chans, *x.shape[1:]).clone()
+def _stats_for(in_chans: int, mean: Sequence[float], std: Sequence[float]) -> tuple[list[float], list[float]]:
+    """The dataset's channel statistics for ``in_chans`` channels (grey stats repeated, colour averaged)."""
+    if len(mean) == in_chans:
+        return list(mean), list(std)
+    if len(mean) == 1:
+        return list(mean) * in_chans, list(std) * in_chans
+    return [sum(mean) / len(mean)] * in_chans, [sum(std) / len(std)] * in_chans
+
+
+def _channels(in_chans: int) -> Any:
+    """A v2 transform mapping any image to ``in_chans`` channels: grey repeated, colour to luma."""
+    from torchvision.transforms import v2
+
+    if in_chans == 3:
+        return v2.RGB()
     if in_chans == 1:
-        return x.mean(dim=0, keepdim=True)
-    raise ValueError(f"cannot map {c}-channel images to in_chans={in_chans}")
+        return v2.Grayscale(num_output_channels=1)
+    raise ValueError(f"in_chans must be 1 or 3, got {in_chans}")
 
 
-class ImageTransform:
-    """PIL image or [C, H, W] tensor in [0, 1] -> resized, channel-adapted, normalised float tensor."""
+def image_transform(image_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float],
+                    augment: bool = False) -> Any:
+    """PIL image or [C, H, W] tensor in [0, 1] -> ``in_chans`` x ``image_size`` x ``image_size``, normalised.
 
-    def __init__(self, image_size: int, in_chans: int, mean: Sequence[float], std: Sequence[float],
-                 augment: bool = False) -> None:
-        self.image_size = image_size
-        self.in_chans = in_chans
-        self.augment = augment
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    torchvision ``transforms.v2``: to a float image, channels adapted, normalised with the
+    dataset's statistics, resized (bilinear, antialiased); ``augment`` adds a horizontal
+    flip and a crop shifted by up to ``image_size // 8`` pixels (reflect padding).
+
+    Example:
+        >>> t = image_transform(16, 3, (0.5,), (0.5,))
+        >>> x = t(torch.ones(1, 8, 8))
+        >>> tuple(x.shape), x.min().item(), x.max().item()
+        ((3, 16, 16), 1.0, 1.0)
+    """
+    from torchvision.transforms import v2
+
+    m, s = _stats_for(in_chans, mean, std)
+    steps = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), _channels(in_chans), v2.Normalize(m, s),
+             v2.Resize((image_size, image_size), antialias=True)]
+    if augment:
+        pad = max(1, image_size // 8)
+        steps += [v2.RandomHorizontalFlip(), v2.RandomCrop(image_size, padding=pad, padding_mode="reflect")]
+    return v2.Compose([*steps, v2.ToPureTensor()])
+
+
+def contrastive_transform(dataset: str, image_size: int, in_chans: int, mean: Sequence[float],
+                          std: Sequence[float]) -> Any:
+    """One random view for contrastive learning (SimCLR), with ``transforms.v2``.
+
+    Natural images (CIFAR-10, STL-10, image folders): SimCLR's random resized crop
+    (scale 0.08-1), horizontal flip, colour jitter (0.4, 0.4, 0.4, 0.1; p = 0.8), grey
+    (p = 0.2) and, from 64 px up, Gaussian blur (p = 0.5). Digits and MNIST: no flip
+    and no hue (a mirrored 2 is not a 2; the images are grey): a resized crop of scale
+    0.5-1 (which also shifts the digit), a rotation of up to 15 degrees and
+    brightness/contrast jitter (p = 0.8).
+
+    Example:
+        >>> view = contrastive_transform("digits", 24, 3, (0.5,), (0.5,))
+        >>> a, b = view(torch.rand(1, 8, 8)), view(torch.rand(1, 8, 8))
+        >>> tuple(a.shape), bool((a - b).abs().max() > 0)
+        ((3, 24, 24), True)
+    """
+    from torchvision.transforms import v2
+
+    m, s = _stats_for(in_chans, mean, std)
+    if dataset in ("digits", "mnist"):
+        # few, cheap steps: on 8x8 digits the per-call overhead of each transform dominates
+        steps = [
+            v2.ToImage(), v2.ToDtype(torch.float32, scale=True),
+            v2.RandomResizedCrop(image_size, scale=(0.5, 1.0), ratio=(0.8, 1.25), antialias=True),
+            v2.RandomRotation(15),
+            v2.RandomApply([v2.ColorJitter(brightness=0.4, contrast=0.4)], p=0.8),
+            _channels(in_chans),
+        ]
+    else:
+        steps = [
+            v2.ToImage(), v2.ToDtype(torch.float32, scale=True), _channels(in_chans),
+            v2.RandomResizedCrop(image_size, scale=(0.08, 1.0), antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.RandomApply([v2.ColorJitter(0.4, 0.4, 0.4, 0.1)], p=0.8),
+            v2.RandomGrayscale(p=0.2),
+        ]
+        if image_size >= 64:
+            k = (image_size // 10) | 1  # an odd kernel of ~10 % of the image, as SimCLR
+            steps.append(v2.RandomApply([v2.GaussianBlur(k, sigma=(0.1, 2.0))], p=0.5))
+    steps += [v2.Normalize(m, s), v2.ToPureTensor()]
+    return v2.Compose(steps)
+
+
+class MultiView:
+    """``views`` independent draws of ``transform`` stacked: [views, C, S, S] (SimCLR's positive pairs)."""
+
+    def __init__(self, transform: Callable, views: int) -> None:
+        self.transform = transform
+        self.views = views
 
     def __call__(self, img: Any) -> torch.Tensor:
-        if not isinstance(img, torch.Tensor):
-            from torchvision.transforms.functional import pil_to_tensor
-
-            img = pil_to_tensor(img).float().div_(255.0)
-        x = img.float()
-        if x.ndim == 2:
-            x = x.unsqueeze(0)
-        x = (x - self.mean) / self.std if x.shape[0] == self.mean.shape[0] else (x - self.mean.mean()) / self.std.mean()
-        if x.shape[-1] != self.image_size or x.shape[-2] != self.image_size:
-            x = F.interpolate(x.unsqueeze(0), size=(self.image_size, self.image_size), mode="bilinear",
-                              align_corners=False, antialias=x.shape[-1] > self.image_size).squeeze(0)
-        if self.augment:
-            if torch.rand(()) < 0.5:
-                x = x.flip(-1)
-            pad = max(1, self.image_size // 8)
-            x = F.pad(x.unsqueeze(0), (pad, pad, pad, pad), mode="reflect").squeeze(0)
-            i, j = torch.randint(0, 2 * pad + 1, (2,)).tolist()
-            x = x[:, i:i + self.image_size, j:j + self.image_size]
-        return _adapt_channels(x, self.in_chans).contiguous()
+        return torch.stack([self.transform(img) for _ in range(self.views)])
 
 
 class TensorImageDataset(Dataset):
@@ -146,20 +200,25 @@ def _targets(ds: Dataset) -> np.ndarray:
     return np.asarray([int(ds[i][1]) for i in range(len(ds))])
 
 
+def _with_transform(ds: Dataset, transform: Callable) -> Dataset:
+    """A shallow copy of ``ds`` (through relabelling and subsets) whose images get ``transform``."""
+    if isinstance(ds, RelabeledDataset):
+        return RelabeledDataset(_with_transform(ds.base, transform), ds.targets)
+    if isinstance(ds, Subset):
+        return Subset(_with_transform(ds.dataset, transform), ds.indices)
+    if not hasattr(ds, "transform"):
+        raise TypeError(f"{type(ds).__name__} has no transform to replace")
+    out = copy.copy(ds)
+    out.transform = transform
+    return out
+
+
 def _seeded_split(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     if not 0 < val_fraction < 1:
         raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
     order = np.random.default_rng(seed).permutation(n)
     n_val = max(1, int(round(n * val_fraction)))
     return np.sort(order[n_val:]), np.sort(order[:n_val])
-
-
-def _md5(path: Path) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _missing_error(name: str, folder: Path, files: Sequence[str], missing: Sequence[str], how: str) -> DatasetFilesNotFoundError:
@@ -172,7 +231,9 @@ def _missing_error(name: str, folder: Path, files: Sequence[str], missing: Seque
 
 
 def _warn_unofficial(name: str, folder: Path, checksums: Sequence[Sequence[str]]) -> None:
-    differ = [f for f, md5 in checksums if (folder / f).is_file() and _md5(folder / f) != md5]
+    from torchvision.datasets.utils import check_integrity
+
+    differ = [f for f, md5 in checksums if (folder / f).is_file() and not check_integrity(str(folder / f), md5)]
     if differ:
         warnings.warn(
             f"{name}: {', '.join(differ)} in {folder} differ from the official release (md5); "
@@ -269,6 +330,9 @@ class ImageDataModule(pl.LightningDataModule):
         val_fraction, split_seed: the fixed validation split of digits / an unsplit image
             folder (the same for every run seed, so every run probes the same images).
         augment: random flips and shifted crops on the training images.
+        views: augmented views per training image: 1 (supervised), or 2 for contrastive
+            learning: each training sample is then ``[views, C, S, S]``, independent draws
+            of :func:`contrastive_transform` (``augment`` is not used).
 
     Example:
         >>> dm = ImageDataModule("digits", image_size=16, batch_size=32)
@@ -294,12 +358,15 @@ class ImageDataModule(pl.LightningDataModule):
         val_fraction: float = 0.2,
         split_seed: int = 0,
         augment: bool = False,
+        views: int = 1,
     ) -> None:
         super().__init__()
         if dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {DATASETS}, got {dataset!r}")
         if label_noise not in ("none", "permute"):
             raise ValueError(f"label_noise must be 'none' or 'permute', got {label_noise!r}")
+        if not isinstance(views, int) or views < 1:
+            raise ValueError(f"views must be a positive integer (1, or 2 for SimCLR), got {views!r}")
         self.save_hyperparameters()
         self.dataset = dataset
         self.root = Path(root).expanduser()
@@ -313,6 +380,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_fraction = val_fraction
         self.split_seed = split_seed
         self.augment = augment
+        self.views = views
         self.train_dataset: Dataset | None = None
         self.val_dataset: Dataset | None = None
 
@@ -341,9 +409,12 @@ class ImageDataModule(pl.LightningDataModule):
         return int(os.environ.get("PL_GLOBAL_SEED", 0))
 
     # -- building ----------------------------------------------------------------------
-    def _transform(self, train: bool) -> ImageTransform:
+    def _transform(self, train: bool) -> Callable:
         mean, std = _STATS[self.dataset]
-        return ImageTransform(self.image_size, self.in_chans, mean, std, augment=self.augment and train)
+        if train and self.views > 1:
+            view = contrastive_transform(self.dataset, self.image_size, self.in_chans, mean, std)
+            return MultiView(view, self.views)
+        return image_transform(self.image_size, self.in_chans, mean, std, augment=self.augment and train)
 
     def _build(self) -> tuple[Dataset, Dataset]:
         builder = getattr(self, f"_build_{self.dataset}")
@@ -441,6 +512,16 @@ class ImageDataModule(pl.LightningDataModule):
             ds = self.train_dataset if shuffle else self.val_dataset
         return DataLoader(ds, batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
                           persistent_workers=self.num_workers > 0)
+
+    def eval_train_dataloader(self) -> DataLoader:
+        """The training split (its labels, permuted or not) with the validation transform, in order.
+
+        What a linear probe on frozen features trains on: one un-augmented view per image.
+        """
+        if self.train_dataset is None:
+            self.setup()
+        return DataLoader(_with_transform(self.train_dataset, self._transform(False)), batch_size=self.batch_size,
+                          shuffle=False, num_workers=self.num_workers)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.train_dataset, shuffle=True)

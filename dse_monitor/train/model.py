@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-__all__ = ["ImageClassifier", "paper_init_", "warmup_cosine_factor"]
+__all__ = ["ImageClassifier", "paper_init_", "warmup_cosine_factor", "warmup_cosine_schedule"]
 
 
 def paper_init_(model: nn.Module, std: float, linear_std: float = 1e-3) -> nn.Module:
@@ -60,6 +60,47 @@ def warmup_cosine_factor(step: int, warmup_steps: int, total_steps: int, min_fac
     span = max(1, total_steps - warmup_steps)
     progress = min(1.0, (step - warmup_steps) / span)
     return min_factor + (1.0 - min_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine_schedule(
+    optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int, min_factor: float = 0.0
+) -> torch.optim.lr_scheduler.LRScheduler:
+    """torch's schedulers giving :func:`warmup_cosine_factor` at every step, stepped once per batch.
+
+    ``LinearLR`` from ``1 / warmup_steps`` to 1 over the warm-up steps, then
+    ``CosineAnnealingLR`` down to ``lr * min_factor`` at ``total_steps``, chained by
+    ``SequentialLR`` (no warm-up: the cosine alone).
+
+    Example:
+        >>> opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        >>> sched = warmup_cosine_schedule(opt, 2, 6)
+        >>> factors = []
+        >>> for _ in range(6):
+        ...     factors.append(round(opt.param_groups[0]["lr"], 2))
+        ...     opt.step()
+        ...     sched.step()
+        >>> factors
+        [0.5, 1.0, 1.0, 0.85, 0.5, 0.15]
+    """
+    from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, SequentialLR
+
+    warmup_steps = max(0, min(int(warmup_steps), int(total_steps)))
+    base = optimizer.param_groups[0]["lr"]
+    cosine = CosineAnnealingLR(optimizer, T_max=max(1, total_steps - warmup_steps), eta_min=base * min_factor)
+    if warmup_steps == 0:
+        return cosine
+    # (step + 1) / warmup_steps for step = 0 .. warmup_steps - 1; one warm-up step is factor 1
+    warmup = LinearLR(optimizer, start_factor=1.0 / warmup_steps, end_factor=1.0,
+                      total_iters=max(1, warmup_steps - 1))
+    return SequentialLR(optimizer, [warmup, cosine], milestones=[warmup_steps])
+
+
+def warmup_steps_of(trainer: Any, warmup_epochs: float) -> tuple[int, int]:
+    """``(warm-up steps, total steps)`` of a Trainer: ``warmup_epochs`` converted with its steps per epoch."""
+    total = int(trainer.estimated_stepping_batches)
+    max_epochs = trainer.max_epochs if trainer.max_epochs and trainer.max_epochs > 0 else 1
+    steps_per_epoch = max(1, total // max_epochs)
+    return min(int(round(warmup_epochs * steps_per_epoch)), total), total
 
 
 def create_backbone(
@@ -120,6 +161,10 @@ class ImageClassifier(pl.LightningModule):
             paper's studies train from scratch).
         backbone_kwargs: further keyword arguments for ``timm.create_model`` (e.g.
             ``channels`` and ``stem_width`` for a narrow ResNet).
+        dse_weight: DSE as a training term: ``loss = cross-entropy + dse_weight * DSE(Z)``,
+            Z the batch's penultimate features (:class:`~dse_monitor.DSELoss`, bits).
+            Positive compresses the representation, negative spreads it; 0 (default): off.
+        dse_sigma: the kernel bandwidth of that term.
 
     Example:
         >>> model = ImageClassifier("resnet10t", num_classes=3, in_chans=1, init_std=0.01,
@@ -141,11 +186,16 @@ class ImageClassifier(pl.LightningModule):
         min_lr_factor: float = 0.0,
         pretrained: bool = False,
         backbone_kwargs: dict[str, Any] | None = None,
+        dse_weight: float = 0.0,
+        dse_sigma: float = 10.0,
     ) -> None:
         super().__init__()
         if pretrained and init_std is not None:
             raise ValueError("init_std re-initialises every layer: it cannot be combined with pretrained=True")
         self.save_hyperparameters()
+        from ..loss import DSELoss
+
+        self.dse_loss = DSELoss(sigma=dse_sigma) if dse_weight else None
         kwargs = dict(backbone_kwargs or {})
         if "channels" in kwargs and isinstance(kwargs["channels"], list):
             kwargs["channels"] = tuple(kwargs["channels"])
@@ -161,8 +211,15 @@ class ImageClassifier(pl.LightningModule):
 
     def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
         x, y = batch[0], batch[1]
-        logits = self(x)
-        loss = self.criterion(logits, y)
+        if self.dse_loss is None:
+            logits = self(x)
+            loss = self.criterion(logits, y)
+        else:  # the classifier's input, then the classifier: the same logits as forward
+            z = self.backbone.forward_head(self.backbone.forward_features(x), pre_logits=True)
+            logits = self.backbone.get_classifier()(z)
+            dse = self.dse_loss(z)
+            self.log("train_dse", dse, on_step=True, on_epoch=True)
+            loss = self.criterion(logits, y) + self.hparams.dse_weight * dse
         self.train_acc(logits, y)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True)
         self.log("train_acc", self.train_acc, on_step=False, on_epoch=True, prog_bar=True)
@@ -184,12 +241,6 @@ class ImageClassifier(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.AdamW(self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay)
-        total = int(self.trainer.estimated_stepping_batches)
-        max_epochs = self.trainer.max_epochs if self.trainer.max_epochs and self.trainer.max_epochs > 0 else 1
-        steps_per_epoch = max(1, total // max_epochs)
-        warmup = min(int(round(self.hparams.warmup_epochs * steps_per_epoch)), total)
-        min_factor = self.hparams.min_lr_factor
-        scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lambda step: warmup_cosine_factor(step, warmup, total, min_factor)
-        )
+        warmup, total = warmup_steps_of(self.trainer, self.hparams.warmup_epochs)
+        scheduler = warmup_cosine_schedule(optimizer, warmup, total, self.hparams.min_lr_factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}

@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 from PIL import Image
 
@@ -100,3 +101,51 @@ def test_sweep_runs_the_grid_survives_a_failed_run_and_compare_draws_it(tmp_path
     assert set(dse) == {("0.01", "0"), ("0.01", "1"), ("0.1", "0"), ("0.1", "1")}
     assert dse[("0.01", "0")] < 0.1 and dse[("0.1", "0")] > dse[("0.01", "0")] + 3  # collapse vs spread
     assert any(r["metric"] == "val_acc" for r in rows)
+
+
+def test_closing_table_takes_the_accuracy_from_the_run_and_the_epoch_an_entry_carries():
+    import lightning.pytorch as pl
+
+    from dse_monitor import DSEMonitor
+    from dse_monitor.train.cli import run_table
+    from dse_monitor.train.scalars import EpochScalars
+
+    monitor = DSEMonitor()
+    # today's entries (step = completed epochs) and an entry at a global step that says its epoch
+    monitor.history = {0: {"dse/penultimate/dse": 8.25}, 70: {"epoch": 1, "dse/penultimate/dse": 5.5}}
+    scalars = EpochScalars()
+    scalars.history = {"val_acc": {1: 0.75}}
+    trainer = pl.Trainer(logger=False, callbacks=[monitor, scalars], enable_progress_bar=False)
+    lines = run_table(trainer).splitlines()
+    assert lines[1:] == ["epoch  DSE(Z)  val_acc", "    0   8.250        -", "    1   5.500    0.750"]
+
+
+def test_recorded_accuracies_are_only_those_logged_in_each_validation(tmp_path):
+    import lightning.pytorch as pl
+    import torch
+
+    from dse_monitor.train.scalars import EpochScalars
+
+    class EveryOther(pl.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(2, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val_acc", 0.1 * (self.current_epoch + 1))
+            if self.current_epoch % 2 == 1:
+                self.log("probe_acc", 0.5 + self.current_epoch)
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    data = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(8, 2)), batch_size=4)
+    scalars = EpochScalars()
+    trainer = pl.Trainer(max_epochs=4, logger=False, callbacks=[scalars], enable_progress_bar=False,
+                         enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp_path)
+    trainer.fit(EveryOther(), data, data)
+    assert scalars.history["val_acc"] == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
+    assert scalars.history["probe_acc"] == pytest.approx({2: 1.5, 4: 3.5})  # not carried over to 3

@@ -11,7 +11,7 @@ from dse_monitor.train.cli import main
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 PAPER = ["mnist_resnet50", "cifar10_resnet50", "stl10_resnet50", "cifar10_vit_tiny", "cifar10_init_std"]
-ALL = ["digits", "digits_overfit", *PAPER]
+ALL = ["digits", "digits_overfit", "digits_simclr", "digits_dse_regularised", "cifar10_simclr", *PAPER]
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -41,3 +41,19 @@ def test_digits_configs_differ_only_in_labels():
     clean["trainer"].pop("default_root_dir"), noisy["trainer"].pop("default_root_dir")
     assert clean == noisy
     assert clean["trainer"]["max_epochs"] >= 20
+
+
+def test_the_regularised_config_differs_from_digits_only_in_the_dse_term():
+    clean = yaml.safe_load((CONFIGS / "digits.yaml").read_text())
+    reg = yaml.safe_load((CONFIGS / "digits_dse_regularised.yaml").read_text())
+    assert reg["model"].pop("dse_weight") > 0 and reg["model"].pop("dse_sigma") == 10.0
+    clean["trainer"].pop("default_root_dir"), reg["trainer"].pop("default_root_dir")
+    assert clean == reg
+
+
+def test_simclr_configs_train_without_labels_on_two_views():
+    for name in ("digits_simclr", "cifar10_simclr"):
+        cfg = yaml.safe_load((CONFIGS / f"{name}.yaml").read_text())
+        assert cfg["model"]["class_path"] == "dse_monitor.train.SimCLRModule" and cfg["data"]["views"] == 2
+        assert cfg["model"]["init_args"]["projection_dim"] == 128
+        assert cfg["trainer"]["callbacks"][0]["init_args"]["metrics"] == ["dse", "dsmi_y", "dsmi_x"]

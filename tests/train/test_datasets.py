@@ -256,3 +256,18 @@ def test_imagefolder_single_tree_is_split_with_a_fixed_seed(tmp_path):
     assert again.val_dataset.indices == dm.val_dataset.indices
     with pytest.raises(DatasetFilesNotFoundError, match="not found"):
         ImageDataModule("imagefolder", root=str(tmp_path / "nowhere")).num_classes
+
+
+def test_two_views_are_independent_augmentations_and_the_eval_train_loader_is_plain():
+    dm = ImageDataModule("digits", image_size=24, in_chans=3, views=2, label_noise="permute", seed=1)
+    dm.setup("fit")
+    views, label = dm.train_dataset[0]
+    assert views.shape == (2, 3, 24, 24) and not torch.allclose(views[0], views[1])
+    plain = ImageDataModule("digits", image_size=24, in_chans=3)
+    plain.setup("fit")
+    x, y = next(iter(dm.eval_train_dataloader()))
+    x_clean = torch.stack([plain.train_dataset[i][0] for i in range(len(x))])
+    assert torch.equal(x, x_clean)  # the same images, without augmentation, in order
+    assert y.tolist() == dm.train_dataset.targets[:len(y)]  # ... with the run's (permuted) labels
+    with pytest.raises(ValueError, match="views must be a positive integer"):
+        ImageDataModule("digits", views=0)

@@ -14,6 +14,7 @@ from torch import nn
 
 from dse_monitor import diffusion_spectral_entropy
 from dse_monitor.train import ImageClassifier, ImageDataModule, paper_init_, warmup_cosine_factor
+from dse_monitor.train.model import warmup_cosine_schedule
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
@@ -104,3 +105,36 @@ def test_pretrained_offline_without_cached_weights_is_a_clear_error(monkeypatch,
         ImageClassifier("resnet10t", num_classes=3, pretrained=True)
     with pytest.raises(ValueError, match="cannot be combined"):
         ImageClassifier("resnet10t", num_classes=3, pretrained=True, init_std=0.01)
+
+
+@pytest.mark.parametrize("warmup,total,min_factor", [(2, 6, 0.0), (0, 5, 0.0), (1, 5, 0.0), (4, 12, 0.0),
+                                                     (5, 5, 0.0), (3, 40, 0.1), (10, 400, 0.0), (7, 7, 0.05)])
+def test_torch_schedulers_give_the_warmup_cosine_factor_at_every_step(warmup, total, min_factor):
+    opt = torch.optim.AdamW([nn.Parameter(torch.zeros(1))], lr=3e-4)
+    sched = warmup_cosine_schedule(opt, warmup, total, min_factor)
+    seen = []
+    for _ in range(total):
+        seen.append(opt.param_groups[0]["lr"] / 3e-4)
+        opt.step()
+        sched.step()
+    assert seen == pytest.approx([warmup_cosine_factor(s, warmup, total, min_factor) for s in range(total)],
+                                 rel=1e-9, abs=1e-12)
+    if warmup:
+        assert isinstance(sched, torch.optim.lr_scheduler.SequentialLR)
+
+
+def test_dse_weight_adds_the_dse_of_the_penultimate_batch_to_the_loss():
+    from dse_monitor import DSELoss
+
+    torch.manual_seed(0)
+    model = ImageClassifier("resnet10t", num_classes=3, in_chans=1, dse_weight=0.5, dse_sigma=1.0,
+                            backbone_kwargs={"channels": [4, 4, 4, 4], "stem_width": 4}).eval()
+    x, y = torch.randn(12, 1, 8, 8), torch.randint(0, 3, (12,))
+    loss = model.training_step((x, y), 0)
+    z = model.backbone.forward_head(model.backbone.forward_features(x), pre_logits=True)
+    expected = nn.functional.cross_entropy(model(x), y) + 0.5 * DSELoss(sigma=1.0)(z)
+    assert loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    loss.backward()
+    assert all(p.grad is not None for p in model.backbone.parameters() if p.requires_grad)
+    assert ImageClassifier("resnet10t", num_classes=3, backbone_kwargs={"channels": [4, 4, 4, 4],
+                                                                        "stem_width": 4}).dse_loss is None
