@@ -118,10 +118,17 @@ def read_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
         step_of_epoch[epoch + 1] = max(step, step_of_epoch.get(epoch + 1, step))
     val_steps = {e.step for t in tags if t.startswith("val_") for e in acc.Scalars(t)}
     curves: dict[str, dict[int, float]] = {}
+    monitor_epochs = {t.rsplit("/", 1)[0]: acc.Scalars(t) for t in tags if t.endswith("/epoch") and t.count("/") == 1}
     for tag in tags:
-        if tag == "epoch":
+        if tag == "epoch" or tag.rsplit("/", 1)[0] in monitor_epochs and tag.count("/") == 1:
             continue
         events = acc.Scalars(tag)
+        prefix = tag.split("/", 1)[0]
+        if is_monitor_tag(tag) and prefix in monitor_epochs:  # this version logs <prefix>/epoch beside its values
+            series = _by_monitor_epoch(events, monitor_epochs[prefix])
+            if series:
+                curves[tag] = series
+            continue
         at_global_steps = not is_monitor_tag(tag) or _monitor_at_global_steps(
             {e.step for e in events if e.step}, epoch_at_step, val_steps)
         series: dict[int, float] = {}
@@ -139,6 +146,21 @@ def read_run(path: str | os.PathLike, root: str | os.PathLike | None = None) -> 
             curves[tag] = dict(sorted(series.items()))
     name = str(path.relative_to(root)) if root is not None and path != Path(root) else path.name
     return Run(path=path, name=name, hparams=_read_hparams(path), curves=curves, step_of_epoch=step_of_epoch)
+
+
+def _by_monitor_epoch(events: Sequence[Any], epochs: Sequence[Any]) -> dict[int, float]:
+    """A monitor curve keyed by the completed epochs logged with it (``<prefix>/epoch``): each value
+    pairs with the epoch event of the same step written closest in time (one ``log_metrics`` call)."""
+    by_step: dict[int, list[Any]] = {}
+    for e in epochs:
+        by_step.setdefault(e.step, []).append(e)
+    series: dict[int, float] = {}
+    for e in events:
+        candidates = by_step.get(e.step)
+        if candidates:
+            match = min(candidates, key=lambda c: abs(c.wall_time - e.wall_time))
+            series[int(round(match.value))] = float(e.value)  # a resumed run's later value wins
+    return dict(sorted(series.items()))
 
 
 def _monitor_at_global_steps(steps: set[int], epoch_at_step: dict[int, int], val_steps: set[int]) -> bool:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Any, Sequence
 
-from ..registry import METRICS
+from ..registry import METRICS, is_monitor_name
 
 __all__ = ["format_columns", "format_run_table", "is_monitor_tag", "mean_std", "num", "run_curves", "run_table"]
 
@@ -59,7 +59,7 @@ def is_monitor_tag(tag: str) -> bool:
     (True, False)
     """
     parts = tag.split("/")
-    return len(parts) >= 3 and parts[-1] in METRICS
+    return len(parts) >= 3 and is_monitor_name(parts[-1])
 
 
 def format_run_table(curves: dict[str, dict[int, float]]) -> str:
@@ -72,7 +72,7 @@ def format_run_table(curves: dict[str, dict[int, float]]) -> str:
             1   5.250    0.900
     """
     order = {m: i for i, m in enumerate(METRICS)}
-    tags = sorted((t for t in curves if is_monitor_tag(t)),
+    tags = sorted((t for t in curves if is_monitor_tag(t) and t.split("/")[-1] in METRICS),  # no diagnostics
                   key=lambda t: ("/".join(t.split("/")[:-1]), order[t.split("/")[-1]]))
     layers = {"/".join(t.split("/")[1:-1]) for t in tags}
     names = []
