@@ -204,6 +204,10 @@ class DSEMonitorCore:
         step with ``every_n_train_steps`` (0: at init). :attr:`positions` says where each sits."""
         return self._state.history
 
+    @history.setter
+    def history(self, history: dict[int, dict[str, float]]) -> None:
+        self._state.history = history
+
     @property
     def positions(self) -> dict[int, dict[str, Optional[int]]]:
         """``{key: {"epoch": completed epochs, "global_step": ..., "step": the loggers' step}}``."""

@@ -93,8 +93,9 @@ def format_run_table(curves: dict[str, dict[int, float]]) -> str:
 def run_curves(trainer: Any) -> dict[str, dict[int, float]]:
     """``{tag: {completed epochs: value}}`` from the monitors' ``history`` and :class:`EpochScalars`.
 
-    A history entry is ``{"<prefix>/<layer>/<metric>": value}`` keyed by completed epochs;
-    an entry that carries its own ``"epoch"`` is placed at that epoch.
+    A history entry is ``{"<prefix>/<layer>/<metric>": value}`` keyed by completed epochs
+    (by global step with a step cadence); the monitor's ``positions`` give each entry's
+    epoch, and an entry that carries its own ``"epoch"`` is placed at that epoch.
     """
     from .scalars import EpochScalars
 
@@ -107,10 +108,11 @@ def run_curves(trainer: Any) -> dict[str, dict[int, float]]:
         history = getattr(cb, "history", None)
         if not isinstance(history, dict):
             continue
+        positions = getattr(cb, "positions", None) or {}
         for step, values in history.items():
             if not isinstance(values, dict):
                 continue
-            epoch = int(values.get("epoch", step))
+            epoch = int(positions.get(step, {}).get("epoch", values.get("epoch", step)))
             for k, v in values.items():
                 if is_monitor_tag(k):
                     curves.setdefault(k, {})[epoch] = float(v)
