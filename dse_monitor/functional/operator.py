@@ -137,18 +137,24 @@ class KernelOperator:
             yield start, gaussian_affinity(d, self.sigma)
 
     def matmat(self, x: torch.Tensor) -> torch.Tensor:
-        """``K @ x`` for ``x`` [N, b]; computed in the storage dtype, returned in ``x``'s dtype."""
+        """``K @ x`` for ``x`` [N, b]; computed in the storage dtype, returned in ``x``'s dtype.
+
+        Computed as ``(x^T K)^T`` (K is symmetric): the skinny operand on the left is
+        the layout every BLAS runs at full speed. MKL's float64 ``K @ x`` with a
+        row-major K and 32 columns ran 2.2-2.7x slower than ``x^T @ K`` on an AMD EPYC.
+        """
         self.products += 1
-        xs = x.to(self.dtype)
+        xt = x.to(self.dtype).T
         with torch.no_grad():
             if self.mode == "dense":
-                return (self.dense_k @ xs).to(x.dtype)
-            out = torch.empty_like(xs)
-            y = xs * self.scale[:, None]
-            for start, g in self._affinity_blocks():
+                return (xt @ self.dense_k).T.to(x.dtype)
+            out = torch.empty(xt.shape, dtype=self.dtype, device=self.device)  # [b, N]
+            y = (xt * self.scale[None, :]).contiguous()
+            for start, g in self._affinity_blocks():  # g = G[start:stop, :], and G^T = G
                 stop = start + g.shape[0]
-                out[start:stop] = (g @ y) * self.scale[start:stop, None]
-        return out.to(x.dtype)
+                out[:, start:stop] = y @ g.T
+            out.mul_(self.scale[None, :])
+        return out.T.to(x.dtype)
 
     def to_dense(self) -> torch.Tensor:
         """The full matrix (tests and small problems only)."""
