@@ -28,16 +28,15 @@ import torch
 #: Rows of the synthetic problem a choice is measured on (larger calls: this many).
 PROXY_N = 1024
 #: Timed runs per library in a measurement.
-SAMPLES = 2
+SAMPLES = 3
 
 _LOCK = threading.Lock()
 _CHOICES: dict[tuple, str] = {}
 
 
 def _measure(run_torch: Callable[[], object], run_numpy: Callable[[], object]) -> str:
+    # The smallest of SAMPLES timings: the first call of each also loads and allocates.
     times: dict[str, list[float]] = {"torch": [], "numpy": []}
-    run_torch()  # first calls load kernels and allocate workspaces
-    run_numpy()
     for i in range(SAMPLES):
         for lib in (("torch", "numpy") if i % 2 == 0 else ("numpy", "torch")):
             start = time.perf_counter()

@@ -43,6 +43,11 @@ from .operator import KernelOperator
 
 LOG2E = 1.0 / math.log(2.0)
 
+#: Defaults of :func:`approximate_entropy` that the cost model of ``solver="auto"`` uses.
+DEFAULT_BLOCK = 32
+DEFAULT_MAX_RANK = 256
+DEFAULT_STEPS = 20
+
 
 @contextlib.contextmanager
 def _one_thread():
@@ -310,9 +315,9 @@ def approximate_entropy(
     *,
     seed: int = 0,
     n_probes: int = 32,
-    lanczos_steps: int = 20,
-    block: int = 32,
-    max_rank: int = 256,
+    lanczos_steps: int = DEFAULT_STEPS,
+    block: int = DEFAULT_BLOCK,
+    max_rank: int = DEFAULT_MAX_RANK,
     bound_tol: float = 0.05,
     lock_tol: float = 1e-3,
     slack: float = 2e-3,

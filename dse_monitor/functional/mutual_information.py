@@ -190,7 +190,7 @@ def _diffusion_subset_entropies(
             for s in subsets:
                 if len(s) <= 1:
                     jobs.append(zero)
-                elif choose_solver(len(s), t, solver) == "lanczos":
+                elif choose_solver(len(s), t, solver, x.dtype) == "lanczos":
                     jobs.append(partial(approx, s))
                 else:
                     if len(s) > checked:
