@@ -16,6 +16,7 @@ pairs (N^2 D multiply-adds) per product.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -45,6 +46,19 @@ def available_memory(device: torch.device | str = "cpu") -> int:
     except OSError:  # pragma: no cover - non-Linux
         pass
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Run the block with ``n`` torch threads (0: leave the count as it is)."""
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n and n != before:
+            torch.set_num_threads(before)
 
 
 def _gib(nbytes: float) -> str:
@@ -86,6 +100,7 @@ class KernelOperator:
     sigma: float = 1.0
     block_size: int = DEFAULT_BLOCK_SIZE
     products: int = 0  # number of K @ X passes done (for benchmarks)
+    product_threads: int = 0  # torch threads for the products (0: the calling thread's count)
 
     @classmethod
     def build(
@@ -145,7 +160,7 @@ class KernelOperator:
         """
         self.products += 1
         xt = x.to(self.dtype).T
-        with torch.no_grad():
+        with torch.no_grad(), _threads(self.product_threads):
             if self.mode == "dense":
                 return (xt @ self.dense_k).T.to(x.dtype)
             out = torch.empty(xt.shape, dtype=self.dtype, device=self.device)  # [b, N]
