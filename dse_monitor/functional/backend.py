@@ -32,6 +32,7 @@ SAMPLES = 3
 
 _LOCK = threading.Lock()
 _CHOICES: dict[tuple, str] = {}
+_FORCED: str | None = None
 
 
 def _measure(run_torch: Callable[[], object], run_numpy: Callable[[], object]) -> str:
@@ -53,6 +54,8 @@ def choose(op: str, n: int, key: tuple, make_proxy: Callable[[int], Callable[[st
     function ``run(lib)`` that performs the operation on synthetic data of ``m`` rows
     with library ``lib``; both are timed and the faster is kept for the process.
     """
+    if _FORCED is not None:
+        return _FORCED
     full_key = (op, max(int(n), 1).bit_length(), torch.get_num_threads()) + key
     with _LOCK:
         lib = _CHOICES.get(full_key)
@@ -70,6 +73,24 @@ def choices() -> dict[tuple, str | None]:
     """
     with _LOCK:
         return dict(_CHOICES)
+
+
+@contextlib.contextmanager
+def forced(lib: str):
+    """Use ``lib`` ("torch" or "numpy") for every eligible call inside the block (tests, benchmarks).
+
+    >>> with forced("numpy"):
+    ...     choose("eigvalsh", 500, (), None)
+    'numpy'
+    """
+    global _FORCED
+    if lib not in ("torch", "numpy"):
+        raise ValueError(f"lib must be 'torch' or 'numpy', got {lib!r}")
+    before, _FORCED = _FORCED, lib
+    try:
+        yield
+    finally:
+        _FORCED = before
 
 
 def reset() -> None:
