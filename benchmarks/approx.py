@@ -242,7 +242,7 @@ def streamed_rows(n: int = 50_000, d: int = 512, full_run: bool = False) -> list
     return out
 
 
-def crossover_rows(sizes=(500, 1000, 1500, 2000, 3000, 4000, 6000), d: int = 64, repeats: int = 3) -> list[dict]:
+def crossover_rows(sizes=(500, 1000, 2000, 3000, 4000, 6000), d: int = 64, repeats: int = 3) -> list[dict]:
     """Exact vs lanczos around the crossover, and what ``solver="auto"`` picks (measured in the same child).
 
     The regret is the time of auto's pick over the faster path's (target <= 1.2).
