@@ -46,16 +46,21 @@ def _measure(run_torch: Callable[[], object], run_numpy: Callable[[], object]) -
     return min(times, key=lambda k: min(times[k]))
 
 
-def choose(op: str, n: int, key: tuple, make_proxy: Callable[[int], Callable[[str], object]]) -> str:
+def choose(op: str, n: int, key: tuple, make_proxy: Callable[[int], Callable[[str], object]],
+           above_proxy: str | None = None) -> str:
     """The library (``"torch"`` or ``"numpy"``) for a call of ``op`` on ``n`` rows.
 
     ``key`` names the kind beyond ``op``, the size class and the calling thread's
     torch thread count. On the first call of a kind, ``make_proxy(m)`` returns a
     function ``run(lib)`` that performs the operation on synthetic data of ``m`` rows
     with library ``lib``; both are timed and the faster is kept for the process.
+    ``above_proxy``: the library for calls larger than ``PROXY_N``, where a smaller
+    proxy does not predict the winner (eigen-solves: see ``spectrum``).
     """
     if _FORCED is not None:
         return _FORCED
+    if above_proxy is not None and n > PROXY_N:
+        return above_proxy
     full_key = (op, max(int(n), 1).bit_length(), torch.get_num_threads()) + key
     with _LOCK:
         lib = _CHOICES.get(full_key)
