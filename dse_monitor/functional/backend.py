@@ -9,7 +9,8 @@ constant tuned on one CPU is right on the other, so each choice is measured, onc
 process, before the first call of its kind (same operation, dtype, calling thread's
 thread count and size class, a factor of two wide): both libraries run the same
 operation on synthetic data of the call's size (at most ``PROXY_N`` rows), alternately,
-and the faster one is used for every later call of that kind. Every call of a kind thus
+and the faster one is used for every later call of that kind (eigen-solves above
+PROXY_N rows always use torch: there a smaller proxy mispredicted). Every call of a kind thus
 uses one library, and repeated calls give identical results. A measurement takes a few
 tens of milliseconds. Only CPU tensors that need no gradient are eligible; everything
 else (CUDA, autograd) always uses torch. Both libraries compute the same quantity up to
