@@ -12,12 +12,15 @@ then the exact float64 solve), 2 pinned threads, medians of paired runs where re
   guaranteed bounds and whether they contain the exact value.
 - f32: the same at N = 10,000, middle entropy, with the kernel stored in float32 (what
   the approximate path falls back to when float64 does not fit).
+- speed6k: N = 6,000, D = 256, the three kinds, middle entropy: lanczos vs exact
+  float64, medians of 3 interleaved pairs.
 - speed: N = 20,000, D = 512, clustered, middle entropy: lanczos vs exact float64.
 - scale: N = 50,000, D = 512: lanczos only (exact needs two 50,000^2 float64 matrices,
   40 GB); wall time and peak memory.
 - streamed: N = 50,000, D = 512, K never formed: the time of one kernel product and of
   a short run (float32).
-- crossover: exact vs lanczos at N = 1,000 ... 8,000 (what ``solver="auto"`` uses).
+- crossover: exact vs lanczos at N = 500 ... 6,000, and the path ``solver="auto"``
+  picks there with its measured crossover (the regret: its pick's time over the faster).
 
 ``rows(quick)`` returns the suite's rows: benchmark, ours_s (lanczos), baseline_s
 (exact float64), ratio (baseline_s / ours_s), note.
@@ -112,20 +115,39 @@ def case(spec: dict) -> dict:
         out["product_s"] = time.perf_counter() - t0
         out["rss_approx_gb"] = peak_rss_gb()
         return out
-    times, est = [], None
-    for _ in range(spec.get("repeats", 1)):
-        est, sec = _approx(z, sigma, **kw)
-        times.append(sec)
+    # The approximate solve first (its peak RSS is read before the exact one runs), then,
+    # when repeated, pairs of (exact, approx) in alternating order; medians of each.
+    est, sec = _approx(z, sigma, **kw)
+    approx_times, exact_times, ratios = [sec], [], []
+    out.update(rss_approx_gb=peak_rss_gb())
+    repeats = spec.get("repeats", 1)
+    if spec.get("exact", True):
+        zd = z.double()
+        for i in range(repeats):
+            if i % 2 == 0:
+                value, t_exact = _exact(zd, sigma)
+                est, t_approx = _approx(z, sigma, **kw) if i else (est, sec)
+            else:
+                est, t_approx = _approx(z, sigma, **kw)
+                value, t_exact = _exact(zd, sigma)
+            if i:
+                approx_times.append(t_approx)
+            exact_times.append(t_exact)
+            ratios.append(t_exact / t_approx)
+        out.update(exact=value, exact_s=statistics.median(exact_times), ratio=statistics.median(ratios),
+                   rss_total_gb=peak_rss_gb())
+    else:
+        for _ in range(repeats - 1):
+            est, t_approx = _approx(z, sigma, **kw)
+            approx_times.append(t_approx)
+    if spec.get("auto"):
+        from dse_monitor.functional import solver
+
+        out.update(auto=solver.choose_solver(n, 1, "auto", zd.dtype), crossover=solver.auto_crossover(zd.dtype))
     out.update(
         approx=est.value, se=est.std_error, lower=est.lower, upper=est.upper, rank=est.rank, storage=est.storage,
-        approx_s=statistics.median(times), products=est.info.get("products"), rss_approx_gb=peak_rss_gb(),
+        approx_s=statistics.median(approx_times), products=est.info.get("products"),
     )
-    if spec.get("exact", True):
-        times = []
-        for _ in range(spec.get("repeats", 1)):
-            value, sec = _exact(z.double(), sigma)
-            times.append(sec)
-        out.update(exact=value, exact_s=statistics.median(times), rss_total_gb=peak_rss_gb())
     return out
 
 
@@ -150,7 +172,7 @@ def _accuracy_row(r: dict) -> dict:
         f"peak {r['rss_approx_gb']:.1f} GB (exact {r['rss_total_gb']:.1f} GB)"
     )
     name = f"DSE lanczos vs exact N={s['n']} D={s['d']} {s['kind']} {s.get('level', '')}".strip()
-    return row(name, r["approx_s"], r["exact_s"], r["exact_s"] / r["approx_s"], note)
+    return row(name, r["approx_s"], r["exact_s"], r.get("ratio", r["exact_s"] / r["approx_s"]), note)
 
 
 def accuracy_rows(n: int, d: int = 64, kinds=KINDS, levels=tuple(LEVELS)) -> list[dict]:
@@ -178,6 +200,16 @@ def float32_storage_rows(n: int = 10_000, d: int = 64) -> list[dict]:
 def speed_rows(n: int = 20_000, d: int = 512) -> list[dict]:
     r = run_child({"kind": "clustered", "n": n, "d": d, "mult": LEVELS["mid"], "level": "mid"})
     return [_accuracy_row(r)]
+
+
+def speed6k_rows(n: int = 6000, d: int = 256, repeats: int = 3) -> list[dict]:
+    """The issue's middle case: N = 6,000, D = 256, each kind, paired medians (target >= 3x)."""
+    out = []
+    for kind in KINDS:
+        r = run_child({"kind": kind, "n": n, "d": d, "mult": LEVELS["mid"], "level": "mid", "repeats": repeats})
+        out.append(_accuracy_row(r))
+        print(out[-1], flush=True)
+    return out
 
 
 def scale_rows(n: int = 50_000, d: int = 512) -> list[dict]:
@@ -210,13 +242,20 @@ def streamed_rows(n: int = 50_000, d: int = 512, full_run: bool = False) -> list
     return out
 
 
-def crossover_rows(sizes=(1000, 2000, 3000, 4000, 6000, 8000), d: int = 64, repeats: int = 3) -> list[dict]:
+def crossover_rows(sizes=(500, 1000, 2000, 3000, 4000, 6000), d: int = 64, repeats: int = 3) -> list[dict]:
+    """Exact vs lanczos around the crossover, and what ``solver="auto"`` picks (measured in the same child).
+
+    The regret is the time of auto's pick over the faster path's (target <= 1.2).
+    """
     out = []
     for n in sizes:
-        r = run_child({"kind": "clustered", "n": n, "d": d, "mult": LEVELS["mid"], "repeats": repeats})
-        out.append(row(f"crossover N={n} D={d} clustered mid", r["approx_s"], r["exact_s"],
-                       r["exact_s"] / r["approx_s"],
-                       f"err {r['approx'] - r['exact']:+.4f}, bounds contain={r['lower'] <= r['exact'] <= r['upper']}"))
+        r = run_child({"kind": "clustered", "n": n, "d": d, "mult": LEVELS["mid"], "repeats": repeats, "auto": True})
+        pick = r["approx_s"] if r["auto"] == "lanczos" else r["exact_s"]
+        regret = pick / min(r["approx_s"], r["exact_s"])
+        out.append(row(f"crossover N={n} D={d} clustered mid", r["approx_s"], r["exact_s"], r["ratio"],
+                       f"auto picks {r['auto']} (measured crossover {r['crossover']}), regret {regret:.2f}x "
+                       f"(target <= 1.2); err {r['approx'] - r['exact']:+.4f}, "
+                       f"bounds contain={r['lower'] <= r['exact'] <= r['upper']}"))
         print(out[-1], flush=True)
     return out
 
@@ -224,9 +263,11 @@ def crossover_rows(sizes=(1000, 2000, 3000, 4000, 6000, 8000), d: int = 64, repe
 def rows(quick: bool = False, only: list[str] | None = None) -> list[dict]:
     """Rows for the suite; ``quick`` (< 2 minutes): N = 2,000 accuracy grid and a short crossover."""
     if quick:
-        return accuracy_rows(2000, kinds=KINDS, levels=("mid",)) + crossover_rows((2000, 4000), repeats=1)
-    only = only or ["accuracy", "f32", "speed", "scale", "streamed", "crossover"]
+        return accuracy_rows(2000, kinds=KINDS, levels=("mid",)) + crossover_rows((1000, 2000, 4000), repeats=1)
+    only = only or ["speed6k", "crossover", "speed", "accuracy", "f32", "scale", "streamed"]
     out = []
+    if "speed6k" in only:
+        out += speed6k_rows()
     if "crossover" in only:
         out += crossover_rows()
     if "accuracy" in only:
@@ -245,7 +286,8 @@ def rows(quick: bool = False, only: list[str] | None = None) -> list[dict]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true")
-    parser.add_argument("--only", nargs="*", choices=["accuracy", "f32", "speed", "scale", "streamed", "crossover"])
+    parser.add_argument("--only", nargs="*",
+                        choices=["speed6k", "crossover", "speed", "accuracy", "f32", "scale", "streamed"])
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import platform
 import sys
 import time
@@ -26,15 +27,32 @@ SUITES = ["core", "approx", "callback_overhead"]
 
 
 def machine() -> str:
-    cpu = platform.processor() or platform.machine()
+    """CPU model, vector ISA, BLAS libraries, thread count and versions (named in RESULTS.md)."""
+    cpu, flags = platform.processor() or platform.machine(), set()
     try:
         for line in open("/proc/cpuinfo"):
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
                 break
     except OSError:
         pass
-    return f"{cpu}, {torch.get_num_threads()} torch threads, torch {torch.__version__}, Python {platform.python_version()}"
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else "no AVX2"
+    blas = ["torch: " + ("MKL" if torch.backends.mkl.is_available() else "non-MKL BLAS")
+            + f" (capability {torch.backends.cpu.get_cpu_capability()})"]
+    try:
+        from threadpoolctl import threadpool_info
+        import numpy as np
+
+        for info in threadpool_info():
+            if info.get("user_api") == "blas" and "numpy" in info.get("filepath", ""):
+                blas.append(f"numpy {np.__version__}: {info['internal_api']} {info.get('version')} "
+                            f"({info.get('architecture')} kernels)")
+    except ImportError:  # pragma: no cover
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, {isa}; {'; '.join(blas)}; {torch.get_num_threads()} torch threads, "
+            f"torch {torch.__version__}, Python {platform.python_version()}")
 
 
 def main() -> None:

@@ -20,6 +20,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 
+from . import backend
 from ._checks import as_tensor, check_features, check_int, check_max_n, check_positive
 from .entropy import classic_shannon_entropy
 from .grouping import reference_groups
@@ -185,7 +186,7 @@ def _diffusion_subset_entropies(
             for s in subsets:
                 if len(s) <= 1:
                     jobs.append(zero)
-                elif choose_solver(len(s), t, solver) == "lanczos":
+                elif choose_solver(len(s), t, solver, x.dtype) == "lanczos":
                     jobs.append(partial(approx, s))
                 else:
                     if len(s) > checked:
@@ -210,7 +211,12 @@ def _diffusion_subset_entropies(
             raise
         return [j() if callable(j) else j for j in jobs]
 
-    return run
+    def run_with_one_blas_thread(subsets: Iterable[list[int]]) -> list[torch.Tensor]:
+        # numpy's BLAS has one process-wide thread count: one thread for each solve in the pool.
+        with backend.numpy_blas_threads(1):
+            return run(subsets)
+
+    return run_with_one_blas_thread
 
 
 def _batched_cuda_eigvals(mats: list[torch.Tensor]) -> list[torch.Tensor]:

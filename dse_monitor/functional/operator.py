@@ -16,6 +16,7 @@ pairs (N^2 D multiply-adds) per product.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 from dataclasses import dataclass
 
@@ -46,6 +47,19 @@ def available_memory(device: torch.device | str = "cpu") -> int:
     except OSError:  # pragma: no cover - non-Linux
         pass
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))  # pragma: no cover
+
+
+@contextlib.contextmanager
+def _threads(n: int):
+    """Run the block with ``n`` torch threads (0: leave the count as it is)."""
+    before = torch.get_num_threads()
+    if n and n != before:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        if n and n != before:
+            torch.set_num_threads(before)
 
 
 def _gib(nbytes: float) -> str:
@@ -87,6 +101,7 @@ class KernelOperator:
     sigma: float = 1.0
     block_size: int = DEFAULT_BLOCK_SIZE
     products: int = 0  # number of K @ X passes done (for benchmarks)
+    product_threads: int = 0  # torch threads for the products (0: the calling thread's count)
 
     @classmethod
     def build(
@@ -137,18 +152,24 @@ class KernelOperator:
             yield start, gaussian_affinity(d, self.sigma)
 
     def matmat(self, x: torch.Tensor) -> torch.Tensor:
-        """``K @ x`` for ``x`` [N, b]; computed in the storage dtype, returned in ``x``'s dtype."""
+        """``K @ x`` for ``x`` [N, b]; computed in the storage dtype, returned in ``x``'s dtype.
+
+        Computed as ``(x^T K)^T`` (K is symmetric): the skinny operand on the left is
+        the layout every BLAS runs at full speed. MKL's float64 ``K @ x`` with a
+        row-major K and 32 columns ran 2.2-2.7x slower than ``x^T @ K`` on an AMD EPYC.
+        """
         self.products += 1
-        xs = x.to(self.dtype)
-        with torch.no_grad():
+        xt = x.to(self.dtype).T
+        with torch.no_grad(), _threads(self.product_threads):
             if self.mode == "dense":
-                return (self.dense_k @ xs).to(x.dtype)
-            out = torch.empty_like(xs)
-            y = xs * self.scale[:, None]
-            for start, g in self._affinity_blocks():
+                return (xt @ self.dense_k).T.to(x.dtype)
+            out = torch.empty(xt.shape, dtype=self.dtype, device=self.device)  # [b, N]
+            y = (xt * self.scale[None, :]).contiguous()
+            for start, g in self._affinity_blocks():  # g = G[start:stop, :], and G^T = G
                 stop = start + g.shape[0]
-                out[start:stop] = (g @ y) * self.scale[start:stop, None]
-        return out.to(x.dtype)
+                out[:, start:stop] = y @ g.T
+            out.mul_(self.scale[None, :])
+        return out.T.to(x.dtype)
 
     def to_dense(self) -> torch.Tensor:
         """The full matrix (tests and small problems only)."""

@@ -4,7 +4,16 @@
 bit-for-bit the reference's value. ``solver="lanczos"``: :mod:`.lanczos` on a dense or
 streamed :class:`~.operator.KernelOperator` (O(N^2) or O(N*D) memory, a few dozen
 kernel products), an estimate within its guaranteed bounds. ``solver="auto"``: exact for
-``N <= AUTO_CROSSOVER`` (and for t not in {1, 2}), approximate above.
+``N <= auto_crossover()`` (and for t not in {1, 2}), approximate above.
+
+The crossover is measured on the machine, not tuned on one: the exact path costs one
+eigen-solve, ``e N^3``; the approximate path at most ``P`` kernel products
+(``P = max_rank / block + lanczos_steps = 28`` by default), ``p N^2``, plus
+orthogonalisation and small solves that grow like ``o N``. At the first ``"auto"``
+decision (once per process, thread count and dtype) both paths are timed on a synthetic
+problem of ``CALIBRATION_N`` points (about a second), which gives e, p and o; the
+crossover is the N where ``e N^3 = p N^2 + o N``. A constant tuned on a 2-core Xeon
+(4,096) was 2-3x off on a 2-core AMD EPYC, where MKL's products ran slower.
 
 Memory guard: before any N x N allocation the need is compared with the free memory of
 the device (CPU: MemAvailable; CUDA: ``torch.cuda.mem_get_info``). The exact path raises
@@ -14,20 +23,30 @@ stores K in float32 when float64 does not fit, streams it when neither fits, and
 """
 from __future__ import annotations
 
+import math
+import threading
+import time
 from typing import Any
 
 import torch
 
-from .lanczos import EntropyEstimate, approximate_entropy
+from .lanczos import DEFAULT_BLOCK, DEFAULT_MAX_RANK, DEFAULT_STEPS, EntropyEstimate, approximate_entropy
 from .operator import KernelOperator, plan_storage
+from .spectrum import symmetric_eigvals
 
-#: Above this many points ``solver="auto"`` uses the approximate path. Measured with
-#: benchmarks/approx.py (2 threads, shared 2-core Xeon, clustered D = 64, medians of 3;
-#: speed-up of lanczos over exact float64): N = 1,000: 0.77x; 2,000: 1.4x; 3,000:
-#: 1.4-2.2x; 4,000: 2.1x; 5,000: 2.8x; 6,000: 6.8x; 8,000: 6.4x; 10,000: 3.6-9.8x;
-#: 20,000 (D = 512): 7.0x. Break-even is near N = 1,500; below 4,096 the exact solve
-#: takes under ~2 s and gives the reference's value, so auto switches only above it.
-AUTO_CROSSOVER = 4096
+#: ``None``: ``solver="auto"`` uses the measured :func:`auto_crossover`; an int fixes it.
+AUTO_CROSSOVER: int | None = None
+
+#: Up to this many points ``"auto"`` is exact without measuring: the approximate path's
+#: 256 Krylov vectors are half the space there, and its 28 products alone cost more
+#: than the eigen-solve (benchmarks/approx.py, crossover rows).
+AUTO_EXACT_N = 512
+
+#: Points of the synthetic problem the crossover is measured on.
+CALIBRATION_N = 1024
+
+_CROSSOVERS: dict[tuple, int] = {}
+_CROSSOVER_LOCK = threading.Lock()
 
 SOLVERS = ("exact", "lanczos", "auto")
 
@@ -42,16 +61,73 @@ def check_solver(solver: str) -> str:
     return solver
 
 
-def choose_solver(n: int, t: float, solver: str) -> str:
+def choose_solver(n: int, t: float, solver: str, dtype: torch.dtype = torch.float64) -> str:
     """The path ``solver`` takes for N points at diffusion time t.
 
-    >>> choose_solver(1000, 1, "auto"), choose_solver(50_000, 1, "auto"), choose_solver(50_000, 3, "auto")
+    >>> choose_solver(1000, 1, "exact"), choose_solver(50_000, 1, "auto"), choose_solver(50_000, 3, "auto")
     ('exact', 'lanczos', 'exact')
     """
     check_solver(solver)
     if solver != "auto":
         return solver
-    return "lanczos" if n > AUTO_CROSSOVER and t in (1, 2) else "exact"
+    if t not in (1, 2) or n <= AUTO_EXACT_N:
+        return "exact"
+    return "lanczos" if n > auto_crossover(dtype) else "exact"
+
+
+def auto_crossover(dtype: torch.dtype = torch.float64) -> int:
+    """Points above which ``solver="auto"`` takes the approximate path (measured, see the module docstring).
+
+    >>> auto_crossover() >= AUTO_EXACT_N
+    True
+    """
+    if AUTO_CROSSOVER is not None:
+        return int(AUTO_CROSSOVER)
+    key = (torch.get_num_threads(), dtype)
+    with _CROSSOVER_LOCK:
+        if key not in _CROSSOVERS:
+            _CROSSOVERS[key] = _measure_crossover(dtype)
+        return _CROSSOVERS[key]
+
+
+def path_costs(dtype: torch.dtype = torch.float64, m: int = CALIBRATION_N) -> dict[str, float]:
+    """Measured cost model ``{"e", "p", "o"}`` (seconds): exact ``e N^3``, approximate ``p N^2 + o N``.
+
+    Both paths run on ``m`` clustered synthetic points (the kernel build, common to
+    both, is left out): ``e`` from the eigen-solve, ``p`` from the worst-case number
+    of kernel products of the default options, ``o`` from the rest of an approximate run.
+    """
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(10, 32, generator=g, dtype=torch.float64) * 3
+    z = (centers[torch.randint(0, 10, (m,), generator=g)] + torch.randn(m, 32, generator=g, dtype=torch.float64))
+    z = z.to(dtype)
+    sigma = 0.6 * float(torch.cdist(z[:256].double(), z[:256].double()).median())
+    products = DEFAULT_MAX_RANK // DEFAULT_BLOCK + DEFAULT_STEPS
+    op = KernelOperator.build(z, sigma, dtype=dtype)
+    k = op.dense_k
+    x = torch.randn(m, DEFAULT_BLOCK, dtype=torch.float64, generator=g)
+
+    def best(fn, repeats: int) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    t_eig = best(lambda: symmetric_eigvals(k), 1)
+    t_mm = best(lambda: op.matmat(x), 3)
+    used = approximate_entropy(op, 1).info["products"]  # also the warm-up
+    t_run = best(lambda: approximate_entropy(op, 1), 1)
+    rest = max(t_run - used * t_mm, 0.0)
+    return {"e": t_eig / m**3, "p": products * t_mm / m**2, "o": rest / m}
+
+
+def _measure_crossover(dtype: torch.dtype) -> int:
+    c = path_costs(dtype)
+    # e n^2 = p n + o  ->  the positive root
+    n = (c["p"] + math.sqrt(c["p"] ** 2 + 4 * c["e"] * c["o"])) / (2 * c["e"])
+    return max(int(n), AUTO_EXACT_N)
 
 
 def check_options(options: dict[str, Any] | None) -> dict[str, Any]:

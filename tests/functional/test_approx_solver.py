@@ -122,10 +122,20 @@ def test_streamed_operator_equals_dense():
     assert via_api.value == pytest.approx(a.value, abs=1e-8)
 
 
+def test_auto_crossover_is_the_root_of_the_measured_cost_model():
+    costs = solver.path_costs(m=300)
+    assert all(costs[k] > 0 for k in ("e", "p")) and costs["o"] >= 0
+    n = solver.auto_crossover()
+    assert n >= solver.AUTO_EXACT_N
+    assert solver.choose_solver(n, 1, "auto") == "exact" and solver.choose_solver(n + 1, 1, "auto") == "lanczos"
+    assert solver.choose_solver(n + 1, 3, "auto") == "exact"
+    assert solver.choose_solver(solver.AUTO_EXACT_N, 1, "auto") == "exact"
+
+
 def test_auto_is_exact_up_to_the_crossover_and_lanczos_above(monkeypatch):
     z = _data("isotropic", 600)
     exact = dm.diffusion_spectral_entropy(z, 3.0)
-    assert solver.AUTO_CROSSOVER >= 2000
+    monkeypatch.setattr(solver, "AUTO_CROSSOVER", 2000)
     assert torch.equal(dm.diffusion_spectral_entropy(z, 3.0, solver="auto"), exact)
     assert dm.diffusion_spectral_entropy(z, 3.0, solver="auto", return_bounds=True).solver == "exact"
     monkeypatch.setattr(solver, "AUTO_CROSSOVER", 500)
