@@ -136,7 +136,7 @@ def numpy_blas_threads(n: int):
         yield
 
 
-#: Name prefix of the solver pool's threads (see :func:`.spectrum._pool`), inside which
+#: Name prefix of the solver pool's threads (see :func:`.spectrum.solver_pool`), inside which
 #: numpy's BLAS is limited to one thread for the whole of a batch of solves.
 POOL_PREFIX = "dse-eig"
 

@@ -27,7 +27,7 @@ from .grouping import reference_groups
 from .kernel import Sigma, affinity_to_diffusion_kernel, diffusion_kernel, gaussian_affinity, resolve_sigma, squared_distances
 from .operator import available_memory, check_exact_fits
 from .solver import check_options, check_solver, choose_solver, lanczos_entropy
-from .spectrum import _pool, entropy_of_spectrum, symmetric_eigvals
+from .spectrum import entropy_of_spectrum, solver_pool, symmetric_eigvals
 
 #: On CUDA in float64, up to this N the full distance matrix is computed once and each
 #: subset's block is gathered from it. Elsewhere each subset's kernel is built from the
@@ -196,7 +196,7 @@ def _diffusion_subset_entropies(
                         batched.append(s)
                         jobs.append(None)
                     else:
-                        jobs.append(_pool().submit(exact_in_worker, s) if threaded else exact(s))
+                        jobs.append(solver_pool().submit(exact_in_worker, s) if threaded else exact(s))
             if batched:
                 spectra = iter(_batched_cuda_eigvals([kernel(s) for s in batched]))
                 jobs = [entropy_of_spectrum(next(spectra), t) if j is None else j for j in jobs]

@@ -82,7 +82,7 @@ def general_eigvals_abs(a: torch.Tensor) -> torch.Tensor:
 _POOL: ThreadPoolExecutor | None = None
 
 
-def _pool() -> ThreadPoolExecutor:
+def solver_pool() -> ThreadPoolExecutor:
     # A small LAPACK solve barely uses a second core; solving independent matrices
     # side by side, one thread each, does (measured ~1.9x on 2 cores at N = 500).
     global _POOL

@@ -193,8 +193,8 @@ torch.set_num_threads(2)
 import dse_monitor as dm
 z = torch.randn(300, 8, dtype=torch.float64)
 dm.diffusion_spectral_mutual_information(z, torch.arange(300) % 3, sigma=2.0)
-from dse_monitor.functional.spectrum import _pool
-workers = {f.result() for f in [_pool().submit(torch.get_num_threads) for _ in range(4)]}
+from dse_monitor.functional.spectrum import solver_pool
+workers = {f.result() for f in [solver_pool().submit(torch.get_num_threads) for _ in range(4)]}
 later = []
 t = threading.Thread(target=lambda: later.append(torch.get_num_threads())); t.start(); t.join()
 print(torch.get_num_threads(), sorted(workers), later[0])
