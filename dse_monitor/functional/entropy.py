@@ -109,7 +109,8 @@ def diffusion_spectral_entropy(
         solver: ``"exact"`` (default: all eigenvalues, the reference's value),
             ``"lanczos"`` (deflated stochastic Lanczos quadrature with guaranteed
             bounds, t in {1, 2}, not differentiable; see :mod:`.lanczos`) or
-            ``"auto"`` (exact up to ``AUTO_CROSSOVER`` points, lanczos above).
+            ``"auto"`` (exact up to the crossover measured at first use,
+            :func:`~.solver.auto_crossover`, lanczos above).
         return_bounds: return an :class:`EntropyEstimate` (value, standard error,
             guaranteed lower and upper bounds) instead of a tensor.
         return_spectrum: return a :class:`DiffusionEntropy` (value, the spectrum on
@@ -150,7 +151,7 @@ def diffusion_spectral_entropy(
     x = prepare_features(z, dtype=dtype, max_n=max_n, seed=seed)
     s = resolve_sigma(sigma, x, seed)
     n = x.shape[0]
-    path = choose_solver(n, t, solver) if n > 1 else "exact"
+    path = choose_solver(n, t, solver, x.dtype) if n > 1 else "exact"
     lam: torch.Tensor | None = None
     fallback: str | None = None
     if path == "exact":

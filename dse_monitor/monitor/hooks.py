@@ -115,7 +115,7 @@ class DSEMonitorCore:
         log_spectrum: write eigenvalue histograms to TensorBoard.
         save_raw: write ``history.json``, ``history.csv`` and ``spectra.npz`` to
             ``<log_dir>/<prefix>_monitor``.
-        solver: ``"auto"`` (exact eigen-solve up to ``AUTO_CROSSOVER`` probe points,
+        solver: ``"auto"`` (exact eigen-solve up to the crossover measured at first use,
             the approximate Lanczos solver with guaranteed bounds above), ``"exact"`` or
             ``"lanczos"``. A probe too large for an exact solve in the free memory warns
             once and is measured with the streamed approximate solver. The spectrum
