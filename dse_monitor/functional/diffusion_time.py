@@ -14,7 +14,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from ._checks import EPS, as_tensor
+from ._checks import as_tensor
+from .spectrum import shannon_bits
 
 #: Default largest t tried by :func:`diffusion_time_knee` (PHATE's default too).
 T_MAX = 100
@@ -56,8 +57,7 @@ def entropy_curve(eigenvalues: Any, ts: Sequence[float] | torch.Tensor) -> torch
     if lam.shape[-1] == 1:
         return torch.zeros((*lam.shape[:-1], t.numel()), dtype=lam.dtype, device=lam.device)
     powered = lam.unsqueeze(-2) ** t.unsqueeze(-1)  # [..., T, N]
-    p = powered / powered.sum(dim=-1, keepdim=True) + EPS
-    return -(p * torch.log2(p)).sum(dim=-1)
+    return shannon_bits(powered / powered.sum(dim=-1, keepdim=True))
 
 
 def _line_fit_error(x: np.ndarray, y: np.ndarray) -> float:
