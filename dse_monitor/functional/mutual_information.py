@@ -27,7 +27,7 @@ from .grouping import reference_groups
 from .kernel import Sigma, affinity_to_diffusion_kernel, diffusion_kernel, gaussian_affinity, resolve_sigma, squared_distances
 from .operator import available_memory, check_exact_fits
 from .solver import check_options, check_solver, choose_solver, lanczos_entropy
-from .spectrum import entropy_of_spectrum, solver_pool, symmetric_eigvals
+from .spectrum import at_float32_floor, entropy_of_spectrum, solver_pool, symmetric_eigvals
 
 #: On CUDA in float64, up to this N the full distance matrix is computed once and each
 #: subset's block is gathered from it. Elsewhere each subset's kernel is built from the
@@ -161,8 +161,13 @@ def _diffusion_subset_entropies(
         i = torch.as_tensor(idx, device=x.device)
         return affinity_to_diffusion_kernel(gaussian_affinity(full[i[:, None], i[None, :]], sigma))
 
+    def checked(idx: list[int], lam: torch.Tensor) -> torch.Tensor:
+        if at_float32_floor(lam, t):  # a collapsed subset: float32 rounding would carry its entropy
+            lam = symmetric_eigvals(diffusion_kernel(x[idx].double(), sigma))
+        return entropy_of_spectrum(lam, t).to(x.dtype)
+
     def exact(idx: list[int]) -> torch.Tensor:
-        return entropy_of_spectrum(symmetric_eigvals(kernel(idx)), t)
+        return checked(idx, symmetric_eigvals(kernel(idx)))
 
     def exact_in_worker(idx: list[int]) -> torch.Tensor:
         with torch.no_grad():  # grad mode is per thread; threaded solves never need a graph
@@ -198,8 +203,8 @@ def _diffusion_subset_entropies(
                     else:
                         jobs.append(solver_pool().submit(exact_in_worker, s) if threaded else exact(s))
             if batched:
-                spectra = iter(_batched_cuda_eigvals([kernel(s) for s in batched]))
-                jobs = [entropy_of_spectrum(next(spectra), t) if j is None else j for j in jobs]
+                spectra = iter(zip(batched, _batched_cuda_eigvals([kernel(s) for s in batched])))
+                jobs = [checked(*next(spectra)) if j is None else j for j in jobs]
             jobs = [j.result() if isinstance(j, Future) else j for j in jobs]
         except BaseException:
             # Leave nothing running behind an error (a MemoryError's caller may retry on

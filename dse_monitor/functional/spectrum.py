@@ -123,6 +123,37 @@ def entropy_of_spectrum(eigenvalues: torch.Tensor, t: float = 1) -> torch.Tensor
     return shannon_bits(lam / lam.sum(dim=-1, keepdim=True))
 
 
+#: float32 eigenvalues within this many epsilons of 0 (relative to the largest) are rounding noise.
+FLOAT32_FLOOR_EPS = 16
+#: Entropy (bits) those noise eigenvalues may carry before a float32 value is recomputed in float64.
+FLOAT32_FLOOR_BITS = 1e-6
+
+
+def at_float32_floor(eigenvalues: torch.Tensor, t: float = 1) -> bool:
+    """Whether a float32 spectrum's entropy leans on eigenvalues at float32's rounding floor.
+
+    A nearly collapsed representation (DSE near 0) has one eigenvalue near 1 and N - 1
+    near 0; in float32 those come out as rounding noise of about ``eps * N**0.5``, and
+    their ``-a log a`` terms add up to 1e-4 bits and more at N = 1,000 (about 1e-9 in
+    float64). The entropy carried by eigenvalues below ``FLOAT32_FLOOR_EPS`` epsilons
+    estimates that error; above ``FLOAT32_FLOOR_BITS`` the caller solves again in float64.
+    Well-spread spectra carry none (benchmarks/RESULTS.md, precision rows).
+
+    >>> at_float32_floor(torch.tensor([1.0, 3e-7, -2e-7, 1e-7])), at_float32_floor(torch.tensor([0.5, 0.3, 0.2]))
+    (True, False)
+    """
+    if eigenvalues.dtype != torch.float32 or eigenvalues.numel() < 2:
+        return False
+    lam = eigenvalues.detach().abs().double()
+    small = lam < FLOAT32_FLOOR_EPS * torch.finfo(torch.float32).eps * lam.max()
+    if not bool(small.any()):
+        return False
+    weight = lam**t if t != 1 else lam
+    a = weight[small] / weight.sum()
+    a = a[a > 0]
+    return float(-(a * torch.log2(a)).sum()) > FLOAT32_FLOOR_BITS
+
+
 def shannon_bits(p: torch.Tensor) -> torch.Tensor:
     """Shannon entropy in bits along the last dimension, ``-sum (p + eps) log2 (p + eps)``.
 
