@@ -118,13 +118,18 @@ def _dse_norm(dse: MetricResult) -> float:
     return normalised_entropy(dse.value, dse.n) if dse.n and dse.n > 1 else 0.0
 
 
+#: The binning baselines bin in float64 whatever ``MetricSettings.dtype`` says: binning is cheap, and a
+#: sample on a bin edge must fall on the side the reference puts it.
+BINNING_DTYPE = torch.float64
+
+
 def _cse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
-    return MetricResult(float(classic_shannon_entropy(z, dtype=s.dtype)))
+    return MetricResult(float(classic_shannon_entropy(z, dtype=BINNING_DTYPE)))
 
 
 def _csmi(z: torch.Tensor, groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
     value = classic_shannon_mutual_information(
-        z, groups=groups, num_repetitions=s.num_repetitions, seed=s.seed, dtype=s.dtype
+        z, groups=groups, num_repetitions=s.num_repetitions, seed=s.seed, dtype=BINNING_DTYPE
     )
     return MetricResult(float(value))
 

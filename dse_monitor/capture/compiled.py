@@ -53,6 +53,21 @@ def user_name(path: str) -> str:
     return ".".join(part for part in path.split(".") if part != ORIG)
 
 
+def has_compiled(model: nn.Module) -> bool:
+    """Whether any piece of ``model`` runs compiled (the three kinds :func:`eager` swaps out).
+
+    >>> has_compiled(nn.Sequential(nn.Linear(2, 2)))
+    False
+    """
+    for module in model.modules():
+        ctx = module.__dict__.get("_compiler_ctx")
+        if is_compiled_wrapper(module) or module.__dict__.get("_compiled_call_impl") is not None or (
+            isinstance(ctx, dict) and "original_forward" in ctx
+        ):
+            return True
+    return False
+
+
 @contextmanager
 def eager(model: nn.Module) -> Iterator[nn.Module]:
     """Within the block, ``model`` runs without any compiled piece; yields the module to call.

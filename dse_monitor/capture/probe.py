@@ -106,32 +106,41 @@ def unpack_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
     return batch, None
 
 
-def to_device(obj: Any, device: torch.device | str) -> Any:
-    """Move the tensors of a (nested) tuple/list/mapping to ``device``.
+def map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
+    """Apply ``fn`` to the tensors of a (nested) tuple/list/mapping; the rest stays as it is.
 
     Mappings keep their type when it can be rebuilt from a dict (e.g. Hugging Face
     ``BatchEncoding``), named tuples stay named tuples.
 
     >>> from collections import namedtuple
     >>> Pair = namedtuple("Pair", "x y")
-    >>> to_device(Pair(torch.zeros(1), {"m": torch.ones(1)}), "cpu")
-    Pair(x=tensor([0.]), y={'m': tensor([1.])})
+    >>> map_tensors(Pair(torch.zeros(1), {"m": torch.ones(1), "id": "a"}), lambda t: t + 1)
+    Pair(x=tensor([1.]), y={'m': tensor([2.]), 'id': 'a'})
     """
     if isinstance(obj, torch.Tensor):
-        return obj.to(device, non_blocking=True)
+        return fn(obj)
     if isinstance(obj, Mapping):
-        moved = {k: to_device(v, device) for k, v in obj.items()}
+        mapped = {k: map_tensors(v, fn) for k, v in obj.items()}
         if type(obj) is dict:
-            return moved
+            return mapped
         try:
-            return type(obj)(moved)
+            return type(obj)(mapped)
         except Exception:  # a mapping type that cannot be built from a dict
-            return moved
+            return mapped
     if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-        return type(obj)(*(to_device(v, device) for v in obj))
+        return type(obj)(*(map_tensors(v, fn) for v in obj))
     if isinstance(obj, (tuple, list)):
-        return type(obj)(to_device(v, device) for v in obj)
+        return type(obj)(map_tensors(v, fn) for v in obj)
     return obj
+
+
+def to_device(obj: Any, device: torch.device | str) -> Any:
+    """Move the tensors of a (nested) tuple/list/mapping to ``device`` (see :func:`map_tensors`).
+
+    >>> to_device({"m": torch.ones(1)}, "cpu")
+    {'m': tensor([1.])}
+    """
+    return map_tensors(obj, lambda t: t.to(device, non_blocking=True))
 
 
 def resize_inputs(x: Any, size: int | None = 64) -> torch.Tensor:

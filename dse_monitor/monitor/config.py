@@ -87,6 +87,8 @@ class MonitorConfig:
     batch_fn: Optional[BatchFn]
     forward_fn: Optional[ForwardFn]
     batch_size: Optional[int]
+    cache_inputs: Union[bool, str]
+    reuse_validation: bool
     device: Optional[torch.device]
     dtype: Optional[torch.dtype]
     prefix: str
@@ -169,6 +171,13 @@ def _check_callable(name: str, how: str) -> Callable[[Any], Any]:
     return check
 
 
+def _check_cache(cache: Any) -> Union[bool, str]:
+    if cache is True or cache is False or cache == "auto":
+        return cache
+    raise ValueError(f"cache_inputs must be True, False or 'auto' (keep the probe batches when they are "
+                     f"deterministic and take at most 256 MiB), got {cache!r}")
+
+
 def _check_prefix(prefix: Any) -> str:
     if not isinstance(prefix, str) or not prefix or "/" in prefix:
         raise ValueError(f"prefix must be a non-empty string without '/', got {prefix!r}")
@@ -199,6 +208,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "batch_fn": _check_callable("batch_fn", "batch_fn(batch)"),
     "forward_fn": _check_callable("forward_fn", "forward_fn(module, batch)"),
     "batch_size": _int("batch_size", 1),
+    "cache_inputs": _check_cache,
+    "reuse_validation": bool,
     "device": lambda d: torch.device(d) if d is not None else None,
     "dtype": parse_dtype,
     "prefix": _check_prefix,

@@ -32,6 +32,7 @@ from .config import BatchFn, MonitorConfig
 from .policies import frozen_to_dict
 from .probe import ProbeSet
 from .report import DSEMonitorWarning, Reporter
+from .reuse import ValidationReuse
 from .schedule import Position, after_epoch, after_step, at_init
 from .sinks import Sinks, raw_dir
 from .state import MonitorState
@@ -109,8 +110,20 @@ class DSEMonitorCore:
         forward_fn: callable ``(module, batch) -> Any`` that runs the forward pass
             itself (it gets the raw batch on the device); default: as described above.
         batch_size: probe batch size (default: the source loader's, else 64).
+        cache_inputs: keep this rank's probe batches in memory after the first pass, so
+            that later measurements skip loading them: ``"auto"`` when they take at most
+            256 MiB and two loads of the first batch are equal (deterministic
+            transforms), ``True`` whatever their size (with random transforms: the
+            first draw is the fixed probe), ``False`` never. Each pass gets copies.
+        reuse_validation: with ``probe="val"``, read the layers during the epoch's
+            validation pass (same weights, same samples in order) instead of running the
+            probe again; checked once per fit against the probe's own pass and used only
+            where it is the same computation (:mod:`dse_monitor.monitor.reuse`).
         device: device of the metric computation (default: the features' device).
-        dtype: dtype of the metric computation (default float64; ``"float32"`` is faster).
+        dtype: dtype of the diffusion metrics' computation: ``"float32"`` (default: within
+            1.5e-6 bits of float64 on the benchmark cases, 1.2-4x faster; see
+            ``benchmarks/RESULTS.md``), ``"float64"`` (the reference's precision) or None (the
+            functional API's default, float64). The binning baselines always bin in float64.
         prefix: first part of the logged keys; give two monitors different prefixes.
         log_spectrum: write eigenvalue histograms to TensorBoard.
         save_raw: write ``history.json``, ``history.csv`` and ``spectra.npz`` to
@@ -155,8 +168,10 @@ class DSEMonitorCore:
         batch_fn: Optional[BatchFn] = None,
         forward_fn: Optional[ForwardFn] = None,
         batch_size: Optional[int] = None,
+        cache_inputs: Union[bool, str] = "auto",
+        reuse_validation: bool = True,
         device: Union[str, torch.device, None] = None,
-        dtype: Union[str, torch.dtype, None] = None,
+        dtype: Union[str, torch.dtype, None] = "float32",
         prefix: str = "dse",
         log_spectrum: bool = True,
         save_raw: bool = False,
@@ -168,6 +183,7 @@ class DSEMonitorCore:
         self._probe = ProbeSet(self.config)
         self._reporter = Reporter()
         self._sinks = Sinks(self.config, self._tensorboard_loggers)
+        self._reuse = ValidationReuse(self.config)
         self._reset()
 
     def __getattr__(self, name: str) -> Any:
@@ -186,11 +202,13 @@ class DSEMonitorCore:
         self._last_global_step = 0
         self.last_duration_s: Optional[float] = None
         self._sinks.reset()
+        self._reuse.reset()
         self._release()
 
     def _release(self) -> None:
         """Drop the per-run objects: data source, loader, resolved layers (which reference the model)."""
         self._probe.release()
+        self._reuse.stop()
         self._sinks.layout_written = False
 
     # Read by tests and users: what the monitor holds after fit (nothing that references the model).
@@ -247,7 +265,7 @@ class DSEMonitorCore:
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state = MonitorState.from_dict(state_dict)
         if state.indices != self._state.indices:
-            self._probe.loader = None
+            self._probe.forget_loader()
         self._state = state
         self._groups = ReferenceGroups(state.label_groups, state.input_groups)
 
@@ -295,16 +313,41 @@ class DSEMonitorCore:
         if position is not None:
             self.measure(trainer, pl_module, position)
 
+    # Validation during fit: read the probe's rows there (ValidationReuse); never let it disturb validation.
+    def on_validation_epoch_start(self, trainer: Any, pl_module: Any) -> None:
+        self._guard_reuse(self._reuse.start, trainer, pl_module, self._probe.layers, self._probe.source,
+                          self._state.indices)
+
+    def on_validation_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int,
+                                  dataloader_idx: int = 0) -> None:
+        self._guard_reuse(self._reuse.before_batch, batch, dataloader_idx)
+
+    def on_validation_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int,
+                                dataloader_idx: int = 0) -> None:
+        self._guard_reuse(self._reuse.after_batch, dataloader_idx)
+
+    def on_validation_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        self._guard_reuse(self._reuse.finish, trainer)
+
+    def _guard_reuse(self, step: Any, *args: Any) -> None:
+        try:
+            step(*args)
+        except Exception:  # an optimisation only: the probe runs its own pass instead
+            self._reuse.stop()
+            self._reuse.enabled = False
+
     def teardown(self, trainer: Any, pl_module: Any, stage: str) -> None:
         # Hooks never outlive a probe pass (a context manager removes them); removing again is a no-op
         # that guards against an interrupted pass. Then drop the loader and the references to the model.
         self._probe.remove_hooks()
+        self._reuse.stop()
         if str(getattr(stage, "value", stage)) == "fit":
             self._release()
 
     def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
         # Lightning skips teardown when fit raises: drop the hooks and the references to the model here.
         self._probe.remove_hooks()
+        self._reuse.stop()
         self._release()
 
     # ------------------------------------------------------------------ measurement
@@ -322,8 +365,14 @@ class DSEMonitorCore:
             if not self._probe.layers:  # called without on_fit_start (e.g. by hand)
                 self._prepare(trainer, pl_module)
             want_labels, want_inputs = self._groups.still_needed(self.config)
-            features = self._probe.run(trainer, pl_module, self._state.indices, step,
-                                       want_labels=want_labels, want_inputs=want_inputs)
+            reused = None if want_labels or want_inputs else self._reuse.take(position.global_step)
+            if reused is not None and self._reuse.verified:
+                features = reused
+            else:
+                features = self._probe.run(trainer, pl_module, self._state.indices, step,
+                                           want_labels=want_labels, want_inputs=want_inputs)
+                if reused is not None and features is not None:
+                    self._reuse.verify(reused, features, lambda m: self._reporter.info(trainer, m))
         if features is None:
             self.last_duration_s = time.perf_counter() - start
             return None

@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils.data import DataLoader
 
+from ..capture.cache import CACHE_LIMIT_BYTES, BatchRecorder, CachedBatches, same_batches
 from ..capture.compiled import eager
 from ..capture.forward import split_batch
 from ..capture.hooks import FeatureCapture, eval_mode
@@ -54,6 +55,10 @@ def resolve_source(trainer: Any, probe: Any) -> Any:
                          f"({err}); {fix}") from err
 
 
+def _ignore(message: str) -> None:
+    pass
+
+
 class ProbeSet:
     """The probe of one fit: source, indices (in the state), resolved layers, this rank's loader."""
 
@@ -62,6 +67,10 @@ class ProbeSet:
         self.source: Any = None
         self.layers: list[Layer] = []
         self.loader: Optional[DataLoader] = None
+        #: This rank's batches kept in memory after the first pass (``cache_inputs``), or None.
+        self.cached: Optional[CachedBatches] = None
+        self._cache_decided = False
+        self._info: Warn = _ignore  # set by prepare(); module level so that ddp_spawn can pickle it
         self.capture: Optional[FeatureCapture] = None
 
     @property
@@ -71,7 +80,12 @@ class ProbeSet:
 
     def release(self) -> None:
         """Drop the per-run objects (they reference the data and the model)."""
-        self.source, self.layers, self.loader, self.capture = None, [], None, None
+        self.source, self.layers, self.capture, self._info = None, [], None, _ignore
+        self.forget_loader()
+
+    def forget_loader(self) -> None:
+        """Drop this rank's loader and kept batches (the indices changed, or the fit ended)."""
+        self.loader, self.cached, self._cache_decided = None, None, False
 
     def remove_hooks(self) -> None:
         """Hooks never outlive a probe pass (a context manager removes them); this is a no-op
@@ -89,10 +103,16 @@ class ProbeSet:
         rank skipping alone cannot leave the others waiting.
         """
         try:
-            loader = self.shard_loader(trainer, indices)
+            batches: Any = self.cached if self.cached is not None else self.shard_loader(trainer, indices)
+            recorder = None
+            if self.cached is None and not self._cache_decided and self.config.cache_inputs:
+                limit = None if self.config.cache_inputs is True else CACHE_LIMIT_BYTES
+                batches = recorder = BatchRecorder(batches, limit)
             self.capture = FeatureCapture(self.layers, self.config.pooling)
-            local = collect_features(trainer, pl_module, loader, self.layers, self.config, self.capture,
+            local = collect_features(trainer, pl_module, batches, self.layers, self.config, self.capture,
                                      want_labels=want_labels, want_inputs=want_inputs)
+            if recorder is not None:
+                self._keep(recorder)
         except Exception as err:  # never kill the run for a measurement
             local = None
             warnings.warn(
@@ -106,6 +126,33 @@ class ProbeSet:
             ok = trainer.strategy.reduce_boolean_decision(ok, all=True)
         return self.gather(trainer, local, len(indices)) if ok else None
 
+    def _keep(self, recorder: BatchRecorder) -> None:
+        """After the first full pass: keep its batches when they fit and the split is deterministic."""
+        self._cache_decided = True
+        try:
+            self.cached = self._checked_cache(recorder)
+        except Exception as err:  # the features of this pass stand; only the cache is given up
+            self._info(f"DSEMonitor: the probe batches are not kept ({type(err).__name__}: {err}).")
+
+    def _checked_cache(self, recorder: BatchRecorder) -> Optional[CachedBatches]:
+        mib = recorder.nbytes / 2**20
+        if recorder.batches is None:
+            self._info(f"DSEMonitor: the probe batches take over {CACHE_LIMIT_BYTES / 2**20:.0f} MiB; they are "
+                       "loaded at every measurement (cache_inputs=True keeps them whatever their size).")
+            return None
+        if self.config.cache_inputs == "auto" and recorder.batches and self.loader is not None:
+            # A second load of the first batch must give the same tensors: random transforms on the
+            # probe split would make each measurement see other inputs, and a cache would hide that.
+            if not same_batches(next(iter(self.loader)), recorder.batches[0]):
+                self._info("DSEMonitor: two loads of the first probe batch differ (random transforms on the "
+                           "probe split?); the probe is loaded at every measurement (cache_inputs=True keeps "
+                           "the first draw as a fixed probe).")
+                return None
+        cached = CachedBatches(recorder.batches)
+        self._info(f"DSEMonitor: keeping the probe batches in memory ({len(cached)} batch"
+                   f"{'es' if len(cached) != 1 else ''}, {mib:.1f} MiB) for the next measurements.")
+        return cached
+
     # ------------------------------------------------------------------ preflight
     def prepare(self, trainer: Any, pl_module: Any, state: MonitorState, warn: Warn, info: Warn) -> None:
         """Choose (or check the stored) indices, resolve the layers and run one peek batch.
@@ -115,6 +162,7 @@ class ProbeSet:
         resolved layers (globs, ``"blocks"``) are listed in one ``info`` line.
         """
         cfg = self.config
+        self._info = info
         self.source = resolve_source(trainer, cfg.probe)
         n_total = len(source_dataset(self.source))
         if n_total < 2:
@@ -129,7 +177,7 @@ class ProbeSet:
                 f"DSEMonitor: the stored probe indices go up to {max(state.indices)} but the probe split has "
                 f"{n_total} samples; the checkpoint belongs to another dataset."
             )
-        self.loader = None
+        self.forget_loader()
         peek = probe_loader(self.source, state.indices[: min(len(state.indices), 8)], batch_size=8)
         raw = next(iter(peek))
         with eager(pl_module) as module:
