@@ -14,7 +14,9 @@ PROXY_N rows always use torch: there a smaller proxy mispredicted). Every call o
 uses one library, and repeated calls give identical results. A measurement takes a few
 tens of milliseconds. Only CPU tensors that need no gradient are eligible; everything
 else (CUDA, autograd) always uses torch. Both libraries compute the same quantity up to
-LAPACK/BLAS rounding (numpy's ``eigvalsh`` is the routine the reference package calls).
+LAPACK/BLAS rounding (numpy's ``eigvalsh`` is the routine the reference package calls;
+"numpy" eigen-solves call that routine through :mod:`.lapack`, which releases the GIL,
+so that the solver pool's threads run side by side).
 """
 from __future__ import annotations
 

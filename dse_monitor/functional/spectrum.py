@@ -17,7 +17,7 @@ from functools import partial
 import numpy as np
 import torch
 
-from . import backend
+from . import backend, lapack
 from ._checks import EPS
 
 
@@ -52,7 +52,10 @@ def _eigvalsh(k: torch.Tensor) -> torch.Tensor:
 
 
 def _numpy_eigvalsh(k: torch.Tensor) -> torch.Tensor:
-    return backend.numpy_call(lambda: np.linalg.eigvalsh(backend.as_numpy(k)))
+    # numpy's LAPACK routine, called without the GIL (.lapack) so that the solver pool's
+    # threads solve side by side; numpy.linalg.eigvalsh itself where SciPy's table is missing
+    solve = lapack.eigvalsh if lapack.AVAILABLE else np.linalg.eigvalsh
+    return backend.numpy_call(lambda: solve(backend.as_numpy(k)))
 
 
 def _eigvalsh_proxy(dtype: torch.dtype, n: int):
