@@ -10,8 +10,9 @@ The crossover is measured on the machine, not tuned on one: the exact path costs
 eigen-solve, ``e N^3``; the approximate path at most ``P`` kernel products
 (``P = max_rank / block + lanczos_steps = 28`` by default), ``p N^2``, plus
 orthogonalisation and small solves that grow like ``o N``. At the first ``"auto"``
-decision (once per process, thread count and dtype) both paths are timed on a synthetic
-problem of ``CALIBRATION_N`` points (about a second), which gives e, p and o; the
+decision above ``AUTO_EXACT_N`` points (once per process, thread count and dtype) both
+paths are timed on a synthetic problem of ``CALIBRATION_N`` points (about 1.5 s on 2
+cores), which gives e, p and o; the
 crossover is the N where ``e N^3 = p N^2 + o N``. A constant tuned on a 2-core Xeon
 (4,096) was 2-3x off on a 2-core AMD EPYC, where MKL's products ran slower.
 
@@ -37,13 +38,17 @@ from .spectrum import symmetric_eigvals
 #: ``None``: ``solver="auto"`` uses the measured :func:`auto_crossover`; an int fixes it.
 AUTO_CROSSOVER: int | None = None
 
-#: Up to this many points ``"auto"`` is exact without measuring: the approximate path's
-#: 256 Krylov vectors are half the space there, and its 28 products alone cost more
-#: than the eigen-solve (benchmarks/approx.py, crossover rows).
-AUTO_EXACT_N = 512
+#: Up to this many points ``"auto"`` is exact without measuring: the eigen-solve was the
+#: faster there on both machines measured (N = 1,000: 0.16 s exact vs 0.25 s approximate on
+#: a 2-core AMD EPYC, crossover about 2,300; about 4,000 on a 2-core Xeon), so the monitor's
+#: default probe of 1,000 never pays for the measurement.
+AUTO_EXACT_N = 1024
 
-#: Points of the synthetic problem the crossover is measured on.
-CALIBRATION_N = 1024
+#: Points of the synthetic problem the crossover is measured on. At 1,024 the eigen-solve
+#: costs 3x more per N^3 than at 3,000-6,000 (small-matrix inefficiency), and the measured
+#: crossover came out at 550-630 where the real one is about 2,300 (regret 1.55x at N = 1,000);
+#: at 2,048 the N^3 extrapolation holds to within 15% up to 6,000.
+CALIBRATION_N = 2048
 
 _CROSSOVERS: dict[tuple, int] = {}
 _CROSSOVER_LOCK = threading.Lock()
