@@ -75,7 +75,9 @@ def choose_solver(n: int, t: float, solver: str, dtype: torch.dtype = torch.floa
     check_solver(solver)
     if solver != "auto":
         return solver
-    if t not in (1, 2) or n <= AUTO_EXACT_N:
+    if t not in (1, 2):
+        return "exact"
+    if AUTO_CROSSOVER is None and n <= AUTO_EXACT_N:  # a fixed crossover is taken as given
         return "exact"
     return "lanczos" if n > auto_crossover(dtype) else "exact"
 
