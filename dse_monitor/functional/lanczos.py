@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._checks import EPS
-from .operator import KernelOperator
+from .operator import KernelOperator, _threads
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -47,6 +47,9 @@ LOG2E = 1.0 / math.log(2.0)
 DEFAULT_BLOCK = 32
 DEFAULT_MAX_RANK = 256
 DEFAULT_STEPS = 20
+#: From this many points the N x k bookkeeping keeps the caller's threads too: each of its
+#: products is then large enough that OpenMP's barriers cost little.
+BOOKKEEPING_THREADS_N = 4096
 
 
 @contextlib.contextmanager
@@ -236,7 +239,8 @@ def block_lanczos_deflation(
         full = j >= dim_max
         if full or it % check_every == 0:
             t = tmat[:j, :j]
-            defl = _ritz(q[:, :j], aq[:, :j], 0.5 * (t + t.T), lock_tol, budget)
+            with _threads(op.product_threads):  # N x 256 x 256 products: large enough for every thread
+                defl = _ritz(q[:, :j], aq[:, :j], 0.5 * (t + t.T), lock_tol, budget)
             if full or (stop is not None and stop(defl)):
                 return defl
         w = w - q[:, :j] @ coeff
@@ -384,7 +388,7 @@ def approximate_entropy(
     # 10-30x slower on two (N = 1,024: 0.04 s on one thread, 1.4 s on two). The kernel
     # products, the bulk of the work, keep the caller's threads.
     op.product_threads = torch.get_num_threads()
-    with _one_thread():
+    with _one_thread() if n < BOOKKEEPING_THREADS_N else contextlib.nullcontext():
         defl = block_lanczos_deflation(
             op, block=block, max_rank=min(max_rank, n - 1), lock_tol=lock_tol, budget=budget, gen=gen, stop=stop
         )
