@@ -11,9 +11,10 @@ eigen-solve, ``e N^3``; the approximate path at most ``P`` kernel products
 (``P = max_rank / block + lanczos_steps = 28`` by default), ``p N^2``, plus
 orthogonalisation and small solves that grow like ``o N``. At the first ``"auto"``
 decision above ``AUTO_EXACT_N`` points (once per process, thread count and dtype) both
-paths are timed on a synthetic problem of ``CALIBRATION_N`` points (about 1.5 s on 2
+paths are timed on a synthetic problem of ``CALIBRATION_N`` points (about 2 s on 2
 cores), which gives e, p and o; the
-crossover is the N where ``e N^3 = p N^2 + o N``. A constant tuned on a 2-core Xeon
+crossover is the N where ``e N^3 = 1.2 (p N^2 + o N)``: where the model calls the two
+paths within 20%, the exact value is worth its cost. A constant tuned on a 2-core Xeon
 (4,096) was 2-3x off on a 2-core AMD EPYC, where MKL's products ran slower.
 
 Memory guard: before any N x N allocation the need is compared with the free memory of
@@ -122,7 +123,7 @@ def path_costs(dtype: torch.dtype = torch.float64, m: int = CALIBRATION_N) -> di
             times.append(time.perf_counter() - start)
         return min(times)
 
-    t_eig = best(lambda: symmetric_eigvals(k), 1)
+    t_eig = best(lambda: symmetric_eigvals(k), 2)  # the first solve of a size also allocates its workspace
     t_mm = best(lambda: op.matmat(x), 3)
     used = approximate_entropy(op, 1).info["products"]  # also the warm-up
     t_run = best(lambda: approximate_entropy(op, 1), 1)
@@ -130,10 +131,16 @@ def path_costs(dtype: torch.dtype = torch.float64, m: int = CALIBRATION_N) -> di
     return {"e": t_eig / m**3, "p": products * t_mm / m**2, "o": rest / m}
 
 
+#: The approximate path is taken only where the model predicts the exact one slower by more than
+#: this factor: closer than that the exact value costs at most the regret ``"auto"`` allows.
+EXACT_PREFERENCE = 1.2
+
+
 def _measure_crossover(dtype: torch.dtype) -> int:
     c = path_costs(dtype)
-    # e n^2 = p n + o  ->  the positive root
-    n = (c["p"] + math.sqrt(c["p"] ** 2 + 4 * c["e"] * c["o"])) / (2 * c["e"])
+    # e n^3 = r (p n^2 + o n), r = EXACT_PREFERENCE  ->  the positive root of e n^2 - r p n - r o
+    e, p, o = c["e"], EXACT_PREFERENCE * c["p"], EXACT_PREFERENCE * c["o"]
+    n = (p + math.sqrt(p**2 + 4 * e * o)) / (2 * e)
     return max(int(n), AUTO_EXACT_N)
 
 

@@ -72,10 +72,10 @@ def test_float32_conditional_terms_of_far_apart_classes_stay_accurate():
     assert float((t32.conditional.double() - t64.conditional).abs().max()) < 3e-5
 
 
-@pytest.mark.parametrize("spread", [1e-6, 1e-2])
+@pytest.mark.parametrize("spread", [1e-6, 3e-3, 3e-2])
 def test_float32_of_a_nearly_collapsed_representation_is_solved_again_in_float64(spread):
-    # DSE near 0: N - 1 eigenvalues at float32's rounding floor carried 1.5e-4 (spread 1e-6) and
-    # 6.5e-5 bits (1e-2) of float32 error at N = 1,000; the float64 retry leaves ~1e-10.
+    # DSE near 0: N - 1 eigenvalues at float32's rounding floor carried 1.5e-4 (spread 1e-6),
+    # 1.2e-4 (3e-3) and 2.6e-5 bits (3e-2) of float32 error at N = 1,000; the retry leaves ~1e-10.
     z = torch.randn(1000, 256, generator=torch.Generator().manual_seed(0)) * spread
     y = torch.arange(1000) % 4
     h64 = float(dm.diffusion_spectral_entropy(z.double(), 10.0))
@@ -86,6 +86,9 @@ def test_float32_of_a_nearly_collapsed_representation_is_solved_again_in_float64
     assert float((t32.conditional.double() - t64.conditional).abs().max()) < 1e-6
     assert abs(float(t32.value) - float(t64.value)) < 1e-6
     assert not dm.functional.spectrum.at_float32_floor(torch.linspace(1, 0.01, 100))  # a spread spectrum
+    spread_out = torch.randn(1000, 256, generator=torch.Generator().manual_seed(0)) * 0.3  # small but real eigenvalues
+    assert not dm.diffusion_spectral_entropy(spread_out, 10.0, dtype=torch.float32, return_spectrum=True) \
+        .eigenvalues.dtype == torch.float64
 
 
 @pytest.mark.parametrize("dtype, sigma", [(torch.float32, 1e-18), (torch.float64, 1.5e-154)])
