@@ -55,6 +55,8 @@ def dse_rows(n: int, d: int, repeats: int) -> list[dict]:
     t_torch, t_numpy, r_libs = paired(bare["torch"], bare["numpy"], max(3, repeats // 2))
     chosen = [lib for key, lib in backend.choices().items() if key[0] == "eigvalsh" and key[1] == n.bit_length()
               and key[2] == torch.get_num_threads()]
+    if not chosen and n > backend.PROXY_N:
+        chosen = ["torch"]  # above PROXY_N rows eigen-solves always use torch (spectrum._eigvalsh)
     faster = "torch" if t_torch <= t_numpy else "numpy"
     out.append(row(f"bare eigvalsh {n}x{n} float64: torch (MKL) vs numpy (OpenBLAS)", t_torch, t_numpy, r_libs,
                    f"numpy s / torch s; the first-use measurement chose {chosen[0] if chosen else '?'}, "
