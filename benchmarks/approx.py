@@ -135,7 +135,7 @@ def case(spec: dict) -> dict:
             exact_times.append(t_exact)
             ratios.append(t_exact / t_approx)
         out.update(exact=value, exact_s=statistics.median(exact_times), ratio=statistics.median(ratios),
-                   rss_total_gb=peak_rss_gb())
+                   rss_total_gb=peak_rss_gb(), approx_all_s=approx_times, exact_all_s=exact_times)
     else:
         for _ in range(repeats - 1):
             est, t_approx = _approx(z, sigma, **kw)
