@@ -20,8 +20,10 @@ True
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Iterable, Iterator, Optional
 
+import numpy as np
 import torch
 
 from .probe import map_tensors
@@ -47,6 +49,21 @@ def _leaves(batch: Any) -> list[Any]:
     leaves: list[Any] = []
     map_tensors(batch, lambda t: leaves.append(t) or t)
     return leaves
+
+
+def holds_arrays(batch: Any) -> bool:
+    """Whether a (nested) batch holds numpy arrays: they escape the byte count, the comparison and the copies.
+
+    >>> holds_arrays({"x": torch.zeros(1), "meta": [np.zeros(2)]}), holds_arrays((torch.zeros(1), "id"))
+    (True, False)
+    """
+    if isinstance(batch, np.ndarray):
+        return True
+    if isinstance(batch, Mapping):
+        return any(holds_arrays(v) for v in batch.values())
+    if isinstance(batch, (tuple, list)):
+        return any(holds_arrays(v) for v in batch)
+    return False
 
 
 def same_batches(a: Any, b: Any) -> bool:

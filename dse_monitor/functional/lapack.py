@@ -73,6 +73,8 @@ def eigvalsh(a: np.ndarray) -> np.ndarray:
 
     Raises ``np.linalg.LinAlgError`` when LAPACK does not converge, like numpy.
     """
+    if a.ndim != 2 or a.shape[0] != a.shape[1] or a.dtype.type not in _ROUTINES:
+        raise ValueError(f"lapack.eigvalsh takes a square float32/float64 matrix, got {a.dtype} {a.shape}")
     routine, real = _ROUTINES[a.dtype.type]
     n = a.shape[0]
     key = (a.dtype.type, n)

@@ -161,13 +161,13 @@ def _diffusion_subset_entropies(
         i = torch.as_tensor(idx, device=x.device)
         return affinity_to_diffusion_kernel(gaussian_affinity(full[i[:, None], i[None, :]], sigma))
 
-    def checked(idx: list[int], lam: torch.Tensor) -> torch.Tensor:
+    def entropy_checked(idx: list[int], lam: torch.Tensor) -> torch.Tensor:
         if at_float32_floor(lam, t):  # a collapsed subset: float32 rounding would carry its entropy
             lam = symmetric_eigvals(diffusion_kernel(x[idx].double(), sigma))
         return entropy_of_spectrum(lam, t).to(x.dtype)
 
     def exact(idx: list[int]) -> torch.Tensor:
-        return checked(idx, symmetric_eigvals(kernel(idx)))
+        return entropy_checked(idx, symmetric_eigvals(kernel(idx)))
 
     def exact_in_worker(idx: list[int]) -> torch.Tensor:
         with torch.no_grad():  # grad mode is per thread; threaded solves never need a graph
@@ -204,7 +204,7 @@ def _diffusion_subset_entropies(
                         jobs.append(solver_pool().submit(exact_in_worker, s) if threaded else exact(s))
             if batched:
                 spectra = iter(zip(batched, _batched_cuda_eigvals([kernel(s) for s in batched])))
-                jobs = [checked(*next(spectra)) if j is None else j for j in jobs]
+                jobs = [entropy_checked(*next(spectra)) if j is None else j for j in jobs]
             jobs = [j.result() if isinstance(j, Future) else j for j in jobs]
         except BaseException:
             # Leave nothing running behind an error (a MemoryError's caller may retry on

@@ -18,7 +18,7 @@ from typing import Any, Callable, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ..capture.cache import CACHE_LIMIT_BYTES, BatchRecorder, CachedBatches, same_batches
+from ..capture.cache import CACHE_LIMIT_BYTES, BatchRecorder, CachedBatches, holds_arrays, same_batches
 from ..capture.compiled import eager
 from ..capture.forward import split_batch
 from ..capture.hooks import FeatureCapture, eval_mode
@@ -126,6 +126,18 @@ class ProbeSet:
             ok = trainer.strategy.reduce_boolean_decision(ok, all=True)
         return self.gather(trainer, local, len(indices)) if ok else None
 
+    def first_batch(self, trainer: Any, pl_module: Any, indices: list[int]) -> Optional[ProbeFeatures]:
+        """This rank's features of its first probe batch only (checks of :mod:`.reuse`), or None on failure."""
+        try:
+            if self.cached is not None:
+                batches: Any = CachedBatches(self.cached.batches[:1])
+            else:
+                batches = [next(iter(self.shard_loader(trainer, indices)))]
+            return collect_features(trainer, pl_module, batches, self.layers, self.config,
+                                    FeatureCapture(self.layers, self.config.pooling), want_labels=False, want_inputs=False)
+        except Exception:
+            return None
+
     def _keep(self, recorder: BatchRecorder) -> None:
         """After the first full pass: keep its batches when they fit and the split is deterministic."""
         self._cache_decided = True
@@ -139,6 +151,10 @@ class ProbeSet:
         if recorder.batches is None:
             self._info(f"DSEMonitor: the probe batches take over {CACHE_LIMIT_BYTES / 2**20:.0f} MiB; they are "
                        "loaded at every measurement (cache_inputs=True keeps them whatever their size).")
+            return None
+        if self.config.cache_inputs == "auto" and any(holds_arrays(b) for b in recorder.batches):
+            self._info("DSEMonitor: the probe batches hold numpy arrays, which the cache can neither compare nor "
+                       "copy; they are loaded at every measurement (cache_inputs=True keeps them).")
             return None
         if self.config.cache_inputs == "auto" and recorder.batches and self.loader is not None:
             # A second load of the first batch must give the same tensors: random transforms on the

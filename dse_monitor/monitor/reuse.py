@@ -17,22 +17,27 @@ monitor then runs its own pass, as always):
   (``SequentialSampler``), so row k of the pass is sample k; every probe sample seen,
   each layer read once per batch with one row per sample;
 - no optimizer step between that validation and the measurement (same global step);
-- once per fit, verified: the first time, the monitor also runs its own pass and
-  compares. Validation that differs from the probe pass (EMA weights swapped in for
-  validation, test-time augmentation, a transform in ``on_after_batch_transfer``)
-  turns reuse off for the fit, with one info line.
+- verified: the first time, the monitor also runs its own pass and compares every
+  row; at every later reuse it runs its own pass over the first probe batch and
+  compares those rows. Validation that differs from the probe pass (EMA weights swapped
+  in for validation, from the start or after a warm-up; test-time augmentation; a
+  transform in ``on_after_batch_transfer``) turns reuse off for the fit, with one info line.
+
+The hooks never raise into validation: an activation the pooling cannot read gives up
+the pass, and the probe runs its own.
 """
 from __future__ import annotations
 
 from typing import Any, Callable, Optional
 
 import torch
-from torch.utils.data import DataLoader, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from ..capture.compiled import has_compiled
 from ..capture.forward import split_batch
 from ..capture.hooks import FeatureCapture
-from ..capture.probe import first_dataloader, source_dataset
+from ..capture.layers import Layer
+from ..capture.probe import first_dataloader, map_tensors, source_dataset
 from .collect import ProbeFeatures
 from .config import MonitorConfig
 
@@ -47,6 +52,36 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
         return float("inf")
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp_min(1e-300))
+
+
+class _QuietCapture(FeatureCapture):
+    """Hooks that never raise into the user's validation step: an error marks the pass broken."""
+
+    broken = False
+
+    def _quiet(self, hook: Callable) -> Callable:
+        def quiet(*args: Any) -> None:
+            try:
+                hook(*args)
+            except Exception:
+                self.broken = True
+
+        return quiet
+
+    def _output_hook(self, layer: Layer) -> Callable:
+        return self._quiet(super()._output_hook(layer))
+
+    def _input_hook(self, name: str) -> Callable:
+        return self._quiet(super()._input_hook(name))
+
+
+def _samples(batch: Any) -> Optional[int]:
+    """Samples in a split batch: its labels', else its first input tensor's length."""
+    if batch.labels is not None:
+        return len(batch.labels)
+    leaves: list = []
+    map_tensors((batch.args, batch.kwargs), lambda t: leaves.append(t) or t)
+    return int(leaves[0].shape[0]) if leaves and leaves[0].ndim else None
 
 
 class ValidationReuse:
@@ -79,10 +114,10 @@ class ValidationReuse:
         n_total = len(source_dataset(source))
         self._slot = torch.full((n_total,), -1, dtype=torch.long)
         self._slot[torch.as_tensor(indices)] = torch.arange(len(indices))
-        self._n, self._seen, self._rows = len(indices), 0, {}
+        self._n, self._seen, self._rows, self._n_total = len(indices), 0, {}, n_total
         self._filled = torch.zeros(len(indices), dtype=torch.bool)
-        self._module = pl_module
-        self._capture = FeatureCapture(layers, self.config.pooling)
+        self._module, self._expected = pl_module, None
+        self._capture = _QuietCapture(layers, self.config.pooling)
         self._capture.register()
 
     def _eligible(self, trainer: Any, pl_module: Any, source: Any) -> bool:
@@ -99,8 +134,9 @@ class ValidationReuse:
             loader = first_dataloader(trainer.val_dataloaders)
         except Exception:
             return False
-        if not (isinstance(loader, DataLoader) and isinstance(loader.sampler, SequentialSampler)):
-            return False
+        if not (isinstance(loader, DataLoader) and isinstance(loader.sampler, SequentialSampler)
+                and type(loader.batch_sampler) is BatchSampler and loader.batch_sampler.sampler is loader.sampler):
+            return False  # a custom batch sampler (length bucketing) may reorder a sequential sampler
         self._dataset, probe_set = loader.dataset, source_dataset(source)
         if self.verified:  # a reloaded (new) dataset object is checked again, never assumed equal
             return self._dataset is self._checked_dataset
@@ -111,9 +147,12 @@ class ValidationReuse:
         if self._capture is None:
             return
         try:
-            self._capture.attention_mask = (
-                split_batch(batch, self._module, self.config.batch_fn).attention_mask if dataloader_idx == 0 else None
-            )
+            if dataloader_idx != 0:
+                self._capture.attention_mask, self._expected = None, None
+                return
+            # containers copied: a batch_fn that pops keys must not change validation's batch
+            probe_batch = split_batch(map_tensors(batch, lambda t: t), self._module, self.config.batch_fn)
+            self._capture.attention_mask, self._expected = probe_batch.attention_mask, _samples(probe_batch)
         except Exception:
             self.stop()
 
@@ -128,8 +167,8 @@ class ValidationReuse:
         if dataloader_idx != 0:
             return
         sizes = {z.shape[0] for z in features.values()} if features else set()
-        if len(sizes) != 1:
-            self.stop()
+        if len(sizes) != 1 or self._capture.broken or self._expected is None or sizes != {self._expected}:
+            self.stop()  # a pooling error, or rows that are not one per sample of this batch
             return
         (size,) = sizes
         slots = self._slot[self._seen : self._seen + size]
@@ -149,7 +188,7 @@ class ValidationReuse:
 
     def finish(self, trainer: Any) -> None:
         """At validation end: remove the hooks; keep the features if every probe sample was seen."""
-        complete = self._capture is not None and bool(self._filled.all())
+        complete = self._capture is not None and bool(self._filled.all()) and self._seen == self._n_total
         rows, dataset = (self._rows if complete else None), self._dataset
         self.stop()
         if rows is not None:
@@ -169,6 +208,19 @@ class ValidationReuse:
             return None
         self._taken_dataset = result[2]
         return ProbeFeatures({name: z.clone() for name, z in result[1].features.items()})
+
+    def spot_check(self, reused: ProbeFeatures, first: Optional[ProbeFeatures], info: Callable[[str], None]) -> bool:
+        """After the full check: do the probe's own rows of its first batch still match? Else reuse ends."""
+        worst = float("inf")
+        if first is not None and set(first.features) == set(reused.features):
+            worst = max(relative_difference(reused.features[n][: z.shape[0]], z) for n, z in first.features.items())
+        if worst <= REUSE_TOLERANCE:
+            return True
+        self.enabled = False
+        info(f"DSEMonitor: the validation pass no longer gives the probe's features (first batch: relative "
+             f"difference {worst:.2g}; EMA weights swapped in after a warm-up?); the probe runs its own pass "
+             "from now on.")
+        return False
 
     def verify(self, reused: ProbeFeatures, own: ProbeFeatures, info: Callable[[str], None]) -> None:
         """Compare validation's features with the probe pass's once; reuse from now on only if equal."""

@@ -75,8 +75,9 @@ def test_later_epochs_read_the_validation_pass_and_log_the_probe_values(tmp_path
     caplog.set_level(logging.INFO, logger="dse_monitor")
     model = lambda: LitClassifier(n_val=64, batch_size=16)  # probe: 40 of the 64 validation samples, 3 batches
     monitor, counter = _fit(tmp_path, model, num_samples=40)
-    # the probe runs itself at epoch 1, where validation is checked once, and is read from validation later
-    assert counter.per_epoch == [3, 0, 0]
+    # the probe runs itself at epoch 1, where validation is checked in full; later epochs read validation
+    # and run only the first probe batch, to check it again
+    assert counter.per_epoch == [3, 1, 1]
     assert "the validation pass gives the probe's features (checked once)" in caplog.text
     assert sorted(monitor.history) == [0, 1, 2, 3]
     _check_values(monitor, counter, make_data(64, 16, seed=2))
@@ -101,6 +102,23 @@ def test_a_validation_that_computes_something_else_is_never_read(tmp_path, caplo
     monitor, counter = _fit(tmp_path, lambda: FlippedValidation(n_val=64, batch_size=16), num_samples=40)
     assert "computes other features than the probe pass" in caplog.text
     assert counter.per_epoch == [3, 3, 3]
+    _check_values(monitor, counter, make_data(64, 16, seed=2))
+
+
+class FlipsAfterWarmup(LitClassifier):
+    """Validation that changes after two epochs (like EMA weights swapped in after a warm-up)."""
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        x = x.flip(-1) if self.current_epoch >= 2 else x
+        self.log("val_loss", torch.nn.functional.cross_entropy(self(x), y))
+
+
+def test_a_validation_that_changes_later_is_caught_at_the_next_measurement(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dse_monitor")
+    monitor, counter = _fit(tmp_path, lambda: FlipsAfterWarmup(n_val=64, batch_size=16), epochs=4, num_samples=40)
+    assert "no longer gives the probe's features" in caplog.text
+    assert counter.per_epoch == [3, 1, 1 + 3, 3]  # checked, reused, caught (then its own pass), own pass
     _check_values(monitor, counter, make_data(64, 16, seed=2))
 
 
@@ -144,3 +162,31 @@ def test_probe_batches_are_kept_only_when_two_loads_agree(tmp_path, caplog):
     assert "two loads of the first probe batch differ" in caplog.text and len(noisy.history) == 2
     with pytest.raises(ValueError, match="cache_inputs must be True, False or 'auto'"):
         DSEMonitor(cache_inputs="yes")
+
+
+_IN_VALIDATION = [False]
+
+
+class MarksValidation(L.Callback):
+    def on_validation_epoch_start(self, trainer, pl_module):
+        _IN_VALIDATION[0] = True
+
+    def on_validation_epoch_end(self, trainer, pl_module):
+        _IN_VALIDATION[0] = False
+
+
+def _pool_outside_validation_only(z):
+    # a user pooling that fails on what validation gives it (e.g. a sequence length it cannot read)
+    if _IN_VALIDATION[0]:
+        raise RuntimeError("pooling cannot read this activation")
+    return z.flatten(1)
+
+
+def test_a_hook_error_during_validation_never_reaches_the_validation_step(tmp_path):
+    L.seed_everything(0)
+    monitor = DSEMonitor(metrics=["dse", "dsmi_y"], sigma=SIGMA, num_samples=40, pooling=_pool_outside_validation_only)
+    counter = EvalForwards()
+    trainer = L.Trainer(callbacks=[MarksValidation(), monitor, counter], **trainer_kwargs(tmp_path, max_epochs=3))
+    trainer.fit(LitClassifier(n_val=64, batch_size=16))
+    assert sorted(monitor.history) == [0, 1, 2, 3] and counter.per_epoch == [3, 3, 3]
+    _check_values(monitor, counter, make_data(64, 16, seed=2))

@@ -4,7 +4,9 @@ from __future__ import annotations
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from dse_monitor.capture.cache import BatchRecorder, CachedBatches, batch_nbytes, same_batches
+import numpy as np
+
+from dse_monitor.capture.cache import BatchRecorder, CachedBatches, batch_nbytes, holds_arrays, same_batches
 
 
 def _loader(n: int = 10, batch_size: int = 4) -> DataLoader:
@@ -39,3 +41,7 @@ def test_same_batches_compares_structure_shapes_dtypes_and_values():
     assert not same_batches(a, {"x": torch.ones(3, 2), "y": torch.tensor([0, 1])})
     assert not same_batches(a, {"x": torch.ones(2, 3, dtype=torch.float64), "y": torch.tensor([0, 1])})
     assert not same_batches(a, {"x": torch.ones(2, 3)})
+
+
+def test_numpy_leaves_are_flagged():
+    assert holds_arrays([torch.zeros(2), {"crop": np.zeros(3)}]) and not holds_arrays([torch.zeros(2), "path"])
