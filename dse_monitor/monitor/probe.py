@@ -24,7 +24,7 @@ from ..capture.forward import split_batch
 from ..capture.hooks import FeatureCapture, eval_mode
 from ..capture.layer_sets import describe_layers, resolve_layers
 from ..capture.layers import Layer, LayerNotFoundError
-from ..capture.probe import choose_indices, first_dataloader, probe_loader, source_dataset
+from ..capture.probe import choose_indices, first_dataloader, map_tensors, probe_loader, source_dataset
 from .collect import ProbeFeatures, collect_features, forward_as_validation
 from .report import DSEMonitorWarning
 from .config import MonitorConfig
@@ -53,6 +53,10 @@ def resolve_source(trainer: Any, probe: Any) -> Any:
     except ValueError as err:  # e.g. an empty list: a split the datamodule does not have
         raise ValueError(f"DSEMonitor(probe={probe!r}): the {probe} dataloader hook gave no loader "
                          f"({err}); {fix}") from err
+
+
+#: Samples the probe runs itself at every validation reuse, to check that validation still computes its features.
+SPOT_ROWS = 16
 
 
 def _ignore(message: str) -> None:
@@ -127,12 +131,14 @@ class ProbeSet:
         return self.gather(trainer, local, len(indices)) if ok else None
 
     def first_batch(self, trainer: Any, pl_module: Any, indices: list[int]) -> Optional[ProbeFeatures]:
-        """This rank's features of its first probe batch only (checks of :mod:`.reuse`), or None on failure."""
+        """This rank's features of its first ``SPOT_ROWS`` probe samples (the checks of :mod:`.reuse`),
+        or None on failure (e.g. a batch whose tensors do not all lead with the sample dimension)."""
         try:
             if self.cached is not None:
-                batches: Any = CachedBatches(self.cached.batches[:1])
+                batch = next(iter(CachedBatches(self.cached.batches[:1])))
             else:
-                batches = [next(iter(self.shard_loader(trainer, indices)))]
+                batch = next(iter(self.shard_loader(trainer, indices)))
+            batches = [map_tensors(batch, lambda t: t[:SPOT_ROWS] if t.ndim else t)]
             return collect_features(trainer, pl_module, batches, self.layers, self.config,
                                     FeatureCapture(self.layers, self.config.pooling), want_labels=False, want_inputs=False)
         except Exception:

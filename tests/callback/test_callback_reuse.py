@@ -76,7 +76,7 @@ def test_later_epochs_read_the_validation_pass_and_log_the_probe_values(tmp_path
     model = lambda: LitClassifier(n_val=64, batch_size=16)  # probe: 40 of the 64 validation samples, 3 batches
     monitor, counter = _fit(tmp_path, model, num_samples=40)
     # the probe runs itself at epoch 1, where validation is checked in full; later epochs read validation
-    # and run only the first probe batch, to check it again
+    # and run only the first 16 probe samples (one batch of the 16-sample loader), to check it again
     assert counter.per_epoch == [3, 1, 1]
     assert "the validation pass gives the probe's features (checked once)" in caplog.text
     assert sorted(monitor.history) == [0, 1, 2, 3]
