@@ -26,7 +26,7 @@ from typing import Any, Iterable, Iterator, Optional
 import numpy as np
 import torch
 
-from .probe import map_tensors
+from .probe import map_tensors, tensor_leaves
 
 #: What ``cache_inputs="auto"`` keeps at most: 256 MiB (1,000 images of 3 x 150 x 150 in float32).
 CACHE_LIMIT_BYTES = 256 * 2**20
@@ -34,21 +34,7 @@ CACHE_LIMIT_BYTES = 256 * 2**20
 
 def batch_nbytes(batch: Any) -> int:
     """Bytes held by the tensors of a (nested) batch."""
-    total = 0
-
-    def add(t: torch.Tensor) -> torch.Tensor:
-        nonlocal total
-        total += t.numel() * t.element_size()
-        return t
-
-    map_tensors(batch, add)
-    return total
-
-
-def _leaves(batch: Any) -> list[Any]:
-    leaves: list[Any] = []
-    map_tensors(batch, lambda t: leaves.append(t) or t)
-    return leaves
+    return sum(t.numel() * t.element_size() for t in tensor_leaves(batch))
 
 
 def holds_arrays(batch: Any) -> bool:
@@ -68,7 +54,7 @@ def holds_arrays(batch: Any) -> bool:
 
 def same_batches(a: Any, b: Any) -> bool:
     """Whether two batches hold equal tensors (same structure, shapes, dtypes and values)."""
-    left, right = _leaves(a), _leaves(b)
+    left, right = tensor_leaves(a), tensor_leaves(b)
     return len(left) == len(right) and all(
         x.shape == y.shape and x.dtype == y.dtype and torch.equal(x.cpu(), y.cpu()) for x, y in zip(left, right)
     )

@@ -134,6 +134,22 @@ def map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:
     return obj
 
 
+def tensor_leaves(obj: Any) -> list[torch.Tensor]:
+    """The tensors of a (nested) tuple/list/mapping, in the order :func:`map_tensors` visits them.
+
+    >>> [t.tolist() for t in tensor_leaves({"x": torch.zeros(1), "meta": ("id", torch.ones(2))})]
+    [[0.0], [1.0, 1.0]]
+    """
+    leaves: list[torch.Tensor] = []
+
+    def keep(t: torch.Tensor) -> torch.Tensor:
+        leaves.append(t)
+        return t
+
+    map_tensors(obj, keep)
+    return leaves
+
+
 def to_device(obj: Any, device: torch.device | str) -> Any:
     """Move the tensors of a (nested) tuple/list/mapping to ``device`` (see :func:`map_tensors`).
 

@@ -37,7 +37,7 @@ from ..capture.compiled import has_compiled
 from ..capture.forward import split_batch
 from ..capture.hooks import FeatureCapture
 from ..capture.layers import Layer
-from ..capture.probe import first_dataloader, map_tensors, source_dataset
+from ..capture.probe import first_dataloader, map_tensors, source_dataset, tensor_leaves
 from .collect import ProbeFeatures
 from .config import MonitorConfig
 
@@ -52,6 +52,14 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
         return float("inf")
     a, b = a.detach().double().cpu(), b.detach().double().cpu()
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp_min(1e-300))
+
+
+def _worst_difference(reused: ProbeFeatures, own: Optional[ProbeFeatures]) -> float:
+    """The largest :func:`relative_difference` over the layers between the probe's own rows (the
+    first ``len`` of them, or all) and validation's same rows; inf when the layers differ or ``own`` is None."""
+    if own is None or not own.features or set(own.features) != set(reused.features):
+        return float("inf")
+    return max(relative_difference(reused.features[n][: z.shape[0]], z) for n, z in own.features.items())
 
 
 class _QuietCapture(FeatureCapture):
@@ -79,8 +87,7 @@ def _samples(batch: Any) -> Optional[int]:
     """Samples in a split batch: its labels', else its first input tensor's length."""
     if batch.labels is not None:
         return len(batch.labels)
-    leaves: list = []
-    map_tensors((batch.args, batch.kwargs), lambda t: leaves.append(t) or t)
+    leaves = tensor_leaves((batch.args, batch.kwargs))
     return int(leaves[0].shape[0]) if leaves and leaves[0].ndim else None
 
 
@@ -210,10 +217,8 @@ class ValidationReuse:
         return ProbeFeatures({name: z.clone() for name, z in result[1].features.items()})
 
     def spot_check(self, reused: ProbeFeatures, first: Optional[ProbeFeatures], info: Callable[[str], None]) -> bool:
-        """After the full check: do the probe's own rows of its first batch still match? Else reuse ends."""
-        worst = float("inf")
-        if first is not None and set(first.features) == set(reused.features):
-            worst = max(relative_difference(reused.features[n][: z.shape[0]], z) for n, z in first.features.items())
+        """After the full check: do the probe's own rows of its first samples still match? Else reuse ends."""
+        worst = _worst_difference(reused, first)
         if worst <= REUSE_TOLERANCE:
             return True
         self.enabled = False
@@ -224,9 +229,8 @@ class ValidationReuse:
 
     def verify(self, reused: ProbeFeatures, own: ProbeFeatures, info: Callable[[str], None]) -> None:
         """Compare validation's features with the probe pass's once; reuse from now on only if equal."""
-        worst = max((relative_difference(reused.features[n], z) for n, z in own.features.items()
-                     if n in reused.features), default=float("inf"))
-        if worst <= REUSE_TOLERANCE and set(reused.features) == set(own.features):
+        worst = _worst_difference(reused, own)
+        if worst <= REUSE_TOLERANCE:
             self.verified, self._checked_dataset = True, self._taken_dataset
             info("DSEMonitor: the validation pass gives the probe's features (checked once); later "
                  "epoch-end measurements read them there instead of running the probe again.")
