@@ -64,8 +64,11 @@ def _exact_eigenvalues(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return symmetric_eigvals(diffusion_kernel(x, sigma)).flip(-1)
 
 
-def _float64_retry(x: torch.Tensor, sigma: float, lam: torch.Tensor) -> torch.Tensor:
-    """The spectrum again in float64 (see :func:`~.spectrum.at_float32_floor`); float32's if that does not fit."""
+def float64_if_collapsed(x: torch.Tensor, sigma: float, lam: torch.Tensor, t: float) -> torch.Tensor:
+    """``lam``, or the spectrum of ``x`` solved again in float64 where float32 cannot resolve it
+    (:func:`~.spectrum.at_float32_floor`); ``lam`` still when float64 does not fit."""
+    if not at_float32_floor(lam, t):
+        return lam
     try:
         return _exact_eigenvalues(x.double(), sigma)
     except (MemoryError, RuntimeError):  # the guard's estimate, or a real allocation failure (torch's OOM)
@@ -174,9 +177,8 @@ def diffusion_spectral_entropy(
             if t not in (1, 2):
                 raise MemoryError(f"{err} The approximate solver supports only t = 1 and 2 (t={t:g}).") from err
             fallback, path, streamed = f"{err} Used the streamed approximate solver instead.", "lanczos", True
-    if lam is not None and at_float32_floor(lam, t):
-        lam = _float64_retry(x, s, lam)
     if lam is not None:
+        lam = float64_if_collapsed(x, s, lam, t)
         value = _spectral_entropy(lam, t).to(x.dtype)
         est = EntropyEstimate(float(value), 0.0, float(value), float(value), "exact", rank=n) if return_bounds else None
     else:
