@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ._checks import EPS
-from .operator import KernelOperator, _threads
+from .operator import KernelOperator
 
 LOG2E = 1.0 / math.log(2.0)
 
@@ -239,8 +239,7 @@ def block_lanczos_deflation(
         full = j >= dim_max
         if full or it % check_every == 0:
             t = tmat[:j, :j]
-            with _threads(op.product_threads):  # N x 256 x 256 products: large enough for every thread
-                defl = _ritz(q[:, :j], aq[:, :j], 0.5 * (t + t.T), lock_tol, budget)
+            defl = _ritz(q[:, :j], aq[:, :j], 0.5 * (t + t.T), lock_tol, budget)
             if full or (stop is not None and stop(defl)):
                 return defl
         w = w - q[:, :j] @ coeff
