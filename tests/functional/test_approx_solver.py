@@ -6,7 +6,7 @@ What is proven here:
 - on clustered, manifold-like and isotropic data at low / middle / high entropy the
   estimate is within 0.02 bits of the exact float64 value and the bounds contain it;
 - the streamed operator (K never formed) gives the same products, traces and estimate
-  as the dense one;
+  as the dense one; the probes on the kernel rounded to float32 keep the float64 bounds;
 - solver="auto" is bit-identical to the exact path up to the crossover and switches to
   the approximate path above it; DSMI accepts the same solvers;
 - bad input (unknown solver or option, t outside {1, 2}, too little memory) fails with
@@ -120,6 +120,32 @@ def test_streamed_operator_equals_dense():
     via_api = dm.diffusion_spectral_entropy(z, sigma, seed=5, solver="lanczos", streamed=True, return_bounds=True)
     assert via_api.storage == "streamed-float64"
     assert via_api.value == pytest.approx(a.value, abs=1e-8)
+
+
+def test_float32_probes_keep_the_float64_bounds():
+    # The API rounds its own dense float64 kernel to float32 after the deflation: the
+    # bounds (from the float64 deflation) are unchanged, the estimate moves by rounding only.
+    z = _data("clustered", 1500, seed=6)
+    sigma = 0.5 * _median_distance(z)
+    op64 = KernelOperator.build(z, sigma)
+    a = approximate_entropy(op64, seed=2)
+    assert op64.dtype == torch.float64 and a.info["probe_dtype"] == "float64"
+    op = KernelOperator.build(z, sigma)
+    rounded = op.dense_k.float()
+    b = approximate_entropy(op, seed=2, probe_dtype=torch.float32)
+    assert op.dtype == torch.float32 and torch.equal(op.dense_k, rounded)
+    assert b.info["probe_dtype"] == "float32" and b.storage == "dense-float64"
+    assert (b.lower, b.upper, b.rank) == (a.lower, a.upper, a.rank)
+    assert b.value == pytest.approx(a.value, abs=1e-5) and b.value != a.value
+    via_api = dm.diffusion_spectral_entropy(z, sigma, seed=2, solver="lanczos", return_bounds=True)
+    assert via_api.info["probe_dtype"] == "float32" and via_api.value == b.value
+    kept = dm.diffusion_spectral_entropy(z, sigma, seed=2, solver="lanczos", return_bounds=True,
+                                         lanczos_options={"probe_dtype": torch.float64})
+    assert kept.info["probe_dtype"] == "float64" and kept.value == a.value
+    streamed = KernelOperator.build(z, sigma, streamed=True)
+    assert approximate_entropy(streamed, seed=2, probe_dtype=torch.float32).info["probe_dtype"] == "float64"
+    with pytest.raises(ValueError, match="needs a dense operator"):
+        streamed.round_to_float32()
 
 
 def test_auto_crossover_is_the_root_of_the_measured_cost_model():
