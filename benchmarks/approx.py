@@ -147,6 +147,7 @@ def case(spec: dict) -> dict:
     out.update(
         approx=est.value, se=est.std_error, lower=est.lower, upper=est.upper, rank=est.rank, storage=est.storage,
         approx_s=statistics.median(approx_times), products=est.info.get("products"),
+        probe_dtype=est.info.get("probe_dtype", ""),
     )
     return out
 
@@ -169,6 +170,7 @@ def _accuracy_row(r: dict) -> dict:
     note = (
         f"exact {r['exact']:.4f} approx {r['approx']:.4f} err {err:+.4f} se {r['se']:.4f} "
         f"bounds [{r['lower']:.4f}, {r['upper']:.4f}] contain={inside} k={r['rank']} {r['storage']} "
+        f"(probes {r.get('probe_dtype') or '?'}) "
         f"peak {r['rss_approx_gb']:.1f} GB (exact {r['rss_total_gb']:.1f} GB)"
     )
     name = f"DSE lanczos vs exact N={s['n']} D={s['d']} {s['kind']} {s.get('level', '')}".strip()
