@@ -27,7 +27,9 @@ diagonal pinching ``U H U^T + W B W^T`` moves the sorted spectrum by at most
 ``2 L sum_j ||R e_j||``, ``L = max |phi'| <= t (53 + |log2 S| + 1/ln 2) / S``; that slack is
 added to both bounds. The bounds hold for the operator as evaluated (float64 rounding adds
 < 1e-9 bits, a further ``1e-9`` is added); with float32 kernel storage they hold for the
-rounded float32 kernel.
+rounded float32 kernel. They use only the deflation (U, K U, H); the probes of part 2
+feed the estimate alone, so they may use a float32 rounding of a float64 kernel
+(``probe_dtype``) without touching the bounds.
 """
 from __future__ import annotations
 
