@@ -27,7 +27,7 @@ from .grouping import reference_groups
 from .kernel import Sigma, affinity_to_diffusion_kernel, diffusion_kernel, gaussian_affinity, resolve_sigma, squared_distances
 from .operator import available_memory, check_exact_fits
 from .solver import check_options, check_solver, choose_solver, lanczos_entropy
-from .spectrum import entropy_of_spectrum, solver_pool, symmetric_eigvals
+from .spectrum import at_float32_floor, entropy_of_spectrum, solver_pool, symmetric_eigvals
 
 #: On CUDA in float64, up to this N the full distance matrix is computed once and each
 #: subset's block is gathered from it. Elsewhere each subset's kernel is built from the
@@ -162,8 +162,11 @@ def _diffusion_subset_entropies(
         return affinity_to_diffusion_kernel(gaussian_affinity(full[i[:, None], i[None, :]], sigma))
 
     def entropy_checked(idx: list[int], lam: torch.Tensor) -> torch.Tensor:
-        # a collapsed subset in float32: solved again in float64, as DSE does
-        return entropy_of_spectrum(float64_if_collapsed(x[idx], sigma, lam, t), t).to(x.dtype)
+        # a collapsed subset in float32: solved again in float64, as DSE does (the rows are
+        # gathered again only then)
+        if at_float32_floor(lam, t):
+            lam = float64_if_collapsed(x[idx], sigma, lam, t)
+        return entropy_of_spectrum(lam, t).to(x.dtype)
 
     def exact(idx: list[int]) -> torch.Tensor:
         return entropy_checked(idx, symmetric_eigvals(kernel(idx)))
