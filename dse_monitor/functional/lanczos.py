@@ -232,7 +232,7 @@ def block_lanczos_deflation(
     """Ritz pairs of K from block Lanczos with full reorthogonalisation.
 
     The Krylov basis grows by ``block`` vectors per product; every ``check_every``
-    blocks the Ritz pairs with residual <= ``lock_tol`` are formed and ``stop(defl)``
+    blocks the Ritz pairs whose estimated residual is <= ``lock_tol`` are formed and ``stop(defl)``
     decides whether to go on. Returns the locked pairs (ascending theta).
     """
     n = op.n
@@ -346,7 +346,7 @@ def approximate_entropy(
 ) -> EntropyEstimate:
     """DSE (bits) of the operator ``op`` by deflated stochastic Lanczos quadrature, with bounds.
 
-    Grows the deflated rank k (block Lanczos, ``block`` columns per product, at most
+    Grows the deflated rank k (block Lanczos, ``block`` vectors per product, at most
     ``max_rank`` Krylov vectors) until the guaranteed bounds are ``bound_tol`` bits
     apart, then estimates the remainder with ``n_probes`` Rademacher probes of
     ``lanczos_steps`` Lanczos steps each. Ritz pairs with residual <= ``lock_tol`` are
@@ -373,6 +373,8 @@ def approximate_entropy(
             f"solver='lanczos' supports t = 1 and t = 2 (where sum lambda^t is an exact trace); got t={t!r}. "
             "Use solver='exact'."
         )
+    if probe_dtype not in (None, torch.float32, torch.float64):
+        raise ValueError(f"probe_dtype must be None, torch.float32 or torch.float64, got {probe_dtype!r}")
     t = int(t)
     start = time.perf_counter()
     n = op.n

@@ -68,6 +68,8 @@ def _gib(nbytes: float) -> str:
 
 #: Rows of a float32 kernel upcast to float64 at a time for its sum of squares.
 _SQUARES_ROWS = 256
+#: Entries of one dot product in the float64 sum of squares.
+_DOT_CHUNK = 1 << 26
 
 
 def _sum_of_squares(k: torch.Tensor) -> float:
@@ -78,10 +80,13 @@ def _sum_of_squares(k: torch.Tensor) -> float:
     faults of those fresh blocks took 0.1-0.5 s at N = 6,000 where the dot takes 9 ms.
     Lower precisions are upcast a few rows at a time.
     """
+    total = 0.0
     if k.dtype == torch.float64:
         flat = k.reshape(-1)
-        return float(torch.dot(flat, flat))
-    total = 0.0
+        for start in range(0, flat.numel(), _DOT_CHUNK):  # CUDA's dot takes at most 2^31 - 1 entries
+            part = flat[start : start + _DOT_CHUNK]
+            total += float(torch.dot(part, part))
+        return total
     for start in range(0, k.shape[0], _SQUARES_ROWS):
         flat = k[start : start + _SQUARES_ROWS].double().reshape(-1)
         total += float(torch.dot(flat, flat))
@@ -204,7 +209,8 @@ class KernelOperator:
         """Store the dense float64 kernel as float32 from now on, in its own memory; returns self.
 
         Products then cost about 0.6x (measured at N = 6,000 on a 2-core AMD EPYC: 20-26 ms
-        vs 36-40 ms). ``trace`` and ``frobenius_sq`` keep the float64 kernel's values.
+        vs 36-40 ms). ``trace`` and ``frobenius_sq`` keep the float64 kernel's values, and any
+        other reference to the float64 ``dense_k`` sees overwritten bytes.
         Row r of the float32 matrix is written over bytes that held rows below r / 2, so
         rows [r0, r1) are copied once every row they overwrite has been read (r1 <= 2 r0);
         a fresh 144 MB float32 copy instead spent 0.25-0.3 s in page faults.

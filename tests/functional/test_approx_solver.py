@@ -146,6 +146,17 @@ def test_float32_probes_keep_the_float64_bounds():
     assert approximate_entropy(streamed, seed=2, probe_dtype=torch.float32).info["probe_dtype"] == "float64"
     with pytest.raises(ValueError, match="needs a dense operator"):
         streamed.round_to_float32()
+    with pytest.raises(ValueError, match="probe_dtype must be None"):
+        approximate_entropy(KernelOperator.build(z, sigma), probe_dtype=torch.float16)
+
+
+def test_sum_of_squares_in_chunks(monkeypatch):
+    z = _data("clustered", 300, seed=1)
+    whole = KernelOperator.build(z, 1.0).frobenius_sq
+    monkeypatch.setattr(operator, "_DOT_CHUNK", 1000)  # 90 chunks, the last one partial
+    chunked = KernelOperator.build(z, 1.0)
+    assert chunked.frobenius_sq == pytest.approx(whole, rel=1e-13)
+    assert chunked.frobenius_sq == pytest.approx(float((chunked.dense_k**2).sum()), rel=1e-13)
 
 
 def test_auto_crossover_is_the_root_of_the_measured_cost_model():
