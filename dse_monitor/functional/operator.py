@@ -75,7 +75,7 @@ _DOT_CHUNK = 1 << 26
 def _sum_of_squares(k: torch.Tensor) -> float:
     """``sum_ij k_ij^2`` accumulated in float64, with no N x N temporary.
 
-    A float64 matrix is one dot product of its flat view (BLAS, in place); ``k.square()``
+    A float64 matrix is dot products of slices of its flat view (BLAS, in place); ``k.square()``
     in blocks of 2,048 rows allocated 100 MB per block, and on a 2-core VM the page
     faults of those fresh blocks took 0.1-0.5 s at N = 6,000 where the dot takes 9 ms.
     Lower precisions are upcast a few rows at a time.

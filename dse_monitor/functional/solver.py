@@ -122,8 +122,11 @@ def path_costs(dtype: torch.dtype = torch.float64, m: int = CALIBRATION_N) -> di
     x = torch.randn(m, DEFAULT_BLOCK, dtype=torch.float64, generator=g)
     rounds = dtype == torch.float64 and PROBE_DTYPE == torch.float32
 
+    def copy() -> KernelOperator:  # rounding in place must not touch op's kernel
+        return KernelOperator(op.n, op.trace, op.frobenius_sq, "dense", dtype, op.device, dense_k=k.clone())
+
     def run():  # on a fresh operator each time: the run may round it in place
-        fresh = KernelOperator(op.n, op.trace, op.frobenius_sq, "dense", dtype, op.device, dense_k=k.clone())
+        fresh = copy()
         start = time.perf_counter()
         est = approximate_entropy(fresh, 1, probe_dtype=PROBE_DTYPE)
         return time.perf_counter() - start, est.info
@@ -139,8 +142,8 @@ def path_costs(dtype: torch.dtype = torch.float64, m: int = CALIBRATION_N) -> di
     t_mm = best(lambda: op.matmat(x), 3)
     t_probe = t_mm
     if rounds:
-        probe_op = KernelOperator(op.n, op.trace, op.frobenius_sq, "dense", dtype, op.device, dense_k=k.clone())
-        t_probe = best(lambda: probe_op.round_to_float32().matmat(x), 3)  # rounds once, then only multiplies
+        probe_op = copy().round_to_float32()
+        t_probe = best(lambda: probe_op.matmat(x), 3)
     # Medians of three solves and three runs, interleaved, after one warm-up of each (the first
     # solve of a size allocates its workspace). Timed one after the other as best of two and
     # one, a slow spell of the 2-core VM moved the crossover between 1,450 and 2,030 from
