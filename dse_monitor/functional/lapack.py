@@ -68,10 +68,12 @@ def _call(routine, real, n: int, a: np.ndarray, w: np.ndarray, work: np.ndarray,
     return info.value
 
 
-def eigvalsh(a: np.ndarray) -> np.ndarray:
+def eigvalsh(a: np.ndarray, overwrite_a: bool = False) -> np.ndarray:
     """Ascending eigenvalues of a symmetric float32/float64 matrix (its lower triangle), GIL released.
 
-    Raises ``np.linalg.LinAlgError`` when LAPACK does not converge, like numpy.
+    ``overwrite_a``: the reduction works in ``a`` itself (C order, writeable), which is
+    destroyed, instead of in a copy. Raises ``np.linalg.LinAlgError`` when LAPACK does
+    not converge, like numpy.
     """
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.dtype.type not in _ROUTINES:
         raise ValueError(f"lapack.eigvalsh takes a square float32/float64 matrix, got {a.dtype} {a.shape}")
@@ -87,7 +89,8 @@ def eigvalsh(a: np.ndarray) -> np.ndarray:
         with _LOCK:
             _WORKSPACE[key] = sizes
     lwork, liwork = sizes
-    work = np.array(a, dtype=a.dtype, order="C", copy=True)  # overwritten by the reduction
+    in_place = overwrite_a and a.flags.c_contiguous and a.flags.writeable
+    work = a if in_place else np.array(a, dtype=a.dtype, order="C", copy=True)  # overwritten by the reduction
     w = np.empty(n, dtype=a.dtype)
     info = _call(routine, real, n, work, w, np.empty(lwork, dtype=a.dtype), lwork, np.empty(liwork, dtype=np.intc),
                  liwork)

@@ -113,6 +113,15 @@ def test_dsmi_labels_matches_reference_draw_for_draw(ref, kind, n, d, classes, s
     assert torch.allclose(terms.weights.sum(), torch.tensor(1.0, dtype=torch.float64))
 
 
+def test_dsmi_kept_draws_follow_the_seed_and_the_sizes(ref):
+    # The draws are kept for the process: alternating seeds and sizes must still be the reference's.
+    for n, seed in ((120, 0), (120, 1), (130, 0), (120, 0)):
+        z = make_data("clustered", n, 6, 2)
+        y = np.random.default_rng(5).integers(0, 3, n)
+        expected, _ = ref[1].diffusion_spectral_mutual_information(z, y, gaussian_kernel_sigma=4.0, random_seed=seed)
+        assert abs(float(dm.diffusion_spectral_mutual_information(z, y, sigma=4.0, seed=seed)) - expected) < TOL
+
+
 def test_dsmi_equal_sized_groups_share_draws_like_reference(ref):
     z = make_data("clustered", 200, 6, 5)
     y = np.repeat(np.arange(4), 50)  # four groups of the same size
