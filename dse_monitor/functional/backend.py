@@ -151,39 +151,6 @@ def numpy_call(fn: Callable[[], np.ndarray]) -> torch.Tensor:
         return torch.from_numpy(fn())
 
 
-#: Bytes of the largest buffer a thread keeps for reuse (32 MiB: a float64 kernel of 2,048 points).
-SCRATCH_BYTES = 32 << 20
-_SCRATCH = threading.local()
-
-
-def scratch_matrix(n: int, dtype: np.dtype | type) -> np.ndarray:
-    """An uninitialised C-ordered ``[n, n]`` array that this thread hands out again next time.
-
-    Valid until the same thread asks again: for a kernel that is built and solved at
-    once. Writing into memory that was written before costs no page faults; a fresh
-    2 MB array took about 1 ms of them on a KVM guest (DSMI builds dozens). Above
-    ``SCRATCH_BYTES`` a fresh array is returned and nothing is kept.
-
-    >>> a = scratch_matrix(3, np.float64)
-    >>> a.shape, bool(np.shares_memory(a, scratch_matrix(2, np.float32)))
-    ((3, 3), True)
-    """
-    dtype = np.dtype(dtype)
-    nbytes = n * n * dtype.itemsize
-    if nbytes > SCRATCH_BYTES:
-        return np.empty((n, n), dtype=dtype)
-    kept = getattr(_SCRATCH, "buffer", None)
-    if kept is None or kept.nbytes < nbytes:  # grow by doubling, so a few sizes settle at once
-        size = max(nbytes, min(2 * kept.nbytes, SCRATCH_BYTES) if kept is not None else 0)
-        kept = _SCRATCH.buffer = np.empty(size, dtype=np.uint8)
-    return kept[:nbytes].view(dtype).reshape(n, n)
-
-
-def numpy_dtype(dtype: torch.dtype) -> np.dtype:
-    """numpy's float32/float64 for torch's (the dtypes :func:`eligible` admits)."""
-    return np.dtype({torch.float32: np.float32, torch.float64: np.float64}[dtype])
-
-
 def as_numpy(t: torch.Tensor) -> np.ndarray:
     """A numpy view of a CPU tensor (no copy for a contiguous tensor)."""
     return t.detach().numpy()

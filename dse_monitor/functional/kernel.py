@@ -56,18 +56,14 @@ def squared_distances(z: torch.Tensor) -> torch.Tensor:
     a = z - z.mean(dim=0, keepdim=True)
     if not torch.is_grad_enabled() or not a.requires_grad:
         sq = torch.linalg.vector_norm(a, dim=1).square()  # no N x D temporary
-        d = _distances_numpy(a, sq) if _gram_in_numpy(a) else _distances_torch(a, sq)
+        use_numpy = a.shape[0] >= 64 and backend.eligible(a) and backend.choose(
+            "distances", a.shape[0], (a.dtype, a.shape[1].bit_length()), partial(_distances_proxy, a.dtype, a.shape[1])
+        ) == "numpy"
+        d = _distances_numpy(a, sq) if use_numpy else _distances_torch(a, sq)
         return d.clamp_min_(0).fill_diagonal_(0)
     sq = (a * a).sum(dim=1)  # twice differentiable also where a row equals the mean
     d = (sq[:, None] + sq[None, :] - 2 * (a @ a.T)).clamp_min(0)
     return d * (1 - torch.eye(d.shape[0], dtype=d.dtype, device=d.device))
-
-
-def _gram_in_numpy(a: torch.Tensor) -> bool:
-    # numpy's symmetric product where backend measured it faster for this size and width
-    return a.shape[0] >= 64 and backend.eligible(a) and backend.choose(
-        "distances", a.shape[0], (a.dtype, a.shape[1].bit_length()), partial(_distances_proxy, a.dtype, a.shape[1])
-    ) == "numpy"
 
 
 def _distances_torch(a: torch.Tensor, sq: torch.Tensor) -> torch.Tensor:
@@ -135,17 +131,13 @@ def affinity_to_diffusion_kernel(g: torch.Tensor) -> torch.Tensor:
     return g * s.unsqueeze(-1) * s.unsqueeze(-2)
 
 
-def _check_sigma_fits(sigma: float, dtype: torch.dtype) -> None:
-    if 2 * sigma**2 < torch.finfo(dtype).tiny:
-        raise ValueError(
-            f"sigma={sigma!r} is too small for {dtype}: 2 sigma^2 underflows to 0. "
-            "Use a larger sigma (every point is then far from every other) or sigma='median'."
-        )
-
-
 def gaussian_affinity(d: torch.Tensor, sigma: float) -> torch.Tensor:
     """``G = exp(-d / (2 sigma^2))`` from squared distances (in place when possible)."""
-    _check_sigma_fits(sigma, d.dtype)
+    if 2 * sigma**2 < torch.finfo(d.dtype).tiny:
+        raise ValueError(
+            f"sigma={sigma!r} is too small for {d.dtype}: 2 sigma^2 underflows to 0. "
+            "Use a larger sigma (every point is then far from every other) or sigma='median'."
+        )
     if not (torch.is_grad_enabled() and d.requires_grad):
         return d.mul_(-0.5 / sigma**2).exp_()
     return torch.exp(d * (-0.5 / sigma**2))
@@ -160,44 +152,3 @@ def diffusion_kernel(z: torch.Tensor, sigma: float) -> torch.Tensor:
     """
     return affinity_to_diffusion_kernel(gaussian_affinity(squared_distances(z), sigma))
 
-
-
-def diffusion_kernel_into(z: torch.Tensor, sigma: float, out: np.ndarray) -> np.ndarray:
-    """:func:`diffusion_kernel` of a CPU tensor that needs no gradient, written into ``out``.
-
-    The steps of :func:`diffusion_kernel` in the same order, on numpy arrays, in the one
-    buffer ``out`` ([N, N], z's dtype, C order): the values agree to the last bits of
-    exp and of the row sums. For the many small kernels of DSMI: measured at
-    500 x 512 float64 on one thread of an AMD EPYC, 4.0 ms against 5.5 ms, because a
-    buffer that is reused takes no page faults (a fresh 2 MB one costs about 1 ms) and
-    numpy's exp took 0.15 ms where torch's took 0.39 ms. The Gram product is numpy's
-    symmetric one or torch's, as :mod:`.backend` measured (see :func:`squared_distances`).
-
-    >>> z = torch.eye(3, dtype=torch.float64) * 100
-    >>> k = diffusion_kernel_into(z, 1.0, np.empty((3, 3)))
-    >>> bool(np.allclose(k, np.eye(3)))
-    True
-    """
-    _check_sigma_fits(sigma, z.dtype)
-    n = z.shape[0]
-    if out.shape != (n, n) or out.dtype != backend.numpy_dtype(z.dtype) or not out.flags.c_contiguous:
-        raise ValueError(f"out must be a C-ordered [{n}, {n}] array of z's dtype, got {out.dtype} {out.shape}")
-    a = z - z.mean(dim=0, keepdim=True)
-    sq = backend.as_numpy(torch.linalg.vector_norm(a, dim=1).square())
-    if _gram_in_numpy(a):
-        an = backend.as_numpy(a)
-        backend.numpy_call(lambda: np.matmul(an, an.T, out=out))  # syrk, as in _distances_numpy
-    else:
-        torch.mm(a, a.T, out=torch.from_numpy(out))
-    with np.errstate(over="ignore"):  # a tiny sigma sends far pairs to -inf and exp to 0, as torch does, silently
-        out *= -2
-        out += sq[:, None]
-        out += sq[None, :]
-        np.maximum(out, 0, out=out)
-        np.fill_diagonal(out, 0)
-        out *= -0.5 / sigma**2
-        np.exp(out, out=out)
-        s = 1 / np.sqrt(out.sum(axis=1))
-        out *= s[:, None]
-        out *= s[None, :]
-    return out

@@ -68,12 +68,10 @@ def _call(routine, real, n: int, a: np.ndarray, w: np.ndarray, work: np.ndarray,
     return info.value
 
 
-def eigvalsh(a: np.ndarray, overwrite_a: bool = False) -> np.ndarray:
+def eigvalsh(a: np.ndarray) -> np.ndarray:
     """Ascending eigenvalues of a symmetric float32/float64 matrix (its lower triangle), GIL released.
 
-    ``overwrite_a``: the reduction works in ``a`` itself (C order, writeable), which is
-    destroyed, instead of in a copy. Raises ``np.linalg.LinAlgError`` when LAPACK does
-    not converge, like numpy.
+    Raises ``np.linalg.LinAlgError`` when LAPACK does not converge, like numpy.
     """
     if a.ndim != 2 or a.shape[0] != a.shape[1] or a.dtype.type not in _ROUTINES:
         raise ValueError(f"lapack.eigvalsh takes a square float32/float64 matrix, got {a.dtype} {a.shape}")
@@ -89,8 +87,7 @@ def eigvalsh(a: np.ndarray, overwrite_a: bool = False) -> np.ndarray:
         with _LOCK:
             _WORKSPACE[key] = sizes
     lwork, liwork = sizes
-    in_place = overwrite_a and a.flags.c_contiguous and a.flags.writeable
-    work = a if in_place else np.array(a, dtype=a.dtype, order="C", copy=True)  # overwritten by the reduction
+    work = np.array(a, dtype=a.dtype, order="C", copy=True)  # overwritten by the reduction
     w = np.empty(n, dtype=a.dtype)
     info = _call(routine, real, n, work, w, np.empty(lwork, dtype=a.dtype), lwork, np.empty(liwork, dtype=np.intc),
                  liwork)

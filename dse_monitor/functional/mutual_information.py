@@ -24,10 +24,7 @@ from . import backend
 from ._checks import as_tensor, check_features, check_int, check_max_n, check_positive
 from .entropy import classic_shannon_entropy, float64_if_collapsed
 from .grouping import reference_groups
-from .kernel import (
-    Sigma, affinity_to_diffusion_kernel, diffusion_kernel, diffusion_kernel_into, gaussian_affinity, resolve_sigma,
-    squared_distances,
-)
+from .kernel import Sigma, affinity_to_diffusion_kernel, diffusion_kernel, gaussian_affinity, resolve_sigma, squared_distances
 from .operator import available_memory, check_exact_fits
 from .solver import check_options, check_solver, choose_solver, lanczos_entropy
 from .spectrum import at_float32_floor, entropy_of_spectrum, solver_pool, symmetric_eigvals
@@ -177,19 +174,6 @@ def _diffusion_subset_entropies(
         i = torch.from_numpy(idx).to(x.device)
         return affinity_to_diffusion_kernel(gaussian_affinity(full[i[:, None], i[None, :]], sigma))
 
-    def spectrum(idx: np.ndarray) -> torch.Tensor:
-        if full is not None or not backend.eligible(x):
-            return symmetric_eigvals(kernel(idx))
-        # CPU without a gradient: the kernel is built in this thread's kept buffer, and the
-        # solve reduces it in place (no fresh N x N array: no page faults, no copy)
-        k = diffusion_kernel_into(rows(idx), sigma, backend.scratch_matrix(len(idx), backend.numpy_dtype(x.dtype)))
-        try:
-            return symmetric_eigvals(torch.from_numpy(k), overwrite=True)
-        except (torch.linalg.LinAlgError, np.linalg.LinAlgError):
-            if x.dtype == torch.float64:
-                raise
-            return symmetric_eigvals(kernel(idx))  # the buffer is gone: built again, retried in float64
-
     def entropy_checked(idx: np.ndarray, lam: torch.Tensor) -> torch.Tensor:
         # a collapsed subset in float32: solved again in float64, as DSE does (the rows are
         # gathered again only then)
@@ -198,7 +182,7 @@ def _diffusion_subset_entropies(
         return entropy_of_spectrum(lam, t).to(x.dtype)
 
     def exact(idx: np.ndarray) -> torch.Tensor:
-        return entropy_checked(idx, spectrum(idx))
+        return entropy_checked(idx, symmetric_eigvals(kernel(idx)))
 
     def exact_in_worker(idx: np.ndarray) -> torch.Tensor:
         with torch.no_grad():  # grad mode is per thread; threaded solves never need a graph

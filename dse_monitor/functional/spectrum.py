@@ -21,7 +21,7 @@ from . import backend, lapack
 from ._checks import EPS
 
 
-def symmetric_eigvals(k: torch.Tensor, *, overwrite: bool = False) -> torch.Tensor:
+def symmetric_eigvals(k: torch.Tensor) -> torch.Tensor:
     """Eigenvalues (ascending) of a symmetric matrix or batch, with a float64 retry.
 
     Both solvers read only the lower triangle. A single CPU matrix that needs no
@@ -29,39 +29,33 @@ def symmetric_eigvals(k: torch.Tensor, *, overwrite: bool = False) -> torch.Tens
     faster on this machine for its size and thread count. When a float32 solve
     reports non-convergence it is retried in float64 and cast back.
 
-    ``overwrite=True``: ``k`` (a buffer the caller is done with) may be destroyed by
-    numpy's LAPACK, which then needs no copy. The float64 retry is then the caller's,
-    since ``k`` is gone: a failed solve raises.
-
     >>> symmetric_eigvals(torch.tensor([[2.0, 1.0], [1.0, 2.0]], dtype=torch.float64))
     tensor([1., 3.], dtype=torch.float64)
     """
     try:
-        return _eigvalsh(k, overwrite)
+        return _eigvalsh(k)
     except (torch.linalg.LinAlgError, np.linalg.LinAlgError):
-        if k.dtype == torch.float64 or overwrite:
+        if k.dtype == torch.float64:
             raise
         warnings.warn(f"eigvalsh failed in {k.dtype}; retrying in float64", RuntimeWarning, stacklevel=2)
         return torch.linalg.eigvalsh(k.double()).to(k.dtype)
 
 
-def _eigvalsh(k: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+def _eigvalsh(k: torch.Tensor) -> torch.Tensor:
     if k.ndim != 2 or k.shape[0] < 64 or not backend.eligible(k):
         return torch.linalg.eigvalsh(k)
     # Above backend.PROXY_N rows torch: a 1,024-row measurement chose numpy on an AMD EPYC
     # where torch was 1.3x faster at 4,000 rows on two threads (9.6 s vs 12.9 s).
     if backend.choose("eigvalsh", k.shape[0], (k.dtype,), partial(_eigvalsh_proxy, k.dtype), "torch") == "torch":
         return torch.linalg.eigvalsh(k)
-    return _numpy_eigvalsh(k, overwrite)
+    return _numpy_eigvalsh(k)
 
 
-def _numpy_eigvalsh(k: torch.Tensor, overwrite: bool = False) -> torch.Tensor:
+def _numpy_eigvalsh(k: torch.Tensor) -> torch.Tensor:
     # numpy's LAPACK routine, called without the GIL (.lapack) so that the solver pool's
     # threads solve side by side; numpy.linalg.eigvalsh itself where SciPy's table is missing
-    a = backend.as_numpy(k)
-    if lapack.AVAILABLE:
-        return backend.numpy_call(lambda: lapack.eigvalsh(a, overwrite_a=overwrite))
-    return backend.numpy_call(lambda: np.linalg.eigvalsh(a))
+    solve = lapack.eigvalsh if lapack.AVAILABLE else np.linalg.eigvalsh
+    return backend.numpy_call(lambda: solve(backend.as_numpy(k)))
 
 
 def _eigvalsh_proxy(dtype: torch.dtype, n: int):

@@ -33,15 +33,3 @@ def test_threads_get_the_same_values_and_a_failure_raises_like_numpy():
     assert all(np.array_equal(t, lapack.eigvalsh(m)) for t, m in zip(threaded, mats))
     with pytest.raises(np.linalg.LinAlgError, match="dsyevd failed"):
         lapack.eigvalsh(np.full((5, 5), np.nan))
-
-
-@pytest.mark.parametrize("dtype", [np.float64, np.float32])
-def test_overwriting_gives_the_same_values_and_uses_the_array_itself(dtype):
-    a = np.cov(np.random.default_rng(3).standard_normal((40, 120))).astype(dtype)
-    expected = lapack.eigvalsh(a)
-    work = a.copy()
-    assert np.array_equal(lapack.eigvalsh(work, overwrite_a=True), expected)
-    assert not np.array_equal(work, a)  # reduced in place: its contents are gone
-    fortran = np.asfortranarray(a)  # not C-ordered: solved in a copy, left as it was
-    assert np.array_equal(lapack.eigvalsh(fortran, overwrite_a=True), expected)
-    assert np.array_equal(fortran, a)
