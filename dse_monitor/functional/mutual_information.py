@@ -28,6 +28,7 @@ from .kernel import Sigma, affinity_to_diffusion_kernel, diffusion_kernel, gauss
 from .operator import available_memory, check_exact_fits
 from .solver import check_options, check_solver, choose_solver, lanczos_entropy
 from .spectrum import at_float32_floor, entropy_of_spectrum, solver_pool, symmetric_eigvals
+from .subset_grams import Plan, SharedGrams
 
 #: On CUDA in float64, up to this N the full distance matrix is computed once and each
 #: subset's block is gathered from it. Elsewhere each subset's kernel is built from the
@@ -185,12 +186,17 @@ def _diffusion_subset_entropies(
             lam = float64_if_collapsed(rows(idx), sigma, lam, t)
         return entropy_of_spectrum(lam, t).to(x.dtype)
 
-    def exact(idx: np.ndarray) -> torch.Tensor:
-        return entropy_checked(idx, symmetric_eigvals(kernel(idx)))
+    # On the CPU without a gradient a subset's Gram is built on an earlier subset's where
+    # they share most rows (the reference's draws overlap heavily: see .subset_grams).
+    shared = None if x.is_cuda or (x.requires_grad and torch.is_grad_enabled()) else SharedGrams(x, sigma)
 
-    def exact_in_worker(idx: np.ndarray) -> torch.Tensor:
+    def exact(idx: np.ndarray, plan: Plan | None = None) -> torch.Tensor:
+        k = None if plan is None else shared.kernel(idx, plan)
+        return entropy_checked(idx, symmetric_eigvals(kernel(idx) if k is None else k))
+
+    def exact_in_worker(idx: np.ndarray, plan: Plan | None) -> torch.Tensor:
         with torch.no_grad():  # grad mode is per thread; threaded solves never need a graph
-            return exact(idx)
+            return exact(idx, plan)
 
     def approx(idx: np.ndarray) -> torch.Tensor:
         est = lanczos_entropy(rows(idx), sigma, t, seed=seed, streamed=streamed, options=options)
@@ -220,7 +226,8 @@ def _diffusion_subset_entropies(
                         batched.append(s)
                         jobs.append(None)
                     else:
-                        jobs.append(solver_pool().submit(exact_in_worker, s) if threaded else exact(s))
+                        plan = shared.plan(s) if shared is not None else None
+                        jobs.append(solver_pool().submit(exact_in_worker, s, plan) if threaded else exact(s, plan))
             if batched:
                 spectra = iter(zip(batched, _batched_cuda_eigvals([kernel(s) for s in batched])))
                 jobs = [entropy_checked(*next(spectra)) if j is None else j for j in jobs]

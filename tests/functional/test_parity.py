@@ -122,6 +122,15 @@ def test_dsmi_kept_draws_follow_the_seed_and_the_sizes(ref):
         assert abs(float(dm.diffusion_spectral_mutual_information(z, y, sigma=4.0, seed=seed)) - expected) < TOL
 
 
+@pytest.mark.parametrize("dtype, tol", [(torch.float64, TOL), (torch.float32, 1e-4)])
+def test_dsmi_with_grams_built_on_earlier_draws_matches_reference(ref, dtype, tol):
+    # groups of about 200: their draws are built on one another's Gram (see test_subset_grams)
+    z = make_data("clustered", 600, 16, 8)
+    y = np.random.default_rng(9).integers(0, 3, 600)
+    expected, _ = ref[1].diffusion_spectral_mutual_information(z, y, gaussian_kernel_sigma=6.0)
+    assert abs(float(dm.diffusion_spectral_mutual_information(z, y, sigma=6.0, dtype=dtype)) - expected) < tol
+
+
 def test_dsmi_equal_sized_groups_share_draws_like_reference(ref):
     z = make_data("clustered", 200, 6, 5)
     y = np.repeat(np.arange(4), 50)  # four groups of the same size
