@@ -108,8 +108,8 @@ def _mutual_information(
     index: dict[bytes, int] = {}
 
     def distinct_subsets() -> Iterator[np.ndarray]:
-        # Lazily, members first: solves start while the draws (pure Python) are still
-        # being made. Equal-sized groups share their draws; each distinct subset is solved once.
+        # Members first, then the draws. Equal-sized groups share their draws; each distinct
+        # subset is solved once.
         def every() -> Iterator[np.ndarray]:
             yield from members
             for k in dict.fromkeys(counts.tolist()):
@@ -188,7 +188,7 @@ def _diffusion_subset_entropies(
 
     # On the CPU without a gradient a subset's Gram is built on an earlier subset's where
     # they share most rows (the reference's draws overlap heavily: see .subset_grams).
-    shared = None if x.is_cuda or (x.requires_grad and torch.is_grad_enabled()) else SharedGrams(x, sigma)
+    shared = SharedGrams(x, sigma) if backend.eligible(x) else None
 
     def exact(idx: np.ndarray, plan: Plan | None = None) -> torch.Tensor:
         k = None if plan is None else shared.kernel(idx, plan)
@@ -203,17 +203,21 @@ def _diffusion_subset_entropies(
         return torch.tensor(est.value, dtype=x.dtype, device=x.device)
 
     def run(subsets: Iterable[np.ndarray]) -> list[torch.Tensor]:
-        # On the CPU each exact solve builds its own kernel inside a worker thread (one
-        # kernel per worker alive at a time) as soon as its subset is known; on CUDA the
-        # exact solves are batched once every subset is known. Approximate solves run
-        # last, on this thread. Autograd needs every solve on this thread.
+        # On the CPU each exact solve builds its own kernel inside a worker thread, on an
+        # earlier subset's Gram where they share most rows (planned once every subset is
+        # known: .subset_grams); on CUDA the exact solves are batched. Approximate solves
+        # run last, on this thread. Autograd needs every solve on this thread.
+        subsets = list(subsets)
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         threaded = not x.is_cuda and torch.get_num_threads() > 1 and not (x.requires_grad and torch.is_grad_enabled())
+        exact_ones = [i for i, s in enumerate(subsets)
+                      if len(s) > 1 and choose_solver(len(s), t, solver, x.dtype) != "lanczos"]
+        plans = dict(zip(exact_ones, shared.plan([subsets[i] for i in exact_ones]))) if shared is not None else {}
         jobs: list[Any] = []
         batched: list[np.ndarray] = []  # CUDA: the exact subsets, in order (their jobs are None)
         checked = 0
         try:
-            for s in subsets:
+            for i, s in enumerate(subsets):
                 if len(s) <= 1:
                     jobs.append(zero)
                 elif choose_solver(len(s), t, solver, x.dtype) == "lanczos":
@@ -222,12 +226,16 @@ def _diffusion_subset_entropies(
                     if len(s) > checked:
                         check_exact_fits(len(s), x.dtype, x.device)
                         checked = len(s)
+                    plan = plans.get(i)
                     if x.is_cuda:
                         batched.append(s)
                         jobs.append(None)
+                    elif threaded:
+                        jobs.append(solver_pool().submit(exact_in_worker, s, plan))
+                        if plan is not None and plan.role == "base":  # cancelled: its subsets build alone
+                            jobs[-1].add_done_callback(lambda _, p=plan: SharedGrams.abandon(p))
                     else:
-                        plan = shared.plan(s) if shared is not None else None
-                        jobs.append(solver_pool().submit(exact_in_worker, s, plan) if threaded else exact(s, plan))
+                        jobs.append(exact(s, plan))
             if batched:
                 spectra = iter(zip(batched, _batched_cuda_eigvals([kernel(s) for s in batched])))
                 jobs = [entropy_checked(*next(spectra)) if j is None else j for j in jobs]
@@ -333,6 +341,7 @@ def diffusion_spectral_mutual_information(
     check_solver(solver)
     check_options(lanczos_options)
     entropies = _diffusion_subset_entropies(x, s, t, solver, seed, streamed, lanczos_options)
+    too_large = None
     try:
         terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
     except MemoryError as err:  # raised before allocating: a group too large for an exact solve
@@ -340,9 +349,12 @@ def diffusion_spectral_mutual_information(
             raise
         if t not in (1, 2):
             raise MemoryError(f"{err} The approximate solver supports only t = 1 and 2 (t={t:g}).") from err
+        too_large = str(err)
+    if too_large is not None:  # outside the handler: its traceback would keep the exact path's memory
+        del entropies
         entropies = _diffusion_subset_entropies(x, s, t, "lanczos", seed, True, lanczos_options)
         terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
-        terms = replace(terms, fallback=f"{err} Used the streamed approximate solver instead.")
+        terms = replace(terms, fallback=f"{too_large} Used the streamed approximate solver instead.")
     return (terms.value, terms) if return_terms else terms.value
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import dse_monitor as dm
 from dse_monitor.functional import backend
 from dse_monitor.functional.kernel import (
     _factored_diffusion_kernel,
@@ -62,3 +63,28 @@ def test_a_kernel_that_needs_a_gradient_is_built_step_by_step():
     assert k.requires_grad
     k.diagonal().sum().backward()
     assert z.grad is not None and bool(torch.isfinite(z.grad).all())
+
+
+def _far_tight_clusters(sq_norm: float, d: int = 512) -> torch.Tensor:
+    # two tight clusters at +-c with ||c||^2 = sq_norm (sigma = 1): the factored form's hardest case
+    g = torch.Generator().manual_seed(d)
+    c = torch.zeros(d, dtype=torch.float64)
+    c[0] = sq_norm**0.5
+    noise = 0.3 * torch.randn(300, d, generator=g, dtype=torch.float64) / d**0.5
+    return torch.cat([c + noise[:150], -c + noise[150:]])
+
+
+@pytest.mark.parametrize("sq_norm, factored", [(15.0, True), (18.5, False)])
+def test_float32_uses_the_factored_form_only_where_its_rounding_stays_small(sq_norm, factored):
+    z = _far_tight_clusters(sq_norm)
+    z32 = z.float()
+    assert (_factored_diffusion_kernel(z32, 1.0) is not None) is factored  # the bound: max ||b||^2 < 16.8
+    assert _factored_diffusion_kernel(z, 1.0) is not None  # float64: up to 354
+    err = float(dm.diffusion_spectral_entropy(z32, sigma=1.0, dtype=torch.float32)) - float(
+        dm.diffusion_spectral_entropy(z, sigma=1.0))
+    assert abs(err) < 5e-5  # the monitor's float32 budget is 1e-4 bits
+
+
+def test_identical_rows_with_a_sigma_too_small_for_the_dtype_are_refused():
+    with pytest.raises(ValueError, match="too small for torch.float32"):
+        diffusion_kernel(torch.ones(100, 3), 1e-30)

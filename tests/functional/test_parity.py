@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import dse_monitor as dm
+from dse_monitor.functional.subset_grams import SharedGrams
 
 TOL = 1e-8
 
@@ -123,12 +124,22 @@ def test_dsmi_kept_draws_follow_the_seed_and_the_sizes(ref):
 
 
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, TOL), (torch.float32, 1e-4)])
-def test_dsmi_with_grams_built_on_earlier_draws_matches_reference(ref, dtype, tol):
+def test_dsmi_with_grams_built_on_earlier_draws_matches_reference(ref, dtype, tol, monkeypatch):
     # groups of about 200: their draws are built on one another's Gram (see test_subset_grams)
+    built = []
+    dependent_kernel = SharedGrams._dependent_kernel
+
+    def counted(self, subset, base):
+        k = dependent_kernel(self, subset, base)
+        built.append(k is not None)
+        return k
+
+    monkeypatch.setattr(SharedGrams, "_dependent_kernel", counted)
     z = make_data("clustered", 600, 16, 8)
     y = np.random.default_rng(9).integers(0, 3, 600)
-    expected, _ = ref[1].diffusion_spectral_mutual_information(z, y, gaussian_kernel_sigma=6.0)
-    assert abs(float(dm.diffusion_spectral_mutual_information(z, y, sigma=6.0, dtype=dtype)) - expected) < tol
+    expected, _ = ref[1].diffusion_spectral_mutual_information(z, y, gaussian_kernel_sigma=12.0)
+    assert abs(float(dm.diffusion_spectral_mutual_information(z, y, sigma=12.0, dtype=dtype)) - expected) < tol
+    assert sum(built) >= 5  # the shared path ran (max ||b||^2 is 11 here, inside float32's range too)
 
 
 def test_dsmi_equal_sized_groups_share_draws_like_reference(ref):
