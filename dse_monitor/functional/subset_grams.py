@@ -65,19 +65,24 @@ class _Slot:
         self._lock = threading.Lock()
 
     def publish(self, base: Base | None) -> None:
-        try:
-            self._future.set_result(base)
-        except InvalidStateError:  # already published (or abandoned)
-            pass
+        self._settle(Future.set_result, base)
 
     def fail(self, err: BaseException) -> None:
-        try:
-            self._future.set_exception(err)
-        except InvalidStateError:
-            pass
+        self._settle(Future.set_exception, err)
+
+    def _settle(self, setter, value) -> None:
+        with self._lock:
+            if self._future is None:  # every user has taken it already
+                return
+            try:
+                setter(self._future, value)
+            except InvalidStateError:  # already published (or abandoned)
+                pass
 
     def take(self) -> Base | None:
-        base = self._future.result()  # the base was submitted first: it is running or done
+        with self._lock:
+            future = self._future
+        base = future.result()  # the base was submitted first: it is running or done
         with self._lock:
             self.users -= 1
             if self.users == 0:

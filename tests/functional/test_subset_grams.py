@@ -93,6 +93,25 @@ def test_a_base_outside_the_factored_range_leaves_its_subsets_to_be_built_alone(
     assert np.isfinite(mi32) and abs(mi32 - mi64) < 1e-4
 
 
+def test_a_base_abandoned_after_its_subsets_took_it_is_a_no_op():
+    # the solver pool calls abandon when every base job ends, also after its Gram was let go
+    grams = SharedGrams(_features(300, 4, torch.float64), sigma=2.0)
+    t, s = np.arange(0, 200), np.arange(20, 200)
+    pt, ps = grams.plan([t, s])
+    grams.kernel(t, pt)
+    assert grams.kernel(s, ps) is not None
+    SharedGrams.abandon(pt)
+
+
+def test_the_solver_pool_reports_no_error_from_its_callbacks(caplog):
+    if torch.get_num_threads() < 2:
+        pytest.skip("the solver pool needs two threads")
+    z = _features(900, 16, torch.float64)
+    with caplog.at_level("ERROR", logger="concurrent.futures"):
+        dm.diffusion_spectral_mutual_information(z, torch.arange(900) % 3, sigma=4.0)
+    assert not caplog.records, [r.getMessage() for r in caplog.records]
+
+
 def test_subsets_of_a_base_that_never_ran_build_alone():
     # what the solver pool does when a base's job is cancelled: its subsets must not wait forever
     grams = SharedGrams(_features(300, 4, torch.float64), sigma=2.0)
