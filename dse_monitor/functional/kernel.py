@@ -172,7 +172,6 @@ def diffusion_kernel(z: torch.Tensor, sigma: float) -> torch.Tensor:
 
 def _factored_diffusion_kernel(z: torch.Tensor, sigma: float) -> torch.Tensor | None:
     # The factored form of the module docstring; None outside its range (see below).
-    check_positive(sigma, "sigma")
     b, half_sq = scaled_rows(z, z.mean(dim=0, keepdim=True), sigma)
     if not in_factored_range(half_sq):
         return None

@@ -210,8 +210,8 @@ def _diffusion_subset_entropies(
         subsets = list(subsets)
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         threaded = not x.is_cuda and torch.get_num_threads() > 1 and not (x.requires_grad and torch.is_grad_enabled())
-        exact_ones = [i for i, s in enumerate(subsets)
-                      if len(s) > 1 and choose_solver(len(s), t, solver, x.dtype) != "lanczos"]
+        approximate = [len(s) > 1 and choose_solver(len(s), t, solver, x.dtype) == "lanczos" for s in subsets]
+        exact_ones = [i for i, s in enumerate(subsets) if len(s) > 1 and not approximate[i]]
         plans = dict(zip(exact_ones, shared.plan([subsets[i] for i in exact_ones]))) if shared is not None else {}
         jobs: list[Any] = []
         batched: list[np.ndarray] = []  # CUDA: the exact subsets, in order (their jobs are None)
@@ -220,7 +220,7 @@ def _diffusion_subset_entropies(
             for i, s in enumerate(subsets):
                 if len(s) <= 1:
                     jobs.append(zero)
-                elif choose_solver(len(s), t, solver, x.dtype) == "lanczos":
+                elif approximate[i]:
                     jobs.append(partial(approx, s))
                 else:
                     if len(s) > checked:

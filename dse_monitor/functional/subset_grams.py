@@ -188,7 +188,8 @@ class SharedGrams:
         t = base.rows
         pos = np.minimum(np.searchsorted(t, subset), len(t) - 1)
         hit = t[pos] == subset
-        p = torch.from_numpy(pos[hit])
+        shared = pos[hit]
+        p = torch.from_numpy(shared)
         b_new, half_new = scaled_rows(self._rows(subset[~hit]), base.centre, self.sigma)
         half_sq = torch.cat([base.half_sq.index_select(0, p), half_new])
         if not in_factored_range(half_sq):
@@ -196,7 +197,7 @@ class SharedGrams:
         s, k = len(p), len(subset)
         e = torch.empty(k, k, dtype=self.x.dtype, device=self.x.device)
         g = base.gram.numpy()  # numpy's take: 4x faster than two index_selects here (0.22 vs 0.85 ms)
-        e[:s, :s] = torch.from_numpy(np.take(np.take(g, pos[hit], axis=0), pos[hit], axis=1))
+        e[:s, :s] = torch.from_numpy(np.take(np.take(g, shared, axis=0), shared, axis=1))
         if s < k:
             r = b_new @ torch.cat([base.b.index_select(0, p), b_new]).T
             e[s:] = r
