@@ -7,7 +7,7 @@ from dse_callback_models import LitClassifier, trainer_kwargs
 
 import dse_monitor.monitor as core
 import dse_monitor.functional.entropy as entropy
-import dse_monitor.functional.mutual_information as mutual_information
+import dse_monitor.functional.subset_entropies as subset_entropies
 from dse_monitor import DSEMonitor
 from dse_monitor.functional.operator import check_exact_fits
 
@@ -55,7 +55,7 @@ def _one_byte_free(n, dtype, device):
 
 def test_dsmi_too_large_for_exact_streams_like_dse(tmp_path, monkeypatch):
     # Only DSMI's memory guard is told that one byte is free; DSE stays exact.
-    monkeypatch.setattr(mutual_information, "check_exact_fits", _one_byte_free)
+    monkeypatch.setattr(subset_entropies, "check_exact_fits", _one_byte_free)
     small = DSEMonitor(num_samples=64, metrics=["dse", "dsmi_y"], sigma=1.0, solver="exact", prefix="m")
     L.seed_everything(3)
     with pytest.warns(core.DSEMonitorWarning, match=r"exact DSE of N=\d+ points needs .*streamed approximate"):
@@ -72,7 +72,7 @@ def test_dsmi_too_large_for_exact_streams_like_dse(tmp_path, monkeypatch):
 
 def test_one_failing_metric_does_not_take_the_others_with_it(tmp_path, monkeypatch):
     # At t = 3 there is no approximate fallback: DSMI fails, DSE of the same layer is still logged.
-    monkeypatch.setattr(mutual_information, "check_exact_fits", _one_byte_free)
+    monkeypatch.setattr(subset_entropies, "check_exact_fits", _one_byte_free)
     monitor = DSEMonitor(num_samples=64, metrics=["dse", "dsmi_y"], sigma=1.0, t=3, solver="exact")
     with pytest.warns(core.DSEMonitorWarning, match=r"computing \['dsmi_y'\] for layer 'penultimate' at epoch 0 "
                       r"failed \(MemoryError: exact DSE of N=\d+ points.*\); skipping it"):

@@ -176,7 +176,7 @@ def test_a_memory_error_leaves_no_solve_running(monkeypatch):
     # 500-point groups are submitted before the 900-point group fails its check.
     import time
 
-    import dse_monitor.functional.mutual_information as mi
+    import dse_monitor.functional.subset_entropies as mi
     from dse_monitor.functional.operator import check_exact_fits, exact_bytes
 
     limit = (exact_bytes(500, torch.float64) + exact_bytes(900, torch.float64)) // 2
