@@ -46,8 +46,8 @@ from .functional import (
     diffusion_spectral_mutual_information,
 )
 
-__all__ = ["DEFAULT_METRICS", "DIAGNOSTICS", "METRICS", "Metric", "MetricResult", "MetricSettings",
-           "is_monitor_name", "metric_names", "title"]
+__all__ = ["DEFAULT_METRICS", "DIAGNOSTICS", "METRICS", "Metric", "MetricKey", "MetricResult", "MetricSettings",
+           "is_monitor_name", "metric_key", "metric_names", "parse_key", "title"]
 
 Reference = Optional[Literal["labels", "inputs"]]
 
@@ -183,3 +183,41 @@ def is_monitor_name(name: str) -> bool:
     (True, True, False)
     """
     return name in METRICS or name in DIAGNOSTICS
+
+
+@dataclass(frozen=True)
+class MetricKey:
+    """The parts of a logged key ``<prefix>/<layer>/<name>`` (``name``: a metric or a diagnostic)."""
+
+    prefix: str
+    layer: str
+    name: str
+
+    def __str__(self) -> str:
+        return metric_key(self.prefix, self.layer, self.name)
+
+
+def metric_key(prefix: str, layer: str, name: str) -> str:
+    """The key the monitor logs a layer's value under: ``<prefix>/<layer>/<name>``.
+
+    >>> metric_key("dse", "penultimate", "dsmi_y")
+    'dse/penultimate/dsmi_y'
+    """
+    return f"{prefix}/{layer}/{name}"
+
+
+def parse_key(key: str) -> Optional[MetricKey]:
+    """The parts of ``<prefix>/<layer>/<name>`` (the one place a key is taken apart); None for other tags.
+
+    The prefix has no ``/`` (the monitor refuses one), the name is the last part, the layer
+    is everything between (module names have dots, not slashes).
+
+    >>> parse_key("dse/layer4/dse")
+    MetricKey(prefix='dse', layer='layer4', name='dse')
+    >>> parse_key("dse/epoch") is None, parse_key("val_acc") is None
+    (True, True)
+    """
+    parts = key.split("/")
+    if len(parts) < 3 or not all(parts):
+        return None
+    return MetricKey(parts[0], "/".join(parts[1:-1]), parts[-1])

@@ -17,7 +17,7 @@ from ..capture.pooling import Pooling, check_pooling
 from ..capture.forward import ForwardFn
 from ..functional._checks import check_int
 from ..functional.solver import check_solver
-from ..registry import METRICS, MetricSettings
+from ..registry import METRICS, MetricSettings, metric_key
 
 BatchFn = Callable[[Any], Any]
 PROBES = ("val", "train")
@@ -142,7 +142,7 @@ class MonitorConfig:
 
     def key(self, layer: str, metric: str) -> str:
         """The logged key: ``<prefix>/<layer>/<metric>``."""
-        return f"{self.prefix}/{layer}/{metric}"
+        return metric_key(self.prefix, layer, metric)
 
     def probe_name(self) -> str:
         return self.probe if isinstance(self.probe, str) else type(self.probe).__name__
