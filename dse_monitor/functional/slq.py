@@ -65,7 +65,9 @@ def slq_quadratic_forms(
     return g, m1, m2
 
 
-def control_variate_mean(g: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, t1: float, t2: float) -> tuple[float, float]:
+def control_variate_mean(
+    g: torch.Tensor, m1: torch.Tensor, m2: torch.Tensor, t1: float, t2: float
+) -> tuple[float, float]:
     """Mean of g corrected with the exactly known means of m1, m2; and its standard error."""
     p = g.numel()
     if p < 8:

@@ -2,14 +2,15 @@
 
 Read from the source with :mod:`ast`, not by importing: every ``import`` / ``from ...
 import`` of a ``dse_monitor`` module, wherever it stands. Imports inside a function
-(lazy imports) count too: a lazy import is still a dependency, and it is how the
-cycle ``functional/_checks.py`` <-> ``functional/kernel.py`` used to hide. Imports under
+(lazy imports) count too: a lazy import is still a dependency, and it is how the cycle
+``functional/_checks.py`` <-> ``functional/kernel.py`` used to hide. Imports under
 ``if TYPE_CHECKING:`` are left out (they never run).
 
 Rooms, lowest first: functional < capture < registry (the metric registry, read by the
-monitor) < monitor < top (loss, callbacks, the package face) < train. A module may import its own room and the rooms below it. The
-package face ``dse_monitor/__init__.py`` re-exports the rooms; it may reach ``train``
-only lazily, inside its module ``__getattr__`` (issue 21).
+monitor) < monitor < top (loss, callbacks, the package face) < train. A module may import
+its own room and the rooms below it. The package face ``dse_monitor/__init__.py``
+re-exports the rooms; it may reach ``train`` only lazily, inside its module
+``__getattr__`` (issue 21).
 """
 from __future__ import annotations
 
