@@ -64,8 +64,8 @@ def dse_rows(sizes, d, device, repeats, f64_max):
         t64 = v64 = float("nan")
         if n <= f64_max:
             t64, v64 = timed(lambda: float(dm.diffusion_spectral_entropy(z, sigma, max_n=None)), device, repeats)
-        ta, est = timed(lambda: dm.diffusion_spectral_entropy(z, sigma, max_n=None, solver="lanczos",
-                                                               return_bounds=True), device, repeats)
+        ta, est = timed(lambda: dm.diffusion_spectral_entropy_details(z, sigma, max_n=None, solver="lanczos").estimate,
+                        device, repeats)
         ref = v64 if v64 == v64 else v32
         rows.append((f"DSE N={n} D={d}", ta, t32, t64,
                      f"exact f64 {v64:.4f} f32 {v32:.4f}; lanczos {est.value:.4f} err {est.value - ref:+.4f} "
@@ -100,7 +100,7 @@ def large_rows(n, d, device):
         torch.cuda.reset_peak_memory_stats(device)
     _sync(device)
     t0 = time.perf_counter()
-    est = dm.diffusion_spectral_entropy(z, sigma, max_n=None, solver="lanczos", return_bounds=True)
+    est = dm.diffusion_spectral_entropy_details(z, sigma, max_n=None, solver="lanczos").estimate
     _sync(device)
     sec = time.perf_counter() - t0
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")

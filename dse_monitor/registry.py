@@ -42,8 +42,8 @@ from .functional import (
     normalised_entropy,
     classic_shannon_entropy,
     classic_shannon_mutual_information,
-    diffusion_spectral_entropy,
-    diffusion_spectral_mutual_information,
+    diffusion_spectral_entropy_details,
+    diffusion_spectral_mutual_information_terms,
 )
 
 __all__ = ["DEFAULT_METRICS", "DIAGNOSTICS", "METRICS", "Metric", "MetricKey", "MetricResult", "MetricSettings",
@@ -98,18 +98,17 @@ class Metric:
 
 
 def _dse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
-    res = diffusion_spectral_entropy(
-        z, s.sigma, s.t, seed=s.seed, dtype=s.dtype, solver=s.solver, return_spectrum=True,
-        memory_fallback=s.memory_fallback,
+    res = diffusion_spectral_entropy_details(
+        z, s.sigma, s.t, seed=s.seed, dtype=s.dtype, solver=s.solver, memory_fallback=s.memory_fallback,
     )
     lam = None if res.eigenvalues is None else res.eigenvalues.detach().cpu().double().numpy()
     return MetricResult(float(res.value), lam, res.fallback, res.n)
 
 
 def _dsmi(z: torch.Tensor, groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
-    _, terms = diffusion_spectral_mutual_information(
+    terms = diffusion_spectral_mutual_information_terms(
         z, groups=groups, sigma=s.sigma, t=s.t, num_repetitions=s.num_repetitions, seed=s.seed, dtype=s.dtype,
-        solver=s.solver, memory_fallback=s.memory_fallback, return_terms=True,
+        solver=s.solver, memory_fallback=s.memory_fallback,
     )
     return MetricResult(float(terms.value), None, terms.fallback)
 

@@ -92,4 +92,4 @@ def test_the_command_without_the_extra_prints_one_line_and_fails(tmp_path):
 
 def test_the_install_itself_is_light():
     core = {Requirement(line).name for line in requires("dse-monitor") if "extra ==" not in line}
-    assert core == {"torch", "numpy", "scikit-learn", "tensorboard"}
+    assert core == {"torch", "numpy", "scikit-learn", "scipy", "tensorboard"}

@@ -1,20 +1,32 @@
 """The functional core: pure torch math, no Lightning, no hooks, no files.
 
 Kernels (:mod:`.kernel`), eigen-solvers and spectral entropy (:mod:`.spectrum`),
-DSE and CSE (:mod:`.entropy`), the reference's variants (:mod:`.variants`),
-grouping of references (:mod:`.grouping`), mutual information
-(:mod:`.mutual_information`), the scale diagnostics (:mod:`.scale`) and the
+DSE and CSE (:mod:`.entropy`; the approximate solver: :mod:`.lanczos`), the
+reference's variants (:mod:`.variants`), grouping of references (:mod:`.grouping`),
+mutual information (:mod:`.mutual_information`), the scale diagnostics (:mod:`.scale`) and the
 diffusion time from the data (:mod:`.diffusion_time`).
+
+Every value function returns a tensor; the rich results come from functions named for
+them: :func:`diffusion_spectral_entropy_details` (spectrum, path taken, bounds) and
+:func:`diffusion_spectral_mutual_information_terms` (the terms per group).
 """
 from .diffusion_time import diffusion_time_knee, entropy_curve, knee_of_curve, log_spectrum
-from .entropy import DiffusionEntropy, classic_shannon_entropy, diffusion_eigenvalues, diffusion_spectral_entropy
+from .entropy import (
+    DiffusionEntropy,
+    classic_shannon_entropy,
+    diffusion_eigenvalues,
+    diffusion_spectral_entropy,
+    diffusion_spectral_entropy_details,
+)
 from .grouping import reference_groups
 from .kernel import diffusion_kernel, resolve_sigma, squared_distances
 from .lanczos import EntropyEstimate
 from .mutual_information import (
     MutualInformationTerms,
     classic_shannon_mutual_information,
+    classic_shannon_mutual_information_terms,
     diffusion_spectral_mutual_information,
+    diffusion_spectral_mutual_information_terms,
 )
 from .scale import (
     MedianSigma,
@@ -44,10 +56,13 @@ __all__ = [
     "adjacency_spectral_entropy",
     "classic_shannon_entropy",
     "classic_shannon_mutual_information",
+    "classic_shannon_mutual_information_terms",
     "diffusion_eigenvalues",
     "diffusion_kernel",
     "diffusion_spectral_entropy",
+    "diffusion_spectral_entropy_details",
     "diffusion_spectral_mutual_information",
+    "diffusion_spectral_mutual_information_terms",
     "entropy_of_spectrum",
     "matrix_entry_entropy",
     "reference_groups",

@@ -6,6 +6,7 @@ early, with a message that names the problem and the fix, instead of returning N
 from __future__ import annotations
 
 import math
+import random
 from typing import Any
 
 import numpy as np
@@ -96,10 +97,20 @@ def check_max_n(max_n: int | None) -> int | None:
     return check_int(max_n, "max_n", 1, allow_none=True)
 
 
+def subsample_indices(n: int, k: int, seed: int) -> list[int]:
+    """Indices of a seeded sample of ``k`` out of ``n``, drawn as the reference package draws.
+
+    ``random.Random(seed).sample(range(n), k)``: the same draw as the reference's
+    ``random.seed(seed); random.sample(range(n), k)``, without touching global state.
+
+    >>> subsample_indices(10, 3, seed=0)
+    [6, 9, 0]
+    """
+    return random.Random(seed).sample(range(n), k)
+
+
 def prepare_features(z: Any, *, dtype: torch.dtype | None, max_n: int | None, seed: int) -> torch.Tensor:
     """Validated features in the compute dtype, subsampled (the reference's seeded draw) above ``max_n`` rows."""
-    from .kernel import subsample_indices  # kernel imports this module
-
     x = check_features(z, dtype=dtype)
     max_n = check_max_n(max_n)
     if max_n is not None and x.shape[0] > max_n:

@@ -1,13 +1,13 @@
 """Diffusion spectral entropy (DSE) and the classic binning entropy (CSE)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 
-from dataclasses import dataclass
-
 from ._checks import check_int, check_positive, prepare_features
+from ._deprecation import warn_deprecated
 from .kernel import Sigma, diffusion_kernel, resolve_sigma
 from .lanczos import EntropyEstimate
 from .operator import check_exact_fits
@@ -17,11 +17,12 @@ from .spectrum import at_float32_floor, entropy_of_spectrum, shannon_bits, symme
 
 @dataclass(frozen=True)
 class DiffusionEntropy:
-    """DSE with what a monitor needs to report it (``return_spectrum=True``).
+    """DSE with what a monitor needs to report it (:func:`diffusion_spectral_entropy_details`).
 
     ``eigenvalues`` (descending) exist on the exact path only; ``solver`` is the path
     taken (``"exact"``, ``"lanczos"`` or ``"lanczos-streamed"``); ``fallback`` says why
-    the requested path was left (the exact solve did not fit in memory), else None.
+    the requested path was left (the exact solve did not fit in memory), else None;
+    ``approximation`` is the approximate path's :class:`EntropyEstimate`, else None.
     """
 
     value: torch.Tensor
@@ -30,6 +31,18 @@ class DiffusionEntropy:
     sigma: float
     n: int
     fallback: str | None = None
+    approximation: EntropyEstimate | None = None
+
+    @property
+    def estimate(self) -> EntropyEstimate:
+        """The value with its standard error and guaranteed bounds; degenerate on the exact path.
+
+        On the exact path ``lower == value == upper`` and ``std_error == 0``.
+        """
+        if self.approximation is not None:
+            return self.approximation
+        value = float(self.value)
+        return EntropyEstimate(value, 0.0, value, value, "exact", rank=self.n)
 
 
 def diffusion_eigenvalues(
@@ -80,20 +93,11 @@ def _spectral_entropy(lam: torch.Tensor, t: float) -> torch.Tensor:
 
 
 def diffusion_spectral_entropy(
-    z: Any,
-    sigma: Sigma = 10.0,
-    t: float = 1,
-    *,
-    max_n: int | None = 10_000,
-    seed: int = 0,
-    dtype: torch.dtype | None = None,
-    solver: str = "exact",
-    return_bounds: bool = False,
-    return_spectrum: bool = False,
-    memory_fallback: bool = False,
-    streamed: bool | None = None,
-    lanczos_options: dict[str, Any] | None = None,
-) -> torch.Tensor | EntropyEstimate | DiffusionEntropy:
+    z: Any, sigma: Sigma = 10.0, t: float = 1, *, max_n: int | None = 10_000, seed: int = 0,
+    dtype: torch.dtype | None = None, solver: str = "exact", memory_fallback: bool = False,
+    streamed: bool | None = None, lanczos_options: dict[str, Any] | None = None,
+    return_bounds: bool | None = None, return_spectrum: bool | None = None,
+) -> torch.Tensor:
     """Diffusion spectral entropy DSE(Z) in bits.
 
         DSE = -sum_i a_i log2 a_i,   a_i = |lambda_i|^t / sum_j |lambda_j|^t,
@@ -125,10 +129,6 @@ def diffusion_spectral_entropy(
             bounds, t in {1, 2}, not differentiable; see :mod:`.lanczos`) or
             ``"auto"`` (exact up to the crossover measured at first use,
             :func:`~.solver.auto_crossover`, lanczos above).
-        return_bounds: return an :class:`EntropyEstimate` (value, standard error,
-            guaranteed lower and upper bounds) instead of a tensor.
-        return_spectrum: return a :class:`DiffusionEntropy` (value, the spectrum on
-            the exact path, the path taken, the resolved sigma, N, the fallback).
         memory_fallback: when the exact solve does not fit in the free memory, use
             the streamed approximate path instead of raising (t in {1, 2} only; the
             reason is in ``DiffusionEntropy.fallback``).
@@ -137,10 +137,13 @@ def diffusion_spectral_entropy(
         lanczos_options: ``n_probes``, ``lanczos_steps``, ``block``, ``max_rank``,
             ``bound_tol``, ``lock_tol``, ``memory_limit`` (bytes), ``block_size``
             (streamed rows) of the lanczos path.
+        return_bounds, return_spectrum: deprecated (they return an
+            :class:`EntropyEstimate` or a :class:`DiffusionEntropy` for one more release);
+            use :func:`diffusion_spectral_entropy_details` and its ``.estimate``.
 
     Returns:
-        0-dim tensor (bits) on ``z``'s device, an :class:`EntropyEstimate` or a
-        :class:`DiffusionEntropy`.
+        0-dim tensor (bits) on ``z``'s device. The spectrum, the path taken, the fallback
+        and the bounds: :func:`diffusion_spectral_entropy_details`.
 
     Raises:
         MemoryError: naming the sizes, when the chosen path cannot fit in memory
@@ -154,14 +157,43 @@ def diffusion_spectral_entropy(
         >>> same = torch.ones(8, 4)            # 8 identical points: rank-one P
         >>> round(float(diffusion_spectral_entropy(same)), 6)
         0.0
-        >>> res = diffusion_spectral_entropy(far, return_spectrum=True)
-        >>> res.solver, res.eigenvalues.shape
-        ('exact', torch.Size([8]))
+    """
+    if return_bounds and return_spectrum:
+        raise ValueError("pass return_bounds or return_spectrum, not both")
+    if return_bounds is not None:
+        warn_deprecated("diffusion_spectral_entropy(return_bounds=...)",
+                        "diffusion_spectral_entropy_details(...).estimate")
+    elif return_spectrum is not None:
+        warn_deprecated("diffusion_spectral_entropy(return_spectrum=...)", "diffusion_spectral_entropy_details(...)")
+    res = diffusion_spectral_entropy_details(
+        z, sigma, t, max_n=max_n, seed=seed, dtype=dtype, solver=solver, memory_fallback=memory_fallback,
+        streamed=streamed, lanczos_options=lanczos_options,
+    )
+    if return_bounds:  # deprecated: what the flags returned before
+        return res.estimate
+    return res if return_spectrum else res.value
+
+
+def diffusion_spectral_entropy_details(
+    z: Any, sigma: Sigma = 10.0, t: float = 1, *, max_n: int | None = 10_000, seed: int = 0,
+    dtype: torch.dtype | None = None, solver: str = "exact", memory_fallback: bool = False,
+    streamed: bool | None = None, lanczos_options: dict[str, Any] | None = None,
+) -> DiffusionEntropy:
+    """DSE as :func:`diffusion_spectral_entropy` computes it, with the spectrum, the path taken and the bounds.
+
+    Same arguments and the same ``value``. ``eigenvalues`` (descending) on the exact path;
+    ``solver``: the path taken; ``sigma``: the resolved bandwidth; ``n``: the points used
+    (after the ``max_n`` subsample); ``fallback``: why the exact path was left
+    (``memory_fallback``); ``estimate``: an :class:`EntropyEstimate` with the standard error
+    and guaranteed bounds (``lower == value == upper`` on the exact path).
+
+    Example:
+        >>> res = diffusion_spectral_entropy_details(torch.eye(8) * 1000)
+        >>> res.solver, res.eigenvalues.shape, res.n, round(res.estimate.upper, 6)
+        ('exact', torch.Size([8]), 8, 3.0)
     """
     check_positive(t, "t")
     check_solver(solver)
-    if return_bounds and return_spectrum:
-        raise ValueError("pass return_bounds or return_spectrum, not both")
     x = prepare_features(z, dtype=dtype, max_n=max_n, seed=seed)
     s = resolve_sigma(sigma, x, seed)
     n = x.shape[0]
@@ -180,16 +212,12 @@ def diffusion_spectral_entropy(
     if lam is not None:
         lam = float64_if_collapsed(x, s, lam, t)
         value = _spectral_entropy(lam, t).to(x.dtype)
-        est = EntropyEstimate(float(value), 0.0, float(value), float(value), "exact", rank=n) if return_bounds else None
+        est = None
     else:
         est = lanczos_entropy(x, s, t, seed=seed, streamed=streamed, options=lanczos_options)
         value = torch.tensor(est.value, dtype=x.dtype, device=x.device)
         path = "lanczos-streamed" if est.storage.startswith("streamed") else "lanczos"
-    if return_bounds:
-        return est
-    if return_spectrum:
-        return DiffusionEntropy(value, lam, path, float(s), n, fallback)
-    return value
+    return DiffusionEntropy(value, lam, path, float(s), n, fallback, est)
 
 
 def _bin_codes(z: torch.Tensor, num_bins_per_dim: int) -> torch.Tensor:

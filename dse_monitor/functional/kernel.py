@@ -23,31 +23,18 @@ outside that, step by step.
 from __future__ import annotations
 
 import math
-import random
 from functools import partial
 
 import numpy as np
 import torch
 
 from . import backend
-from ._checks import check_positive
+from ._checks import check_positive, subsample_indices  # subsample_indices: also imported from here
 
 Sigma = float | str
 
 #: Points used to estimate the "median" bandwidth (all pairs of at most this many points).
 MEDIAN_SAMPLE = 2000
-
-
-def subsample_indices(n: int, k: int, seed: int) -> list[int]:
-    """Indices of a seeded sample of ``k`` out of ``n``, drawn as the reference package draws.
-
-    ``random.Random(seed).sample(range(n), k)``: the same draw as the reference's
-    ``random.seed(seed); random.sample(range(n), k)``, without touching global state.
-
-    >>> subsample_indices(10, 3, seed=0)
-    [6, 9, 0]
-    """
-    return random.Random(seed).sample(range(n), k)
 
 
 def squared_distances(z: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,7 @@ beside it gets 30% of its usual progress; two threads solving 500 x 500 matrices
 long as one thread solving both). DSMI solves dozens of such matrices in a thread pool,
 so with numpy's routine only one core works. This module calls the routine numpy calls,
 ``dsyevd`` / ``ssyevd`` with ``jobz='N'``, from SciPy's Cython LAPACK table
-(``scipy.linalg.cython_lapack``, a public API; SciPy comes with scikit-learn) through
+(``scipy.linalg.cython_lapack``, a public API; SciPy is a declared dependency) through
 ``ctypes``, which releases the GIL for the duration of a foreign call. Same routine,
 same triangle, same workspace query: the eigenvalues equal numpy's (bitwise where both
 use the same OpenBLAS build). Measured on a 2-core AMD EPYC, 500 x 500 float64, one BLAS

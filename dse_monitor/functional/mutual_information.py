@@ -20,6 +20,7 @@ import numpy as np
 import torch
 
 from ._checks import as_tensor, check_features, check_int, check_max_n, check_positive
+from ._deprecation import warn_deprecated
 from .entropy import classic_shannon_entropy
 from .grouping import reference_groups
 from .kernel import Sigma, resolve_sigma
@@ -140,24 +141,12 @@ def _resolve_groups(
 
 
 def diffusion_spectral_mutual_information(
-    z: Any,
-    reference: Any = None,
-    *,
-    sigma: Sigma = 10.0,
-    t: float = 1,
-    reference_discrete: bool | None = None,
-    n_clusters: int = 10,
-    groups: Any = None,
-    num_repetitions: int = 5,
-    seed: int = 0,
-    max_n: int | None = 10_000,
-    dtype: torch.dtype | None = None,
-    return_terms: bool = False,
-    solver: str = "exact",
-    memory_fallback: bool = False,
-    streamed: bool | None = None,
-    lanczos_options: dict[str, Any] | None = None,
-) -> torch.Tensor | tuple[torch.Tensor, MutualInformationTerms]:
+    z: Any, reference: Any = None, *, sigma: Sigma = 10.0, t: float = 1, reference_discrete: bool | None = None,
+    n_clusters: int = 10, groups: Any = None, num_repetitions: int = 5, seed: int = 0, max_n: int | None = 10_000,
+    dtype: torch.dtype | None = None, solver: str = "exact", memory_fallback: bool = False,
+    streamed: bool | None = None, lanczos_options: dict[str, Any] | None = None,
+    return_terms: bool | None = None,
+) -> torch.Tensor:
     """Diffusion spectral mutual information DSMI(Z; B) in bits.
 
         DSMI(Z; B) = sum_b p(b) [ mean_r DSE(Z_r^(b)) - DSE(Z | B = b) ]
@@ -176,12 +165,17 @@ def diffusion_spectral_mutual_information(
         seed: seed of the subsets (and of the clustering).
         max_n: cap on the points of any one entropy, as in DSE.
         dtype: compute dtype (float64 by default).
-        return_terms: also return the :class:`MutualInformationTerms`.
         solver, streamed, lanczos_options: how each entropy is computed, as in
             :func:`diffusion_spectral_entropy` (``"auto"`` decides per subset by its size).
         memory_fallback: when a group is too large for an exact solve in the free
             memory, compute every entropy with the streamed approximate solver instead
             of raising (t in {1, 2}; the reason is in ``MutualInformationTerms.fallback``).
+        return_terms: deprecated (it returns ``(value, terms)`` for one more release);
+            use :func:`diffusion_spectral_mutual_information_terms`.
+
+    Returns:
+        0-dim tensor (bits). The per-group terms and the fallback:
+        :func:`diffusion_spectral_mutual_information_terms`.
 
     A group with a single member contributes 0 (DSE of one point is 0 on both sides).
 
@@ -191,6 +185,40 @@ def diffusion_spectral_mutual_information(
         >>> z = torch.randn(200, 3, generator=g) + 40 * labels[:, None]
         >>> mi = diffusion_spectral_mutual_information(z, labels, sigma=2.0)
         >>> bool(mi > 0.5)
+        True
+    """
+    if return_terms is not None:
+        warn_deprecated("diffusion_spectral_mutual_information(return_terms=...)",
+                        "diffusion_spectral_mutual_information_terms(...)")
+    terms = diffusion_spectral_mutual_information_terms(
+        z, reference, sigma=sigma, t=t, reference_discrete=reference_discrete, n_clusters=n_clusters, groups=groups,
+        num_repetitions=num_repetitions, seed=seed, max_n=max_n, dtype=dtype, solver=solver,
+        memory_fallback=memory_fallback, streamed=streamed, lanczos_options=lanczos_options,
+    )
+    return (terms.value, terms) if return_terms else terms.value
+
+
+def diffusion_spectral_mutual_information_terms(
+    z: Any, reference: Any = None, *, sigma: Sigma = 10.0, t: float = 1, reference_discrete: bool | None = None,
+    n_clusters: int = 10, groups: Any = None, num_repetitions: int = 5, seed: int = 0, max_n: int | None = 10_000,
+    dtype: torch.dtype | None = None, solver: str = "exact", memory_fallback: bool = False,
+    streamed: bool | None = None, lanczos_options: dict[str, Any] | None = None,
+) -> MutualInformationTerms:
+    """DSMI as :func:`diffusion_spectral_mutual_information` computes it, with its terms per group.
+
+    Same arguments and the same ``value``: ``value = sum(weights * (unconditional -
+    conditional))`` over the groups (sorted ``group_ids``), ``weights`` = p(b),
+    ``conditional`` = DSE(Z | B = b), ``unconditional`` = the mean over the
+    ``unconditional_draws`` [G, num_repetitions] of DSE(Z_r^(b)); ``fallback``: why the
+    exact solver was left (``memory_fallback``), else None.
+
+    Example:
+        >>> labels = torch.arange(40) % 2
+        >>> z = torch.randn(40, 3, generator=torch.Generator().manual_seed(0)) + 40 * labels[:, None]
+        >>> terms = diffusion_spectral_mutual_information_terms(z, labels, sigma=2.0, num_repetitions=3)
+        >>> terms.group_ids.tolist(), terms.weights.tolist(), tuple(terms.unconditional_draws.shape)
+        ([0, 1], [0.5, 0.5], (2, 3))
+        >>> bool(terms.value == diffusion_spectral_mutual_information(z, labels, sigma=2.0, num_repetitions=3))
         True
     """
     x = check_features(z, dtype=dtype)
@@ -216,35 +244,53 @@ def diffusion_spectral_mutual_information(
         entropies = diffusion_subset_entropies(x, s, t, "lanczos", seed, True, lanczos_options)
         terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
         terms = replace(terms, fallback=f"{too_large} Used the streamed approximate solver instead.")
-    return (terms.value, terms) if return_terms else terms.value
+    return terms
 
 
 def classic_shannon_mutual_information(
-    z: Any,
-    reference: Any = None,
-    *,
-    num_bins_per_dim: int = 2,
-    reference_discrete: bool | None = None,
-    n_clusters: int = 10,
-    groups: Any = None,
-    num_repetitions: int = 5,
-    seed: int = 0,
-    max_n: int | None = 10_000,
+    z: Any, reference: Any = None, *, num_bins_per_dim: int = 2, reference_discrete: bool | None = None,
+    n_clusters: int = 10, groups: Any = None, num_repetitions: int = 5, seed: int = 0, max_n: int | None = 10_000,
     dtype: torch.dtype | None = None,
-    return_terms: bool = False,
-) -> torch.Tensor | tuple[torch.Tensor, MutualInformationTerms]:
+    return_terms: bool | None = None,
+) -> torch.Tensor:
     """Classic Shannon mutual information CSMI(Z; B): DSMI's formula with CSE.
 
         CSMI(Z; B) = sum_b p(b) [ mean_r CSE(Z_r^(b)) - CSE(Z | B = b) ]
 
     Arguments as in :func:`diffusion_spectral_mutual_information`; the binning is
     that of :func:`classic_shannon_entropy` (min-max scaled within each subset).
+    ``return_terms`` is deprecated: the terms come from
+    :func:`classic_shannon_mutual_information_terms`.
 
     Example:
         >>> z = torch.tensor([[0.0, 0.0]] * 6 + [[1.0, 1.0]] * 6)
         >>> labels = torch.tensor([0] * 6 + [1] * 6)
         >>> round(float(classic_shannon_mutual_information(z, labels)), 2)
         0.97
+    """
+    if return_terms is not None:
+        warn_deprecated("classic_shannon_mutual_information(return_terms=...)",
+                        "classic_shannon_mutual_information_terms(...)")
+    terms = classic_shannon_mutual_information_terms(
+        z, reference, num_bins_per_dim=num_bins_per_dim, reference_discrete=reference_discrete, n_clusters=n_clusters,
+        groups=groups, num_repetitions=num_repetitions, seed=seed, max_n=max_n, dtype=dtype,
+    )
+    return (terms.value, terms) if return_terms else terms.value
+
+
+def classic_shannon_mutual_information_terms(
+    z: Any, reference: Any = None, *, num_bins_per_dim: int = 2, reference_discrete: bool | None = None,
+    n_clusters: int = 10, groups: Any = None, num_repetitions: int = 5, seed: int = 0, max_n: int | None = 10_000,
+    dtype: torch.dtype | None = None,
+) -> MutualInformationTerms:
+    """CSMI as :func:`classic_shannon_mutual_information` computes it, with its terms per group
+    (the fields of :func:`diffusion_spectral_mutual_information_terms`).
+
+    Example:
+        >>> z = torch.tensor([[0.0, 0.0]] * 6 + [[1.0, 1.0]] * 6)
+        >>> terms = classic_shannon_mutual_information_terms(z, torch.tensor([0] * 6 + [1] * 6))
+        >>> terms.group_ids.tolist(), terms.weights.tolist(), round(float(terms.value), 2)
+        ([0, 1], [0.5, 0.5], 0.97)
     """
     x = check_features(z, dtype=dtype)
     num_repetitions = check_int(num_repetitions, "num_repetitions")
@@ -254,5 +300,4 @@ def classic_shannon_mutual_information(
         return [classic_shannon_entropy(x[index_on(s, x.device)], num_bins_per_dim, max_n=None, dtype=x.dtype)
                 for s in subsets]
 
-    terms = _mutual_information(x.shape[0], g, run, num_repetitions, seed, check_max_n(max_n))
-    return (terms.value, terms) if return_terms else terms.value
+    return _mutual_information(x.shape[0], g, run, num_repetitions, seed, check_max_n(max_n))

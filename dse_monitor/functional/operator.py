@@ -16,13 +16,13 @@ pairs (N^2 D multiply-adds) per product.
 """
 from __future__ import annotations
 
-import contextlib
 import os
 from dataclasses import dataclass
 
 import torch
 
 from ._checks import check_int
+from ._threads import torch_threads
 from .kernel import diffusion_kernel, gaussian_affinity
 
 #: Rows of the kernel computed at a time in streamed mode.
@@ -47,19 +47,6 @@ def available_memory(device: torch.device | str = "cpu") -> int:
     except OSError:  # pragma: no cover - non-Linux
         pass
     return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES"))  # pragma: no cover
-
-
-@contextlib.contextmanager
-def _threads(n: int):
-    """Run the block with ``n`` torch threads (0: leave the count as it is)."""
-    before = torch.get_num_threads()
-    if n and n != before:
-        torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        if n and n != before:
-            torch.set_num_threads(before)
 
 
 def _gib(nbytes: float) -> str:
@@ -194,7 +181,7 @@ class KernelOperator:
         """
         self.products += 1
         y = xt.to(self.dtype)
-        with torch.no_grad(), _threads(self.product_threads):
+        with torch.no_grad(), torch_threads(self.product_threads):
             if self.mode == "dense":
                 return (y @ self.dense_k).to(xt.dtype)
             out = torch.empty(y.shape, dtype=self.dtype, device=self.device)  # [b, N]

@@ -48,95 +48,141 @@ def diffusion_subset_entropies(
     streamed: bool | None = None,
     options: dict[str, Any] | None = None,
 ) -> SubsetEntropies:
-    use_full = x.is_cuda and x.dtype == torch.float64 and x.shape[0] <= FULL_DISTANCE_MAX_N and solver != "lanczos"
-    full = squared_distances(x) if use_full else None
+    """A function that gives the DSE of each of many subsets of the rows of ``x``, in bits.
 
-    def rows(idx: np.ndarray) -> torch.Tensor:
-        return x.index_select(0, index_on(idx, x.device))  # half the time of x[list]
+    For a subset S (sorted row indices), with K_S the diffusion kernel of the rows x[S]
+    (:func:`~.kernel.diffusion_kernel`, centred on the subset's own mean):
 
-    def kernel(idx: np.ndarray) -> torch.Tensor:
-        if full is None:  # each subset centred on its own mean: a class can sit far from the global one
-            return diffusion_kernel(rows(idx), sigma)
-        i = index_on(idx, x.device)
-        return affinity_to_diffusion_kernel(gaussian_affinity(full[i[:, None], i[None, :]], sigma))
+        H(S) = -sum_i a_i log2 a_i,   a_i = |lambda_i(K_S)|^t / sum_j |lambda_j(K_S)|^t,
 
-    def entropy_checked(idx: np.ndarray, lam: torch.Tensor) -> torch.Tensor:
+    and H(S) = 0 for a subset of at most one row: the entropies in
+    ``DSMI = sum_b p(b) [mean_r H(Z_r^(b)) - H(Z | B = b)]``. Each value equals
+    :func:`~.entropy.diffusion_spectral_entropy` of x[S] (no further subsample), float32
+    spectra at the rounding floor solved again in float64 as there.
+
+    Args:
+        x: validated features [N, D] in the compute dtype.
+        sigma: the resolved bandwidth (a positive float).
+        t: diffusion time.
+        solver: ``"exact"``, ``"lanczos"`` or ``"auto"`` (decided per subset by its size).
+        seed, streamed, options: of the approximate solver (:func:`~.solver.lanczos_entropy`).
+
+    Returns:
+        ``entropies(subsets) -> list of 0-dim tensors``, one per subset, in order.
+
+    Example:
+        >>> from dse_monitor.functional import diffusion_spectral_entropy
+        >>> x = torch.randn(100, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> h = diffusion_subset_entropies(x, sigma=1.0, t=1)([np.arange(50), np.arange(40, 100), np.array([7])])
+        >>> bool(torch.allclose(h[1], diffusion_spectral_entropy(x[40:], 1.0))), float(h[2])
+        (True, 0.0)
+    """
+    return _SubsetSolves(x, sigma, t, solver, seed, streamed, options)
+
+
+class _SubsetSolves:
+    """Where and how each subset is solved (module docstring); one instance per DSMI call.
+
+    On the CPU each exact solve builds its own kernel inside a worker thread, on an
+    earlier subset's Gram where they share most rows (planned once every subset is
+    known: .subset_grams); on CUDA the exact solves are batched. Approximate solves
+    run last, on the calling thread. Autograd needs every solve on the calling thread.
+    """
+
+    def __init__(self, x: torch.Tensor, sigma: float, t: float, solver: str, seed: int, streamed: bool | None,
+                 options: dict[str, Any] | None) -> None:
+        self.x, self.sigma, self.t, self.solver = x, sigma, t, solver
+        self.seed, self.streamed, self.options = seed, streamed, options
+        use_full = x.is_cuda and x.dtype == torch.float64 and x.shape[0] <= FULL_DISTANCE_MAX_N and solver != "lanczos"
+        self.full = squared_distances(x) if use_full else None
+        # On the CPU without a gradient a subset's Gram is built on an earlier subset's where
+        # they share most rows (the reference's draws overlap heavily: see .subset_grams).
+        self.shared = SharedGrams(x, sigma) if backend.eligible(x) else None
+
+    def __call__(self, subsets: Iterable[np.ndarray]) -> list[torch.Tensor]:
+        # numpy's BLAS has one process-wide thread count: one thread for each solve in the pool.
+        with backend.numpy_blas_threads(1):
+            return self._solve_all(list(subsets))
+
+    def _rows(self, idx: np.ndarray) -> torch.Tensor:
+        return self.x.index_select(0, index_on(idx, self.x.device))  # half the time of x[list]
+
+    def _kernel(self, idx: np.ndarray) -> torch.Tensor:
+        if self.full is None:  # each subset centred on its own mean: a class can sit far from the global one
+            return diffusion_kernel(self._rows(idx), self.sigma)
+        i = index_on(idx, self.x.device)
+        return affinity_to_diffusion_kernel(gaussian_affinity(self.full[i[:, None], i[None, :]], self.sigma))
+
+    def _entropy_checked(self, idx: np.ndarray, lam: torch.Tensor) -> torch.Tensor:
         # a collapsed subset in float32: solved again in float64, as DSE does (the rows are
         # gathered again only then)
-        if at_float32_floor(lam, t):
-            lam = float64_if_collapsed(rows(idx), sigma, lam, t)
-        return entropy_of_spectrum(lam, t).to(x.dtype)
+        if at_float32_floor(lam, self.t):
+            lam = float64_if_collapsed(self._rows(idx), self.sigma, lam, self.t)
+        return entropy_of_spectrum(lam, self.t).to(self.x.dtype)
 
-    # On the CPU without a gradient a subset's Gram is built on an earlier subset's where
-    # they share most rows (the reference's draws overlap heavily: see .subset_grams).
-    shared = SharedGrams(x, sigma) if backend.eligible(x) else None
+    def _exact(self, idx: np.ndarray, plan: Plan | None = None) -> torch.Tensor:
+        k = None if plan is None else self.shared.kernel(idx, plan)
+        return self._entropy_checked(idx, symmetric_eigvals(self._kernel(idx) if k is None else k))
 
-    def exact(idx: np.ndarray, plan: Plan | None = None) -> torch.Tensor:
-        k = None if plan is None else shared.kernel(idx, plan)
-        return entropy_checked(idx, symmetric_eigvals(kernel(idx) if k is None else k))
-
-    def exact_in_worker(idx: np.ndarray, plan: Plan | None) -> torch.Tensor:
+    def _exact_in_worker(self, idx: np.ndarray, plan: Plan | None) -> torch.Tensor:
         with torch.no_grad():  # grad mode is per thread; threaded solves never need a graph
-            return exact(idx, plan)
+            return self._exact(idx, plan)
 
-    def approx(idx: np.ndarray) -> torch.Tensor:
-        est = lanczos_entropy(rows(idx), sigma, t, seed=seed, streamed=streamed, options=options)
-        return torch.tensor(est.value, dtype=x.dtype, device=x.device)
+    def _approx(self, idx: np.ndarray) -> torch.Tensor:
+        est = lanczos_entropy(self._rows(idx), self.sigma, self.t, seed=self.seed, streamed=self.streamed,
+                              options=self.options)
+        return torch.tensor(est.value, dtype=self.x.dtype, device=self.x.device)
 
-    def run(subsets: Iterable[np.ndarray]) -> list[torch.Tensor]:
-        # On the CPU each exact solve builds its own kernel inside a worker thread, on an
-        # earlier subset's Gram where they share most rows (planned once every subset is
-        # known: .subset_grams); on CUDA the exact solves are batched. Approximate solves
-        # run last, on this thread. Autograd needs every solve on this thread.
-        subsets = list(subsets)
+    def _solve_all(self, subsets: list[np.ndarray]) -> list[torch.Tensor]:
+        x = self.x
         zero = torch.zeros((), dtype=x.dtype, device=x.device)
         threaded = not x.is_cuda and torch.get_num_threads() > 1 and not (x.requires_grad and torch.is_grad_enabled())
-        approximate = [len(s) > 1 and choose_solver(len(s), t, solver, x.dtype) == "lanczos" for s in subsets]
+        approximate = [len(s) > 1 and choose_solver(len(s), self.t, self.solver, x.dtype) == "lanczos" for s in subsets]
         exact_ones = [i for i, s in enumerate(subsets) if len(s) > 1 and not approximate[i]]
-        plans = dict(zip(exact_ones, shared.plan([subsets[i] for i in exact_ones]))) if shared is not None else {}
-        jobs: list[Any] = []
+        plans = {} if self.shared is None else dict(zip(exact_ones, self.shared.plan([subsets[i] for i in exact_ones])))
+        jobs: list[Any] = []  # a tensor, a Future (pool), a callable (approximate, run last) or None (CUDA batch)
         batched: list[np.ndarray] = []  # CUDA: the exact subsets, in order (their jobs are None)
         checked = 0
         try:
             for i, s in enumerate(subsets):
-                if len(s) <= 1:
-                    jobs.append(zero)
-                elif approximate[i]:
-                    jobs.append(partial(approx, s))
-                else:
-                    if len(s) > checked:
-                        check_exact_fits(len(s), x.dtype, x.device)
-                        checked = len(s)
-                    plan = plans.get(i)
-                    if x.is_cuda:
-                        batched.append(s)
-                        jobs.append(None)
-                    elif threaded:
-                        jobs.append(solver_pool().submit(exact_in_worker, s, plan))
-                        if plan is not None and plan.role == "base":  # cancelled: its subsets build alone
-                            jobs[-1].add_done_callback(lambda _, p=plan: SharedGrams.abandon(p))
-                    else:
-                        jobs.append(exact(s, plan))
+                if len(s) > 1 and not approximate[i] and len(s) > checked:
+                    check_exact_fits(len(s), x.dtype, x.device)  # raised before anything is allocated
+                    checked = len(s)
+                jobs.append(self._job(s, approximate[i], plans.get(i), zero, threaded, batched))
             if batched:
-                spectra = iter(zip(batched, batched_cuda_eigvals([kernel(s) for s in batched])))
-                jobs = [entropy_checked(*next(spectra)) if j is None else j for j in jobs]
+                spectra = iter(zip(batched, batched_cuda_eigvals([self._kernel(s) for s in batched])))
+                jobs = [self._entropy_checked(*next(spectra)) if j is None else j for j in jobs]
             jobs = [j.result() if isinstance(j, Future) else j for j in jobs]
         except BaseException:
-            # Leave nothing running behind an error (a MemoryError's caller may retry on
-            # another path and needs the memory and the cores): cancel, then wait.
-            pending = [j for j in jobs if isinstance(j, Future)]
-            for f in pending:
-                f.cancel()
-            wait(pending)
+            _cancel_and_wait(jobs)
             raise
         return [j() if callable(j) else j for j in jobs]
 
-    def run_with_one_blas_thread(subsets: Iterable[np.ndarray]) -> list[torch.Tensor]:
-        # numpy's BLAS has one process-wide thread count: one thread for each solve in the pool.
-        with backend.numpy_blas_threads(1):
-            return run(subsets)
+    def _job(self, s: np.ndarray, approximate: bool, plan: Plan | None, zero: torch.Tensor, threaded: bool,
+             batched: list[np.ndarray]) -> Any:
+        """The job of one subset: its value, a Future, a callable, or None (added to ``batched``)."""
+        if len(s) <= 1:
+            return zero
+        if approximate:
+            return partial(self._approx, s)
+        if self.x.is_cuda:
+            batched.append(s)
+            return None
+        if not threaded:
+            return self._exact(s, plan)
+        job = solver_pool().submit(self._exact_in_worker, s, plan)
+        if plan is not None and plan.role == "base":  # cancelled: its subsets build alone
+            job.add_done_callback(lambda _, p=plan: SharedGrams.abandon(p))
+        return job
 
-    return run_with_one_blas_thread
+
+def _cancel_and_wait(jobs: list[Any]) -> None:
+    # Leave nothing running behind an error (a MemoryError's caller may retry on
+    # another path and needs the memory and the cores): cancel, then wait.
+    pending = [j for j in jobs if isinstance(j, Future)]
+    for f in pending:
+        f.cancel()
+    wait(pending)
 
 
 def batched_cuda_eigvals(mats: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -74,7 +74,7 @@ def test_lanczos_matches_exact_within_bounds(kind, level):
     z = _data(kind, 2000)
     sigma = level * _median_distance(z)
     exact = float(dm.diffusion_spectral_entropy(z, sigma))
-    est = dm.diffusion_spectral_entropy(z, sigma, solver="lanczos", return_bounds=True)
+    est = dm.diffusion_spectral_entropy_details(z, sigma, solver="lanczos").estimate
     assert est.solver == "lanczos" and est.storage == "dense-float64"
     assert est.lower <= exact <= est.upper
     assert abs(est.value - exact) < 0.02
@@ -87,7 +87,7 @@ def test_lanczos_t2_and_seeds():
     sigma = 0.5 * _median_distance(z)
     exact = float(dm.diffusion_spectral_entropy(z, sigma, t=2))
     for seed in (0, 1):
-        est = dm.diffusion_spectral_entropy(z, sigma, t=2, seed=seed, solver="lanczos", return_bounds=True)
+        est = dm.diffusion_spectral_entropy_details(z, sigma, t=2, seed=seed, solver="lanczos").estimate
         assert est.lower <= exact <= est.upper
         assert abs(est.value - exact) < 0.02
 
@@ -117,7 +117,7 @@ def test_streamed_operator_equals_dense():
     b = approximate_entropy(streamed, seed=5)
     assert a.value == pytest.approx(b.value, abs=1e-8)
     assert (a.lower, a.upper) == pytest.approx((b.lower, b.upper), abs=1e-8)
-    via_api = dm.diffusion_spectral_entropy(z, sigma, seed=5, solver="lanczos", streamed=True, return_bounds=True)
+    via_api = dm.diffusion_spectral_entropy_details(z, sigma, seed=5, solver="lanczos", streamed=True).estimate
     assert via_api.storage == "streamed-float64"
     assert via_api.value == pytest.approx(a.value, abs=1e-8)
 
@@ -137,10 +137,10 @@ def test_float32_probes_keep_the_float64_bounds():
     assert b.info["probe_dtype"] == "float32" and b.storage == "dense-float64"
     assert (b.lower, b.upper, b.rank) == (a.lower, a.upper, a.rank)
     assert b.value == pytest.approx(a.value, abs=1e-5) and b.value != a.value
-    via_api = dm.diffusion_spectral_entropy(z, sigma, seed=2, solver="lanczos", return_bounds=True)
+    via_api = dm.diffusion_spectral_entropy_details(z, sigma, seed=2, solver="lanczos").estimate
     assert via_api.info["probe_dtype"] == "float32" and via_api.value == b.value
-    kept = dm.diffusion_spectral_entropy(z, sigma, seed=2, solver="lanczos", return_bounds=True,
-                                         lanczos_options={"probe_dtype": torch.float64})
+    kept = dm.diffusion_spectral_entropy_details(z, sigma, seed=2, solver="lanczos",
+                                                 lanczos_options={"probe_dtype": torch.float64}).estimate
     assert kept.info["probe_dtype"] == "float64" and kept.value == a.value
     streamed = KernelOperator.build(z, sigma, streamed=True)
     assert approximate_entropy(streamed, seed=2, probe_dtype=torch.float32).info["probe_dtype"] == "float64"
@@ -174,17 +174,17 @@ def test_auto_is_exact_up_to_the_crossover_and_lanczos_above(monkeypatch):
     exact = dm.diffusion_spectral_entropy(z, 3.0)
     monkeypatch.setattr(solver, "AUTO_CROSSOVER", 2000)
     assert torch.equal(dm.diffusion_spectral_entropy(z, 3.0, solver="auto"), exact)
-    assert dm.diffusion_spectral_entropy(z, 3.0, solver="auto", return_bounds=True).solver == "exact"
+    assert dm.diffusion_spectral_entropy_details(z, 3.0, solver="auto").estimate.solver == "exact"
     monkeypatch.setattr(solver, "AUTO_CROSSOVER", 500)
-    est = dm.diffusion_spectral_entropy(z, 3.0, solver="auto", return_bounds=True)
+    est = dm.diffusion_spectral_entropy_details(z, 3.0, solver="auto").estimate
     assert est.solver == "lanczos" and est.lower <= float(exact) <= est.upper
     # t outside {1, 2} stays exact under auto.
-    assert dm.diffusion_spectral_entropy(z, 3.0, t=3, solver="auto", return_bounds=True).solver == "exact"
+    assert dm.diffusion_spectral_entropy_details(z, 3.0, t=3, solver="auto").estimate.solver == "exact"
 
 
-def test_exact_return_bounds_is_degenerate():
+def test_exact_estimate_is_degenerate():
     z = _data("clustered", 200)
-    est = dm.diffusion_spectral_entropy(z, 2.0, return_bounds=True)
+    est = dm.diffusion_spectral_entropy_details(z, 2.0).estimate
     assert isinstance(est, dm.EntropyEstimate)
     assert est.lower == est.value == est.upper and est.std_error == 0
     assert est.value == float(dm.diffusion_spectral_entropy(z, 2.0))
@@ -199,7 +199,7 @@ def test_lanczos_value_is_a_tensor_on_the_input_device_and_dtype():
 
 def test_tiny_problems_are_solved_exactly():
     z = _data("isotropic", 40)
-    est = dm.diffusion_spectral_entropy(z, 2.0, solver="lanczos", return_bounds=True)
+    est = dm.diffusion_spectral_entropy_details(z, 2.0, solver="lanczos").estimate
     assert est.width == 0 and est.value == pytest.approx(float(dm.diffusion_spectral_entropy(z, 2.0)), abs=1e-10)
     one = dm.diffusion_spectral_entropy(z[:1], 2.0, solver="lanczos")
     assert float(one) == 0.0

@@ -67,8 +67,8 @@ def test_float32_conditional_terms_of_far_apart_classes_stay_accurate():
     y = torch.arange(400) // 100
     centers = torch.nn.functional.normalize(torch.randn(4, 16, generator=g, dtype=torch.float64), dim=1)
     z = 300 * centers[y] + torch.randn(400, 16, generator=g, dtype=torch.float64) + 1500
-    _, t64 = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0, return_terms=True)
-    _, t32 = dm.diffusion_spectral_mutual_information(z, y, sigma=4.0, return_terms=True, dtype=torch.float32)
+    t64 = dm.diffusion_spectral_mutual_information_terms(z, y, sigma=4.0)
+    t32 = dm.diffusion_spectral_mutual_information_terms(z, y, sigma=4.0, dtype=torch.float32)
     assert float((t32.conditional.double() - t64.conditional).abs().max()) < 3e-5
 
 
@@ -79,15 +79,15 @@ def test_float32_of_a_nearly_collapsed_representation_is_solved_again_in_float64
     z = torch.randn(1000, 256, generator=torch.Generator().manual_seed(0)) * spread
     y = torch.arange(1000) % 4
     h64 = float(dm.diffusion_spectral_entropy(z.double(), 10.0))
-    res = dm.diffusion_spectral_entropy(z, 10.0, dtype=torch.float32, return_spectrum=True)
+    res = dm.diffusion_spectral_entropy_details(z, 10.0, dtype=torch.float32)
     assert res.value.dtype == torch.float32 and abs(float(res.value) - h64) < 1e-6
-    _, t64 = dm.diffusion_spectral_mutual_information(z.double(), y, sigma=10.0, return_terms=True)
-    _, t32 = dm.diffusion_spectral_mutual_information(z, y, sigma=10.0, return_terms=True, dtype=torch.float32)
+    t64 = dm.diffusion_spectral_mutual_information_terms(z.double(), y, sigma=10.0)
+    t32 = dm.diffusion_spectral_mutual_information_terms(z, y, sigma=10.0, dtype=torch.float32)
     assert float((t32.conditional.double() - t64.conditional).abs().max()) < 1e-6
     assert abs(float(t32.value) - float(t64.value)) < 1e-6
     assert not dm.functional.spectrum.at_float32_floor(torch.linspace(1, 0.01, 100))  # a spread spectrum
     spread_out = torch.randn(1000, 256, generator=torch.Generator().manual_seed(0)) * 0.3  # small but real eigenvalues
-    assert not dm.diffusion_spectral_entropy(spread_out, 10.0, dtype=torch.float32, return_spectrum=True) \
+    assert not dm.diffusion_spectral_entropy_details(spread_out, 10.0, dtype=torch.float32) \
         .eigenvalues.dtype == torch.float64
 
 
@@ -235,8 +235,10 @@ def test_reference_groups_for_images_flattens_and_clusters():
 
 def test_groups_bypass_reference_and_seed_changes_only_the_unconditional_draws():
     z, y = clustered(200, 8, seed=6)
-    a, ta = dm.diffusion_spectral_mutual_information(z, groups=y, sigma=3.0, seed=0, return_terms=True)
-    b, tb = dm.diffusion_spectral_mutual_information(z, groups=y, sigma=3.0, seed=1, return_terms=True)
+    ta = dm.diffusion_spectral_mutual_information_terms(z, groups=y, sigma=3.0, seed=0)
+    a = ta.value
+    tb = dm.diffusion_spectral_mutual_information_terms(z, groups=y, sigma=3.0, seed=1)
+    b = tb.value
     assert torch.equal(ta.conditional, tb.conditional)
     assert not torch.equal(ta.unconditional_draws, tb.unconditional_draws)
     assert abs(float(a) - float(b)) < 0.1  # seed-to-seed spread is small

@@ -6,7 +6,8 @@ What is proven here:
   bases, and every kernel built that way, with or without new rows, has the spectrum of
   the kernel built from the subset alone;
 - a base outside the factored form's range, or one whose job never ran, leaves its
-  subsets to be built alone; a base's Gram is let go once its subsets have it;
+  subsets to be built alone; abandoning a base whose job ran changes nothing; a base's
+  Gram is let go once its subsets have it;
 - the memory budget caps the bases;
 - DSMI through this path equals the reference package (tests/functional/test_parity.py)
   and gives the same value on one thread as in the solver pool.
@@ -93,14 +94,25 @@ def test_a_base_outside_the_factored_range_leaves_its_subsets_to_be_built_alone(
     assert np.isfinite(mi32) and abs(mi32 - mi64) < 1e-4
 
 
-def test_a_base_abandoned_after_its_subsets_took_it_is_a_no_op():
-    # the solver pool calls abandon when every base job ends, also after its Gram was let go
-    grams = SharedGrams(_features(300, 4, torch.float64), sigma=2.0)
-    t, s = np.arange(0, 200), np.arange(20, 200)
-    pt, ps = grams.plan([t, s])
+def test_a_base_abandoned_after_its_job_ran_is_a_no_op():
+    # The solver pool calls abandon when every base job ends: after the base published its
+    # Gram (its subsets may not have taken it yet) and after the last one took it.
+    grams = SharedGrams(_features(400, 8, torch.float64), sigma=3.0)
+    t, s1, s2 = np.arange(0, 200), np.arange(10, 200), np.arange(0, 190)
+    pt, p1, p2 = grams.plan([t, s1, s2])
+    assert (pt.role, p1.role, p2.role) == ("base", "dependent", "dependent")
     grams.kernel(t, pt)
-    assert grams.kernel(s, ps) is not None
+    published = pt.slot._future.result()
     SharedGrams.abandon(pt)
+    assert pt.slot._future.result() is published and pt.slot.users == 2  # the Gram stays for both
+    for s, plan in ((s1, p1), (s2, p2)):
+        k = grams.kernel(s, plan)
+        assert k is not None  # built on the base, not alone
+        expected = torch.linalg.eigvalsh(diffusion_kernel(grams.x[torch.from_numpy(s)], 3.0))
+        torch.testing.assert_close(torch.linalg.eigvalsh(k), expected, rtol=0, atol=1e-12)
+    assert pt.slot._future is None  # let go by the last user
+    SharedGrams.abandon(pt)  # nothing left to publish into: no error, nothing held again
+    assert pt.slot._future is None and pt.slot.users == 0
 
 
 def test_the_solver_pool_reports_no_error_from_its_callbacks(caplog):
