@@ -81,8 +81,7 @@ class Sinks:
         cfg = self.config
         if not self.layout_written:
             write_layout(writer, cfg.prefix, layers, cfg.metrics)
-        if len(layers) > 1:
-            write_heatmaps(writer, cfg, layers, state, step)
+        write_heatmaps(writer, cfg, layers, state, step)
         if cfg.log_spectrum:
             for name, lam in spectra.items():
                 write_spectrum(writer, cfg.key(name, "spectrum"), lam, step)

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..registry import title
-from .heatmap import heatmap_image
+from .heatmap import heatmap_figure
 
 
 
@@ -60,15 +60,27 @@ def write_spectrum(writer: Any, tag: str, eigenvalues: Any, step: int) -> None:
 
 
 def write_heatmaps(writer: Any, config: Any, layers: Sequence[str], state: Any, step: int) -> None:
-    """One image per metric: layers (rows, in depth order) x measurements so far (columns).
+    """One labelled image per metric: layers (rows, in depth order) x measurements so far (columns).
 
     Written at every measurement under ``<prefix>/heatmap/<metric>`` (TensorBoard's image
-    slider then steps through the run); the colour range is the image's own min..max.
+    slider then steps through the run), one layer included; the colour range is the
+    image's own min..max, said by its colour bar.
     """
     keys = sorted(state.history)
+    by_step = getattr(config, "every_n_train_steps", None) is not None
     for metric in config.metrics:
         table = [[state.history[k].get(config.key(layer, metric), float("nan")) for k in keys] for layer in layers]
         if all(math.isnan(v) for row in table for v in row):
             continue
-        image = heatmap_image(table)
+        image = heatmap_figure(table, layers, keys, title=title(metric), unit=unit(metric),
+                               axis="step" if by_step else "epoch")
         writer.add_image(f"{config.prefix}/heatmap/{metric}", image, global_step=step, dataformats="CHW")
+
+
+def unit(metric: str) -> str:
+    """What a metric's values count: bits, except the ratios.
+
+    >>> unit("dse"), unit("dse_norm")
+    ('bits', 'fraction of log2 N')
+    """
+    return {"dse_norm": "fraction of log2 N", "sigma_ratio": "median distance / sigma"}.get(metric, "bits")
