@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..capture.layer_sets import identical_layers
 from ..functional import reference_groups, scale_diagnosis, scale_warning
 from ..registry import METRICS, MetricResult, MetricSettings
 from .config import FALLBACK_CLUSTERS, MonitorConfig
@@ -117,6 +118,8 @@ class Measurement:
     info: list[str] = field(default_factory=list)
     #: ``{layer: (direction, warning)}`` where DSE sits at 0 or log2 N because of sigma's scale.
     verdicts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: ``{duplicate: original}``: layers with identical pooled features, measured once (the original's values).
+    aliases: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
 
 
@@ -140,8 +143,10 @@ def compute_measurement(
     """
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
-    out = Measurement(step, notes=list(groups.notes))
+    out = Measurement(step, notes=list(groups.notes), aliases=identical_layers(features))
     for layer, z in features.items():
+        if layer in out.aliases:  # the same features as an earlier layer: copied below
+            continue
         if config.device is not None:
             z = z.to(config.device)
         metrics = [m for m in config.metrics
@@ -182,6 +187,12 @@ def compute_measurement(
         if failures:
             out.failures[layer] = failures
             out.notes.append(_failure_note(layer, step, failures))
+    for duplicate, original in out.aliases.items():
+        out.values.update({config.key(duplicate, name): out.values[config.key(original, name)]
+                           for name in [*config.metrics, "sigma_ratio", "sigma", "t"]
+                           if config.key(original, name) in out.values})
+        if original in out.spectra:
+            out.spectra[duplicate] = out.spectra[original]
     out.duration_s = time.perf_counter() - start
     return out
 

@@ -17,7 +17,7 @@ One measurement, top to bottom::
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -147,6 +147,8 @@ class DSEMonitorCore:
 
     #: Logger classes that get the TensorBoard extras (set by the thin classes).
     _tensorboard_loggers: tuple[type, ...] = ()
+    #: Where info lines go on rank 0 (the thin classes set their distribution's ``rank_zero_info``).
+    _rank_zero_info: Optional[Callable[[str], None]] = None
 
     def __init__(
         self,
@@ -181,8 +183,8 @@ class DSEMonitorCore:
         super().__init__()
         self.config = MonitorConfig.build(arguments)
         self._probe = ProbeSet(self.config)
-        self._reporter = Reporter()
-        self._sinks = Sinks(self.config, self._tensorboard_loggers)
+        self._reporter = Reporter(type(self)._rank_zero_info, self.config.sigma)
+        self._sinks = Sinks(self.config, self._tensorboard_loggers, self._reporter.unsent)
         self._reuse = ValidationReuse(self.config)
         self._reset()
 

@@ -84,3 +84,51 @@ def unit(metric: str) -> str:
     ('bits', 'fraction of log2 N')
     """
     return {"dse_norm": "fraction of log2 N", "sigma_ratio": "median distance / sigma"}.get(metric, "bits")
+
+
+def settings_table(config: Any, layers: Sequence[str], state: Any) -> dict[str, str]:
+    """The run's monitor settings by name, as ``dse-monitor report`` shows them.
+
+    >>> from dse_monitor.monitor import DSEMonitorCore, MonitorState
+    >>> table = settings_table(DSEMonitorCore(sigma="median_init").config, ["penultimate"], MonitorState())
+    >>> table["sigma"], table["t"], table["metrics"]
+    ('median_init (frozen per layer at its first measurement)', '1', 'dse, dsmi_y, dsmi_x')
+    """
+    frozen = getattr(state, "frozen", None)
+
+    def policy(name: str, value: Any, frozen_values: dict) -> str:
+        if not isinstance(value, str):
+            return f"{value:g} (absolute)" if name == "sigma" else f"{value:g}"
+        chosen = ", ".join(f"{layer} {v:.4g}" for layer, v in frozen_values.items())
+        kind = "recomputed every measurement" if value == "median" else (
+            "frozen per layer at its first measurement" if value in ("median_init", "knee") else "per layer")
+        return f"{value} ({kind}{': ' + chosen if chosen else ''})"
+
+    n = len(state.indices) if getattr(state, "indices", None) is not None else config.num_samples
+    cadence = (f"every {config.every_n_train_steps} optimizer steps" if config.every_n_train_steps is not None
+               else f"every {config.every_n_epochs} epoch(s)") + (", and at init" if config.at_init else "")
+    return {
+        "layers": ", ".join(layers),
+        "probe": f"{config.probe_name()}, N = {n} samples (seed {config.seed})",
+        "metrics": ", ".join(config.metrics),
+        "sigma": policy("sigma", config.sigma, getattr(frozen, "sigma", {}) or {}),
+        "t": policy("t", config.t, getattr(frozen, "t", {}) or {}),
+        "solver": f"{config.solver} ({config.dtype or 'float64'})".replace("torch.", ""),
+        "schedule": cadence,
+        "pooling": config.pooling if isinstance(config.pooling, str) else getattr(config.pooling, "__name__", "custom"),
+        "DSMI": f"{config.num_repetitions} repetitions, X resized to {config.x_size}, "
+                f"{config.n_clusters or 'as many clusters as classes'}",
+    }
+
+
+def write_settings(writer: Any, config: Any, layers: Sequence[str], state: Any, step: int) -> None:
+    """The settings as a markdown table under ``<prefix>/settings`` (TensorBoard's Text tab)."""
+    rows = "\n".join(f"| {k} | {v} |" for k, v in settings_table(config, layers, state).items())
+    writer.add_text(f"{config.prefix}/settings", f"| setting | value |\n|---|---|\n{rows}", global_step=step)
+
+
+def write_messages(writer: Any, prefix: str, messages: Sequence[tuple[str, str]], step: int) -> None:
+    """The warnings and info lines said since the last measurement, under ``<prefix>/messages``."""
+    if messages:
+        text = "\n".join(f"- **{kind}**: {message}" for kind, message in messages)
+        writer.add_text(f"{prefix}/messages", text, global_step=step)
