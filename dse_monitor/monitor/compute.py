@@ -123,6 +123,16 @@ class Measurement:
     duration_s: float = 0.0
 
 
+def _nonfinite_cause(bad_inputs: Optional[torch.Tensor]) -> str:
+    """Why features are not finite: NaN/Inf in the probe's own inputs (named), else the training."""
+    if bad_inputs is None or not bool(bad_inputs.any()):
+        return "diverged training?"
+    rows = torch.nonzero(bad_inputs.cpu()).flatten().tolist()
+    shown = ", ".join(map(str, rows[:5])) + ("" if len(rows) <= 5 else f" and {len(rows) - 5} more")
+    return (f"the probe's inputs hold NaN/Inf: {len(rows)} sample(s), probe positions {shown}; "
+            "repair the data or the transform")
+
+
 def _failure_note(layer: str, step: int, failures: dict[str, str]) -> str:
     reasons = "; ".join(dict.fromkeys(failures.values()))
     return (f"DSEMonitor: computing {list(failures)} for layer {layer!r} at epoch {step} failed ({reasons}); "
@@ -135,11 +145,14 @@ def compute_measurement(
     groups: ReferenceGroups,
     step: int,
     frozen: Optional[Frozen] = None,
+    bad_inputs: Optional[torch.Tensor] = None,
 ) -> Measurement:
     """Every configured metric of every layer, plus its ``sigma_ratio``; a failing metric is skipped alone.
 
     ``frozen`` holds the per-layer sigma / t chosen at a first measurement
-    (``"median_init"``, ``"knee"``) and is completed here for new layers.
+    (``"median_init"``, ``"knee"``) and is completed here for new layers. ``bad_inputs``
+    (``[N]`` 0/1, from the probe pass): samples whose inputs hold NaN/Inf, named instead
+    of blaming the training when a layer's features are not finite.
     """
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
@@ -153,7 +166,7 @@ def compute_measurement(
                    if METRICS[m].reference is None or groups.of(METRICS[m].reference) is not None]
         if not bool(torch.isfinite(z).all()):
             out.notes.append(f"DSEMonitor: layer {layer!r} has NaN/Inf features at epoch {step}; "
-                             "logging NaN for its metrics (diverged training?).")
+                             f"logging NaN for its metrics ({_nonfinite_cause(bad_inputs)}).")
             out.values.update({config.key(layer, m): float("nan") for m in metrics})
             continue
         try:

@@ -385,7 +385,8 @@ class DSEMonitorCore:
             try:
                 groups = make_groups(self.config, self._groups, features.labels, features.inputs,
                                      features.why_no_inputs)
-                measurement = compute_measurement(self.config, features.features, groups, step, self._state.frozen)
+                measurement = compute_measurement(self.config, features.features, groups, step, self._state.frozen,
+                                                  bad_inputs=features.bad_inputs)
                 payload = (measurement, groups, self._state.frozen)
             except Exception as err:  # rank 0 must still reach the broadcast below
                 self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "
