@@ -91,7 +91,8 @@ class DSEMonitorCore:
             measurement: the curve is then not on one scale) or ``"median_init"`` (the
             median pairwise distance at the layer's first measurement, frozen and stored).
             Every measurement also logs ``sigma_ratio`` = median distance / sigma and warns
-            once when DSE sits at 0 or log2 N because of the scale.
+            once when DSE sits at 0 or log2 N because of the scale (a numeric sigma's collapsed
+            start at init is an info line, warned only if DSE does not rise: :mod:`.report`).
         t: diffusion time, or ``"knee"``: the knee of DSE(t) over t = 1..``t_max`` at the
             layer's first measurement, frozen and stored.
         t_max: the largest t that ``t="knee"`` considers.

@@ -9,14 +9,16 @@
   info line, on rank zero, through the Lightning distribution's ``rank_zero_info`` (so it
   shows where Lightning's own "GPU available" lines do), else ``logging`` ("dse_monitor").
 
-The paper's start. With the paper's sigma = 10 (absolute) a network at initialisation
-often has its features within sigma of each other, so DSE starts near 0: the
-collapsed-initialisation regime the paper studies, not a misconfiguration. Rule, with
-sigma = :data:`PAPER_SIGMA`: a "below" verdict at initialisation (history key 0) is said
-as an info line; at a later measurement the verdict is left unsaid while the layer's DSE
-is rising (at least doubled and up by :data:`RISING_BITS` since the previous measurement:
-training is spreading the features) and warned once when it is not (stuck at sigma's
-scale). "above", and any other sigma, warn at once.
+The paper's start. With an absolute sigma (the paper's 10, the default) a network at
+initialisation often has its features within sigma of each other, so DSE starts near 0:
+the collapsed-initialisation regime the paper studies, not a misconfiguration. At init
+the monitor cannot tell that start from a sigma on the wrong scale; the next
+measurements can. Rule, for a numeric sigma: a "below" verdict at initialisation
+(history key 0) is said as an info line; at a later measurement the verdict is left
+unsaid while the layer's DSE is rising (at least doubled and up by :data:`RISING_BITS`
+since the previous measurement: training is spreading the features) and warned once
+when it is not (stuck at sigma's scale). "above", and the sigma policies
+(``"sqrt_dim"``, ``"median"``, ``"median_init"``), warn at once.
 
 Everything said is also kept (:attr:`Reporter.said`) so that the TensorBoard sink can
 write it where ``dse-monitor report`` finds it.
@@ -33,8 +35,6 @@ from .compute import Measurement
 
 log = logging.getLogger("dse_monitor")
 
-#: The paper's absolute bandwidth (and the monitor's default).
-PAPER_SIGMA = 10.0
 #: Least rise of DSE (bits, or fraction of log2 N for ``dse_norm``) between measurements that counts as rising.
 RISING_BITS = 0.01
 
@@ -91,11 +91,11 @@ class Reporter:
         for layer, (direction, message) in measurement.verdicts.items():
             if (layer, direction) in self.scale_warned:
                 continue
-            if direction == "below" and self.sigma == PAPER_SIGMA:
+            if direction == "below" and _absolute(self.sigma):
                 if measurement.step == 0:
                     if layer not in self.explained:
                         self.explained.add(layer)
-                        self.info(trainer, f"DSEMonitor: {collapsed_init_note(layer, PAPER_SIGMA)}")
+                        self.info(trainer, f"DSEMonitor: {collapsed_init_note(layer, float(self.sigma))}")
                     continue
                 before, now = self.last_dse.get(layer), dse.get(layer)
                 if layer in self.explained and before is not None and now is not None \
@@ -114,6 +114,10 @@ class Reporter:
         if measurement.fallbacks and not self.memory_warned:
             self.memory_warned = True
             self.warn(trainer, measurement.fallbacks[0])
+
+
+def _absolute(sigma: Any) -> bool:
+    return isinstance(sigma, (int, float)) and not isinstance(sigma, bool)
 
 
 def _dse_by_layer(values: dict[str, float]) -> dict[str, float]:

@@ -93,10 +93,11 @@ def test_the_papers_collapsed_start_is_an_info_line_and_a_stuck_scale_still_warn
     assert [kind for kind, _ in rising] == ["info"] and "collapsed-initialisation regime" in rising[0][1]
     stuck = _say(Reporter(sigma=10.0), _below(0, 0.007), _below(1, 0.108), _below(2, 0.109), _below(3, 0.11))
     assert [kind for kind, _ in stuck] == ["info", "warning"] and stuck[1][1] == "WRONG SCALE"
-    other_sigma = _say(Reporter(sigma=5.0), _below(0, 0.007))
+    other_sigma = _say(Reporter(sigma="sqrt_dim"), _below(0, 0.007))
     assert other_sigma == [("warning", "WRONG SCALE")]
     above = Measurement(0, values={"dse/penultimate/dse": 8.4}, verdicts={"penultimate": ("above", "TOO SMALL")})
     assert _say(Reporter(sigma=10.0), above) == [("warning", "TOO SMALL")]
+    assert [k for k, _ in _say(Reporter(sigma=1.0), _below(0, 0.003), _below(1, 0.023))] == ["info"]  # quickstart
 
 
 class _Shrunk(nn.Module):
@@ -108,14 +109,15 @@ class _Shrunk(nn.Module):
         return self.cnn.fc(1e-3 * self.cnn.pool(self.cnn.features(x)).flatten(1))
 
 
-@pytest.mark.parametrize("sigma, at_init_kind", [(10.0, "info"), (5.0, "warning")])
-def test_a_fit_at_the_papers_sigma_explains_its_start_and_warns_when_it_stays(tmp_path, sigma, at_init_kind, caplog):
+@pytest.mark.parametrize("sigma", [10.0, "sqrt_dim"])
+def test_a_fit_at_the_papers_sigma_explains_its_start_and_warns_when_it_stays(tmp_path, sigma):
     torch.manual_seed(0)
     monitor = DSEMonitor(num_samples=32, metrics=["dse"], sigma=sigma)
     said = _fit(tmp_path, monitor, LitClassifier(net=_Shrunk(), lr=0.0), max_epochs=2)  # lr 0: stays collapsed
     kinds = [kind for kind, m in monitor._reporter.said if "regime" in m or "Fix: sigma=" in m]
-    # at the paper's sigma: the start explained, then one warning when epoch 1 is just as collapsed
-    assert kinds == ([at_init_kind, "warning"] if sigma == 10.0 else ["warning"])
+    # an absolute sigma: the start explained, then one warning when epoch 1 is just as collapsed;
+    # a sigma policy (sqrt_dim) on the wrong scale: warned at once
+    assert kinds == (["info", "warning"] if sigma == 10.0 else ["warning"])
     assert len([m for m in said if "Fix: sigma=" in m]) == 1
 
 
