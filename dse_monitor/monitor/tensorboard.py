@@ -9,6 +9,12 @@ titled as in the paper::
       DSE(Z)       dse/<layer>/dse        (one line per layer)
       DSMI(Z;Y)    dse/<layer>/dsmi_y
       DSMI(Z;X)    dse/<layer>/dsmi_x
+
+Colours: TensorBoard's custom-scalars charts colour a line by its *run* (the frontend
+parses the run out of "tag (run)"; the layout proto has no colour field), so the layers of
+one run share a colour there; the legend still names each tag. The layers are told apart
+by the labelled heat map (Images tab, one row per named layer) and by the "Layers
+compared" figure of ``dse-monitor report`` (one colour per layer).
 """
 from __future__ import annotations
 
@@ -81,9 +87,9 @@ def unit(metric: str) -> str:
     """What a metric's values count: bits, except the ratios.
 
     >>> unit("dse"), unit("dse_norm")
-    ('bits', 'fraction of log2 N')
+    ('bits', 'fraction')
     """
-    return {"dse_norm": "fraction of log2 N", "sigma_ratio": "median distance / sigma"}.get(metric, "bits")
+    return {"dse_norm": "fraction", "sigma_ratio": "ratio"}.get(metric, "bits")
 
 
 def settings_table(config: Any, layers: Sequence[str], state: Any) -> dict[str, str]:
@@ -127,8 +133,34 @@ def write_settings(writer: Any, config: Any, layers: Sequence[str], state: Any, 
     writer.add_text(f"{config.prefix}/settings", f"| setting | value |\n|---|---|\n{rows}", global_step=step)
 
 
+def parse_settings(text: str) -> dict[str, str]:
+    r"""The table :func:`write_settings` wrote, back as a dict.
+
+    >>> parse_settings("| setting | value |\n|---|---|\n| sigma | 10 (absolute) |")
+    {'sigma': '10 (absolute)'}
+    """
+    rows = [line.strip().strip("|").split(" | ", 1) for line in text.splitlines()[2:]]
+    return {k.strip(): v.strip() for k, v in (r for r in rows if len(r) == 2)}
+
+
 def write_messages(writer: Any, prefix: str, messages: Sequence[tuple[str, str]], step: int) -> None:
     """The warnings and info lines said since the last measurement, under ``<prefix>/messages``."""
     if messages:
-        text = "\n".join(f"- **{kind}**: {message}" for kind, message in messages)
+        text = "\n".join(f"- **{kind}**: {message}".replace("\n", "\n  ") for kind, message in messages)
         writer.add_text(f"{prefix}/messages", text, global_step=step)
+
+
+def parse_messages(text: str) -> list[tuple[str, str]]:
+    r"""The ``(kind, message)`` pairs :func:`write_messages` wrote.
+
+    >>> parse_messages("- **warning**: DSEMonitor: a\n- **info**: DSEMonitor: b")
+    [('warning', 'DSEMonitor: a'), ('info', 'DSEMonitor: b')]
+    """
+    out: list[tuple[str, str]] = []
+    for line in text.splitlines():
+        kind, sep, message = line[4:].partition("**: ")
+        if line.startswith("- **") and sep:
+            out.append((kind, message))
+        elif out:  # a message of several lines
+            out[-1] = (out[-1][0], f"{out[-1][1]}\n{line.strip()}")
+    return out
