@@ -95,6 +95,17 @@ def _ticks(count: int, room: float, label_width: float) -> list[int]:
     return ticks
 
 
+def _text(draw: Any, xy: tuple[float, float], text: str, fill: Any = _TEXT, font: Any = None,
+          anchor: str = "la") -> None:
+    """``draw.text`` with the anchor applied here from the text's box, so that Pillow's fixed bitmap
+    font (which ignores anchors) places labels like the scalable one: ``anchor`` = horizontal
+    l/m/r + vertical a (top) / m / d (bottom)."""
+    left, top, right, bottom = draw.textbbox((0, 0), text, font=font)
+    dx = {"l": 0, "m": (right - left) / 2, "r": right - left}[anchor[0]] + left
+    dy = {"a": 0, "t": 0, "m": (bottom - top) / 2, "d": bottom - top}[anchor[1]] + top
+    draw.text((xy[0] - dx, xy[1] - dy), text, fill=fill, font=font)
+
+
 def _number(value: float) -> str:
     return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
 
@@ -145,12 +156,12 @@ def heatmap_figure(
     image = Image.new("RGB", (total_w, top + grid_h + bottom), _BACKGROUND)
     draw = ImageDraw.Draw(image)
     missing = "   (grey: not measured)" if bool(torch.isnan(v).any()) else ""
-    draw.text((8, 8), f"{title} in {unit}: layers x {axis}s{missing}", fill=_TEXT, font=font)
+    _text(draw, (8, 8), f"{title} in {unit}: layers x {axis}s{missing}", fill=_TEXT, font=font)
     xs = [left + round(j * grid_w / n_cols) for j in range(n_cols + 1)]
     cell_w = grid_w / n_cols
     for i, name in enumerate(layers):
         y0 = top + i * row_h
-        draw.text((left - 8, y0 + row_h / 2), _fit(draw, str(name), font, label_w - 10), fill=_TEXT, font=font,
+        _text(draw, (left - 8, y0 + row_h / 2), _fit(draw, str(name), font, label_w - 10), fill=_TEXT, font=font,
                   anchor="rm")
         for j in range(n_cols):
             rgb = tuple(int(c) for c in colours[i, j])
@@ -159,7 +170,7 @@ def heatmap_figure(
             text = _number(value) if math.isfinite(value) else ""
             if text and cell_w >= probe.textlength(text, font=small) + 6 and row_h >= 16:
                 dark = float(scaled[i, j]) < 0.6  # viridis is dark below ~0.6: write in white there
-                draw.text(((xs[j] + xs[j + 1]) / 2, y0 + row_h / 2), text, font=small, anchor="mm",
+                _text(draw, ((xs[j] + xs[j + 1]) / 2, y0 + row_h / 2), text, font=small, anchor="mm",
                           fill=(255, 255, 255) if dark else (0, 0, 0))
     draw.rectangle([left - 1, top - 1, left + grid_w, top + grid_h], outline=_TEXT)
     labels = [str(c) for c in columns]
@@ -167,8 +178,8 @@ def heatmap_figure(
     for j in _ticks(n_cols, grid_w, widest):
         x = (xs[j] + xs[j + 1]) / 2
         draw.line([x, top + grid_h, x, top + grid_h + 3], fill=_TEXT)
-        draw.text((x, top + grid_h + 5), labels[j], fill=_TEXT, font=small, anchor="mt")
-    draw.text((left + grid_w / 2, top + grid_h + 22), axis, fill=_TEXT, font=font, anchor="mt")
+        _text(draw, (x, top + grid_h + 5), labels[j], fill=_TEXT, font=small, anchor="mt")
+    _text(draw, (left + grid_w / 2, top + grid_h + 22), axis, fill=_TEXT, font=font, anchor="mt")
     _colour_bar(draw, total_w - right + 14, top, grid_h, lo, hi, unit, small)
     return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).contiguous()
 
@@ -181,8 +192,8 @@ def _colour_bar(draw: Any, x: int, top: int, height: int, lo: float, hi: float, 
     for k, rgb in enumerate(colorize(steps).T.tolist()):
         draw.line([x, top + k, x + 13, top + k], fill=tuple(rgb))
     draw.rectangle([x, top, x + 13, top + height - 1], outline=_TEXT)
-    draw.text((x + 18, top), _number(hi), fill=_TEXT, font=font, anchor="la")
+    _text(draw, (x + 18, top), _number(hi), fill=_TEXT, font=font, anchor="la")
     if hi > lo:
-        draw.text((x + 18, top + height), _number(lo), fill=_TEXT, font=font, anchor="ld")
+        _text(draw, (x + 18, top + height), _number(lo), fill=_TEXT, font=font, anchor="ld")
     if len(unit) <= 6:  # a long unit ("fraction of log2 N") is in the title only
-        draw.text((x + 7, top - 4), unit, fill=_TEXT, font=font, anchor="md")
+        _text(draw, (x + 7, top - 4), unit, fill=_TEXT, font=font, anchor="md")
