@@ -11,7 +11,7 @@ from .functional import __all__ as _functional_all
 from .loss import DSELoss
 
 __version__ = "0.1.0"
-# DSEMonitor and score are left out of __all__ so that `from dse_monitor import *` works without Lightning.
+# DSEMonitor, score and report are left out of __all__ so that `from dse_monitor import *` works without Lightning.
 __all__ = [*_functional_all, "DSELoss", "DSEMonitorWarning"]
 
 
@@ -24,6 +24,10 @@ def __getattr__(name: str):
         from .train.score import score  # the cross-model study (needs the [train] extra)
 
         return score
+    if name == "report":
+        from .train.report import report  # the HTML page of a run (needs the [train] extra)
+
+        return report
     if name == "DSEMonitorWarning":
         from .monitor.report import DSEMonitorWarning  # no Lightning needed
 
@@ -32,4 +36,4 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__, "DSEMonitor", "score"})
+    return sorted({*globals(), *__all__, "DSEMonitor", "report", "score"})

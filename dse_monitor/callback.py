@@ -14,6 +14,7 @@ import_distribution("lightning", "pip install lightning", "dse_monitor.DSEMonito
 
 from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
+from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
 from .monitor.hooks import DSEMonitorCore, DSEMonitorWarning  # noqa: E402
 from .registry import DEFAULT_METRICS, metric_names  # noqa: E402
@@ -26,3 +27,4 @@ METRICS = metric_names()
 class DSEMonitor(DSEMonitorCore, Callback):
     __doc__ = DSEMonitorCore.__doc__
     _tensorboard_loggers = (TensorBoardLogger,)
+    _rank_zero_info = staticmethod(rank_zero_info)  # info lines show where Lightning's own do

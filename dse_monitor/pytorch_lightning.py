@@ -14,6 +14,7 @@ import_distribution("pytorch_lightning", "pip install pytorch-lightning", "dse_m
 
 from pytorch_lightning.callbacks import Callback  # noqa: E402
 from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
+from pytorch_lightning.utilities import rank_zero_info  # noqa: E402
 
 from .monitor.hooks import DSEMonitorCore, DSEMonitorWarning  # noqa: E402
 
@@ -23,3 +24,4 @@ __all__ = ["DSEMonitor", "DSEMonitorWarning"]
 class DSEMonitor(DSEMonitorCore, Callback):
     __doc__ = DSEMonitorCore.__doc__
     _tensorboard_loggers = (TensorBoardLogger,)
+    _rank_zero_info = staticmethod(rank_zero_info)  # info lines show where Lightning's own do

@@ -13,6 +13,7 @@ import fnmatch
 import re
 from typing import Any, Callable, Sequence
 
+import torch
 from torch import nn
 
 from .compiled import unwrap, user_name
@@ -191,3 +192,37 @@ def describe_layers(layers: Sequence[Layer]) -> str:
         return f"{layer.name} ({where} {layer.module_name or type(layer.module).__name__})"
 
     return "DSEMonitor: layers resolved: " + ", ".join(one(layer) for layer in layers)
+
+
+#: Pooled features equal within this fraction of their RMS norm are the same features: two
+#: poolings of one tensor (a stage's output mean-pooled here, the classifier's input pooled by
+#: the model's own ``AdaptiveAvgPool2d``) differ only by float rounding (~1e-7 of the magnitude).
+IDENTICAL_TOLERANCE = 1e-5
+
+
+def identical_layers(features: dict[str, Any]) -> dict[str, str]:
+    """``{duplicate: original}`` for layers whose pooled features ``[N, D]`` equal an earlier layer's.
+
+    Equal means the same shape and ``max |a - b| <= IDENTICAL_TOLERANCE * RMS(a)``, e.g.
+    ``layers=["blocks", "penultimate"]`` on a ResNet: ``layer4`` mean-pooled is the input of
+    ``fc``. Checked at every measurement (O(N D) per pair, nothing next to a DSE), so two
+    layers that only coincide at one epoch are measured apart at the others. Non-finite
+    features are never identical.
+
+    >>> z = torch.randn(8, 4)
+    >>> identical_layers({"layer4": z, "penultimate": z.clone() * (1 + 1e-7), "other": z + 1})
+    {'penultimate': 'layer4'}
+    """
+    out: dict[str, str] = {}
+    names = list(features)
+    for j, later in enumerate(names):
+        b = features[later]
+        for earlier in names[:j]:
+            a = features[earlier]
+            if earlier in out or a.shape != b.shape or not bool(torch.isfinite(a).all()):
+                continue
+            scale = float(torch.linalg.vector_norm(a.double())) / max(1, a.numel()) ** 0.5
+            if float((a.double() - b.double()).abs().max()) <= IDENTICAL_TOLERANCE * scale:
+                out[later] = earlier
+                break
+    return out

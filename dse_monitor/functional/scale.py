@@ -278,3 +278,17 @@ the curve stays near 0 whatever the features' structure. Fix: sigma=0.2137 (this
     return (f"DSE of layer {layer!r} is {dse_bits:.4g} bits ({100 * dse_bits / top:.1f}% of log2 N = {top:.2f}) "
             f"because {cause}. Fix: sigma={suggested:.4g} ({which}), or sigma=\"median_init\" "
             "(the median at the first measurement, frozen for the run).")
+
+
+def collapsed_init_note(layer: str, sigma: float) -> str:
+    """What a "below" verdict at initialisation means with the paper's absolute sigma.
+
+    Example:
+        >>> print(collapsed_init_note("penultimate", 10.0))
+        layer 'penultimate' starts in the collapsed-initialisation regime the paper studies: at init every probe \
+point is within sigma = 10 of every other (sigma_ratio << 1), so DSE starts near 0 and is expected to rise as \
+training spreads the features. A warning follows only if it stays there.
+    """
+    return (f"layer {layer!r} starts in the collapsed-initialisation regime the paper studies: at init every probe "
+            f"point is within sigma = {sigma:.4g} of every other (sigma_ratio << 1), so DSE starts near 0 and is "
+            "expected to rise as training spreads the features. A warning follows only if it stays there.")

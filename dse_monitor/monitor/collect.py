@@ -28,13 +28,15 @@ from .config import MonitorConfig
 class ProbeFeatures:
     """Pooled features ``{layer: [N, D] float32}`` and, when still needed, labels and resized inputs.
 
-    ``why_no_inputs``: why the batches gave no X for DSMI(Z;X) (e.g. token ids), once.
+    ``why_no_inputs``: why the batches gave no X for DSMI(Z;X) (e.g. token ids), once;
+    ``bad_inputs``: ``[N]`` 0/1, samples whose inputs hold NaN/Inf (a data problem, not divergence).
     """
 
     features: dict[str, torch.Tensor]
     labels: Optional[torch.Tensor] = None
     inputs: Optional[torch.Tensor] = None
     why_no_inputs: Optional[str] = None
+    bad_inputs: Optional[torch.Tensor] = None
 
 
 @contextmanager
@@ -90,10 +92,12 @@ def collect_features(
     ys: list[torch.Tensor] = []
     xs: list[torch.Tensor] = []
     why_no_inputs = None
+    bad: list[torch.Tensor] = []
     with eager(pl_module) as module, eval_mode(module), capture as cap:
         for batch in loader:
             pb = split_batch(batch, module, config.batch_fn).to(pl_module.device)
             cap.attention_mask = pb.attention_mask  # token sequences pool over real tokens only
+            bad.append(nonfinite_rows(pb))
             forward_as_validation(trainer, module, pb, config)
             for name, z in cap.take().items():
                 feats[name].append(z)
@@ -110,4 +114,19 @@ def collect_features(
         torch.cat(ys) if ys else None,
         torch.cat(xs) if xs and why_no_inputs is None else None,
         why_no_inputs,
+        torch.cat(bad) if bad and all(b is not None for b in bad) else None,
     )
+
+
+def nonfinite_rows(batch: ProbeBatch) -> Optional[torch.Tensor]:
+    """``[B]`` 0/1: samples whose floating inputs (the call's tensors with the batch's first dim) hold NaN/Inf."""
+    tensors = [t for t in (*batch.args, *batch.kwargs.values())
+               if isinstance(t, torch.Tensor) and t.is_floating_point() and t.ndim >= 1]
+    if not tensors:
+        return None
+    b = tensors[0].shape[0]
+    rows = torch.zeros(b, dtype=torch.bool, device=tensors[0].device)
+    for t in tensors:
+        if t.shape[0] == b:
+            rows |= ~torch.isfinite(t.reshape(b, -1)).all(dim=1)
+    return rows.to(torch.uint8)  # all_gather of bool is not supported by every backend

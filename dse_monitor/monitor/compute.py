@@ -23,6 +23,7 @@ from typing import Optional
 import numpy as np
 import torch
 
+from ..capture.layer_sets import identical_layers
 from ..functional import reference_groups, scale_diagnosis, scale_warning
 from ..registry import METRICS, MetricResult, MetricSettings
 from .config import FALLBACK_CLUSTERS, MonitorConfig
@@ -117,7 +118,19 @@ class Measurement:
     info: list[str] = field(default_factory=list)
     #: ``{layer: (direction, warning)}`` where DSE sits at 0 or log2 N because of sigma's scale.
     verdicts: dict[str, tuple[str, str]] = field(default_factory=dict)
+    #: ``{duplicate: original}``: layers with identical pooled features, measured once (the original's values).
+    aliases: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
+
+
+def _nonfinite_cause(bad_inputs: Optional[torch.Tensor]) -> str:
+    """Why features are not finite: NaN/Inf in the probe's own inputs (named), else the training."""
+    if bad_inputs is None or not bool(bad_inputs.any()):
+        return "diverged training?"
+    rows = torch.nonzero(bad_inputs.cpu()).flatten().tolist()
+    shown = ", ".join(map(str, rows[:5])) + ("" if len(rows) <= 5 else f" and {len(rows) - 5} more")
+    return (f"the probe's inputs hold NaN/Inf: {len(rows)} sample(s), probe positions {shown}; "
+            "repair the data or the transform")
 
 
 def _failure_note(layer: str, step: int, failures: dict[str, str]) -> str:
@@ -132,23 +145,28 @@ def compute_measurement(
     groups: ReferenceGroups,
     step: int,
     frozen: Optional[Frozen] = None,
+    bad_inputs: Optional[torch.Tensor] = None,
 ) -> Measurement:
     """Every configured metric of every layer, plus its ``sigma_ratio``; a failing metric is skipped alone.
 
     ``frozen`` holds the per-layer sigma / t chosen at a first measurement
-    (``"median_init"``, ``"knee"``) and is completed here for new layers.
+    (``"median_init"``, ``"knee"``) and is completed here for new layers. ``bad_inputs``
+    (``[N]`` 0/1, from the probe pass): samples whose inputs hold NaN/Inf, named instead
+    of blaming the training when a layer's features are not finite.
     """
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
-    out = Measurement(step, notes=list(groups.notes))
+    out = Measurement(step, notes=list(groups.notes), aliases=identical_layers(features))
     for layer, z in features.items():
+        if layer in out.aliases:  # the same features as an earlier layer: copied below
+            continue
         if config.device is not None:
             z = z.to(config.device)
         metrics = [m for m in config.metrics
                    if METRICS[m].reference is None or groups.of(METRICS[m].reference) is not None]
         if not bool(torch.isfinite(z).all()):
             out.notes.append(f"DSEMonitor: layer {layer!r} has NaN/Inf features at epoch {step}; "
-                             "logging NaN for its metrics (diverged training?).")
+                             f"logging NaN for its metrics ({_nonfinite_cause(bad_inputs)}).")
             out.values.update({config.key(layer, m): float("nan") for m in metrics})
             continue
         try:
@@ -182,6 +200,12 @@ def compute_measurement(
         if failures:
             out.failures[layer] = failures
             out.notes.append(_failure_note(layer, step, failures))
+    for duplicate, original in out.aliases.items():
+        out.values.update({config.key(duplicate, name): out.values[config.key(original, name)]
+                           for name in [*config.metrics, "sigma_ratio", "sigma", "t"]
+                           if config.key(original, name) in out.values})
+        if original in out.spectra:
+            out.spectra[duplicate] = out.spectra[original]
     out.duration_s = time.perf_counter() - start
     return out
 

@@ -17,7 +17,7 @@ One measurement, top to bottom::
 from __future__ import annotations
 
 import time
-from typing import Any, Optional, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -91,7 +91,8 @@ class DSEMonitorCore:
             measurement: the curve is then not on one scale) or ``"median_init"`` (the
             median pairwise distance at the layer's first measurement, frozen and stored).
             Every measurement also logs ``sigma_ratio`` = median distance / sigma and warns
-            once when DSE sits at 0 or log2 N because of the scale.
+            once when DSE sits at 0 or log2 N because of the scale (a numeric sigma's collapsed
+            start at init is an info line, warned only if DSE does not rise: :mod:`.report`).
         t: diffusion time, or ``"knee"``: the knee of DSE(t) over t = 1..``t_max`` at the
             layer's first measurement, frozen and stored.
         t_max: the largest t that ``t="knee"`` considers.
@@ -147,6 +148,8 @@ class DSEMonitorCore:
 
     #: Logger classes that get the TensorBoard extras (set by the thin classes).
     _tensorboard_loggers: tuple[type, ...] = ()
+    #: Where info lines go on rank 0 (the thin classes set their distribution's ``rank_zero_info``).
+    _rank_zero_info: Optional[Callable[[str], None]] = None
 
     def __init__(
         self,
@@ -181,8 +184,8 @@ class DSEMonitorCore:
         super().__init__()
         self.config = MonitorConfig.build(arguments)
         self._probe = ProbeSet(self.config)
-        self._reporter = Reporter()
-        self._sinks = Sinks(self.config, self._tensorboard_loggers)
+        self._reporter = Reporter(type(self)._rank_zero_info, self.config.sigma)
+        self._sinks = Sinks(self.config, self._tensorboard_loggers, self._reporter.unsent)
         self._reuse = ValidationReuse(self.config)
         self._reset()
 
@@ -383,7 +386,8 @@ class DSEMonitorCore:
             try:
                 groups = make_groups(self.config, self._groups, features.labels, features.inputs,
                                      features.why_no_inputs)
-                measurement = compute_measurement(self.config, features.features, groups, step, self._state.frozen)
+                measurement = compute_measurement(self.config, features.features, groups, step, self._state.frozen,
+                                                  bad_inputs=features.bad_inputs)
                 payload = (measurement, groups, self._state.frozen)
             except Exception as err:  # rank 0 must still reach the broadcast below
                 self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "

@@ -229,7 +229,8 @@ class ProbeSet:
         if not asked:
             return
         if y is None:
-            why = why_none or "batch_fn returned no labels"
+            why = why_none or ("batch_fn returned no labels" if self.config.batch_fn is not None
+                               else "no second item in the (x, y) tuples, no label key in the dicts")
             raise ValueError(
                 f"DSEMonitor: metrics {asked} need labels, but the probe batches carry none ({why}). Use batches "
                 "like (x, y) or {'x': ..., 'y': ...}, pass batch_fn, or drop those metrics."
@@ -266,4 +267,5 @@ class ProbeSet:
             return t[:n]
 
         return ProbeFeatures({name: gather(z) for name, z in local.features.items()},
-                             gather(local.labels), gather(local.inputs), local.why_no_inputs)
+                             gather(local.labels), gather(local.inputs), local.why_no_inputs,
+                             gather(local.bad_inputs))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import numpy as np
 import torch
@@ -24,7 +24,7 @@ from .config import MonitorConfig
 from .schedule import Position
 from .state import MonitorState
 from ..functional import log_spectrum
-from .tensorboard import write_heatmaps, write_layout, write_spectrum
+from .tensorboard import write_heatmaps, write_layout, write_messages, write_settings, write_spectrum
 
 Warn = Callable[[str], None]
 
@@ -38,9 +38,11 @@ def raw_dir(trainer: Any, prefix: str) -> str:
 class Sinks:
     """The outputs of one monitor; remembers what it wrote once (the layout) and the spectra so far."""
 
-    def __init__(self, config: MonitorConfig, tensorboard_loggers: tuple[type, ...]) -> None:
+    def __init__(self, config: MonitorConfig, tensorboard_loggers: tuple[type, ...],
+                 messages: Optional[Callable[[], list[tuple[str, str]]]] = None) -> None:
         self.config = config
         self.tensorboard_loggers = tensorboard_loggers
+        self.messages = messages  # what the monitor said since the last call (for TensorBoard text)
         self.layout_written = False
         self.spectra: dict[str, np.ndarray] = {}
 
@@ -81,8 +83,10 @@ class Sinks:
         cfg = self.config
         if not self.layout_written:
             write_layout(writer, cfg.prefix, layers, cfg.metrics)
-        if len(layers) > 1:
-            write_heatmaps(writer, cfg, layers, state, step)
+            write_settings(writer, cfg, layers, state, step)
+        if self.messages is not None:
+            write_messages(writer, cfg.prefix, self.messages(), step)
+        write_heatmaps(writer, cfg, layers, state, step)
         if cfg.log_spectrum:
             for name, lam in spectra.items():
                 write_spectrum(writer, cfg.key(name, "spectrum"), lam, step)

@@ -24,7 +24,7 @@ def test_unknown_layer_is_a_configuration_error_naming_close_modules(tmp_path):
 def test_missing_labels_with_dsmi_y_is_a_clear_error(tmp_path):
     unlabeled = TensorDataset(make_data(32).tensors[0])
     trainer = L.Trainer(callbacks=[DSEMonitor(probe=unlabeled, num_samples=None)], **trainer_kwargs(tmp_path))
-    with pytest.raises(ValueError, match=r"\['dsmi_y'\] need labels"):
+    with pytest.raises(ValueError, match=r"\['dsmi_y'\] need labels.*no label key in the dicts"):
         trainer.fit(LitClassifier())
     # without label metrics, unlabeled probes are fine
     monitor = DSEMonitor(probe=unlabeled, num_samples=None, metrics=["dse", "dsmi_x"], n_clusters=3, x_size=4)

@@ -225,4 +225,4 @@ def test_blocks_preset_on_timm_logs_every_block_and_a_heat_map(tmp_path, name, k
     events = EventAccumulator(logger.log_dir, size_guidance={"images": 0}).Reload()
     assert "dse/heatmap/dse" in events.Tags()["images"]
     image = events.Images("dse/heatmap/dse")[-1]
-    assert image.height == 16 * len(blocks)  # one row of cells per layer
+    assert image.width >= 400  # the labelled figure (tests/monitor/test_heatmap.py reads it)
