@@ -6,8 +6,7 @@ Each metric is computed by its :mod:`~dse_monitor.registry` entry; the solver ch
 and the out-of-memory fallback are the functional core's.
 
 Example:
-    >>> from dse_monitor.monitor import DSEMonitorCore
-    >>> cfg = DSEMonitorCore(metrics=["dse", "dsmi_y"], sigma=1.0).config
+    >>> cfg = MonitorConfig(metrics=["dse", "dsmi_y"], sigma=1.0)
     >>> z = torch.cat([torch.zeros(10, 2), torch.full((10, 2), 50.0)])
     >>> groups = make_groups(cfg, ReferenceGroups(), labels=torch.arange(20) // 10, inputs=None)
     >>> m = compute_measurement(cfg, {"penultimate": z}, groups, step=3)
@@ -24,7 +23,7 @@ import numpy as np
 import torch
 
 from ..functional import reference_groups, scale_diagnosis, scale_warning
-from ..registry import METRICS, MetricResult, MetricSettings
+from ..registry import METRICS, MetricResult, MetricSettings, parse_key
 from .config import FALLBACK_CLUSTERS, MonitorConfig
 from .policies import Frozen, layer_scale
 
@@ -118,6 +117,17 @@ class Measurement:
     #: ``{layer: (direction, warning)}`` where DSE sits at 0 or log2 N because of sigma's scale.
     verdicts: dict[str, tuple[str, str]] = field(default_factory=dict)
     duration_s: float = 0.0
+    #: ``{layer: (N, D)}``: the shape of each layer's features.
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: ``{layer: sigma}``: the numeric bandwidth each layer was measured with.
+    sigmas: dict[str, float] = field(default_factory=dict)
+    #: The reference groups the measurement used (pass them on: later measurements reuse them).
+    groups: Optional[ReferenceGroups] = None
+
+    def of_layer(self, layer: str) -> dict[str, float]:
+        """``{name: value}`` of one layer (metrics and diagnostics), read from the logged keys."""
+        keys = {k: parse_key(k) for k in self.values}
+        return {key.name: self.values[k] for k, key in keys.items() if key is not None and key.layer == layer}
 
 
 def _failure_note(layer: str, step: int, failures: dict[str, str]) -> str:
@@ -140,10 +150,11 @@ def compute_measurement(
     """
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
-    out = Measurement(step, notes=list(groups.notes))
+    out = Measurement(step, notes=list(groups.notes), groups=groups)
     for layer, z in features.items():
         if config.device is not None:
             z = z.to(config.device)
+        out.shapes[layer] = (int(z.shape[0]), int(z.shape[1]) if z.ndim > 1 else 0)
         metrics = [m for m in config.metrics
                    if METRICS[m].reference is None or groups.of(METRICS[m].reference) is not None]
         if not bool(torch.isfinite(z).all()):
@@ -161,18 +172,20 @@ def compute_measurement(
         out.notes.extend(scale.warnings)
         out.info.extend(scale.info)
         out.values.update({config.key(layer, k): v for k, v in scale.frozen_now.items()})
+        out.sigmas[layer] = float(scale.settings.sigma)
         ratio = scale.median / scale.settings.sigma
         out.values[config.key(layer, "sigma_ratio")] = ratio
         results, failures = _layer_metrics(z, metrics, groups, scale.settings)
-        for name, result in results.items():
-            if name.startswith("_"):  # a base computed only for a derived metric
+        for name in metrics:
+            result = results.get(name)
+            if result is None:  # failed: in failures
                 continue
             out.values[config.key(layer, name)] = result.value
             if result.eigenvalues is not None:
                 out.spectra[layer] = result.eigenvalues
             if result.fallback is not None:
                 out.fallbacks.append(f"DSEMonitor: {result.fallback}")
-        dse = results.get("dse") or results.get("_dse")
+        dse = results.get("dse")  # also when only a metric derived from it was asked for
         if dse is not None and dse.n is not None and dse.n > 1:
             direction = scale_diagnosis(dse.value, dse.n, ratio)
             if direction is not None:
@@ -189,20 +202,15 @@ def compute_measurement(
 def _layer_metrics(
     z: torch.Tensor, metrics: list[str], groups: ReferenceGroups, settings: MetricSettings
 ) -> tuple[dict[str, MetricResult], dict[str, str]]:
-    """The metrics of one layer by name (a derived one reuses its base, computed once, kept as ``_<base>``)."""
+    """The metrics of one layer by name, plus the bases that derived ones computed (each computed once)."""
     results: dict[str, MetricResult] = {}
     failures: dict[str, str] = {}
     for name in metrics:
+        if name in results:  # the base of a derived metric asked for before it
+            continue
         metric = METRICS[name]
         try:
-            if metric.derived_from is not None:
-                base = results.get(metric.derived_from) or results.get("_" + metric.derived_from)
-                if base is None:
-                    base = METRICS[metric.derived_from].compute(z, None, settings)
-                    results["_" + metric.derived_from] = base
-                results[name] = MetricResult(metric.derive(base))
-            else:
-                results[name] = metric.compute(z, groups.of(metric.reference), settings)
+            results[name] = metric.compute(z, groups.of(metric.reference), settings, results)
         except MemoryError as err:  # no approximate path could take it (t outside {1, 2})
             failures[name] = f"MemoryError: {err} Lower num_samples."
         except Exception as err:  # noqa: BLE001 - recorded, training goes on
