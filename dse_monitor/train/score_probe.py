@@ -1,27 +1,24 @@
-"""The one probe set of ``dse-monitor score``: fixed indices, labels, input clusters, a fingerprint.
+"""The one probe set of ``dse-monitor score``: the split's source, fixed indices, a fingerprint.
 
-Built once for all models with the capture room's helpers (:func:`choose_indices`,
-:func:`probe_loader`, :func:`resize_inputs`); the inputs are clustered here, once, so
-that DSMI(Z;X) of every model refers to the same groups.
+The indices are the monitor's (:func:`~dse_monitor.monitor.standalone.probe_indices`);
+each model is then measured on them by :func:`~dse_monitor.monitor.standalone.measure`,
+which reads the batches as the callback does. The labels and input clusters come from
+the first model's measurement and are reused for the others (``Measurement.groups``),
+so that DSMI(Z;X) of every model refers to the same groups.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
-import torch
-from torch.utils.data import DataLoader
 
-from ..capture import choose_indices, first_dataloader, probe_loader, resize_inputs, unpack_batch
-from ..capture.probe import source_dataset
-from ..functional import reference_groups
-from ..registry import METRICS
-
-if TYPE_CHECKING:
-    from .score import ScoreSettings
+from ..capture import first_dataloader, probe_loader
+from ..capture.probe import tensor_leaves
+from ..monitor import MonitorConfig
+from ..monitor.standalone import probe_indices
 
 __all__ = ["Probe", "build_probe", "data_arguments"]
 
@@ -31,21 +28,17 @@ NOT_THE_DATA = ("batch_size", "num_workers", "download", "root", "_instantiator"
 
 @dataclass
 class Probe:
-    """The probe: its loader, first batch of inputs, labels, groups and fingerprint."""
+    """The probe: its source (Dataset or DataLoader), indices, number of classes, fingerprint and data arguments."""
 
-    loader: DataLoader
+    source: Any
     indices: list[int]
-    peek: Any
-    labels: torch.Tensor | None
-    label_groups: torch.Tensor | None
-    input_groups: torch.Tensor | None
     num_classes: int | None
     fingerprint: str
     data: str
 
     def record(self) -> dict[str, str]:
-        """What identifies the probe in ``scores.csv``: a hash of its indices, labels and input values, and
-        the data arguments (to name the one that changed)."""
+        """What identifies the probe in ``scores.csv``: a hash of its indices and of every tensor of its
+        batches (inputs, labels), and the data arguments (to name the one that changed)."""
         return {"data": self.data, "probe": self.fingerprint}
 
 
@@ -77,51 +70,22 @@ def _source(datamodule: Any, split: str) -> Any:
     return first_dataloader(hook())
 
 
-def build_probe(datamodule: Any, settings: "ScoreSettings", batch_size: int | None = None) -> Probe:
-    """Choose the probe subset of ``settings.split``, read its labels and cluster its inputs once.
+def build_probe(datamodule: Any, split: str, config: MonitorConfig) -> Probe:
+    """Choose the probe subset of ``split`` and fingerprint its batches (no model runs here).
 
+    >>> import torch
     >>> from torch.utils.data import TensorDataset
-    >>> from dse_monitor.train.score import ScoreSettings
     >>> ds = TensorDataset(torch.randn(40, 5), torch.arange(40) % 4)
-    >>> probe = build_probe(ds, ScoreSettings(num_samples=30, x_size=None))
-    >>> len(probe.indices), probe.num_classes, int(probe.input_groups.unique().numel())
-    (30, 4, 4)
+    >>> probe = build_probe(ds, "val", MonitorConfig(num_samples=30))
+    >>> len(probe.indices), probe.num_classes, len(probe.fingerprint)
+    (30, None, 12)
     """
-    source = _source(datamodule, settings.split)
-    n_total = len(source_dataset(source))
-    if n_total < 2:
-        raise ValueError(f"the {settings.split} split has {n_total} samples; the probe needs at least 2")
-    indices = choose_indices(n_total, settings.num_samples, settings.seed)
-    loader = probe_loader(source, indices, batch_size)
-    wants = {METRICS[m].reference for m in settings.metrics}
+    source = _source(datamodule, split)
+    indices = probe_indices(source, config)
     digest = hashlib.sha1(np.asarray(indices, dtype=np.int64).tobytes())
-    peek, ys, xs = None, [], []
-    for batch in loader:
-        x, y = unpack_batch(batch)
-        if peek is None:
-            peek = x
-        if isinstance(x, torch.Tensor):
-            digest.update(x.detach().cpu().contiguous().numpy().tobytes())
-        if y is not None:
-            y = torch.as_tensor(y).cpu()
-            digest.update(y.numpy().tobytes())
-            ys.append(y)
-        if "inputs" in wants:
-            xs.append(resize_inputs(x, settings.x_size).cpu())
-    labels = torch.cat(ys) if ys and len(ys) == len(loader) else None
-    if labels is None and ("labels" in wants or "inputs" in wants and settings.n_clusters is None):
-        raise ValueError(
-            f"the {settings.split} batches carry no labels: DSMI(Z;Y), CSMI(Z;Y), the probe accuracy and the default "
-            "number of input clusters need (x, y) batches. Drop those metrics or pass n_clusters."
-        )
-    label_groups = reference_groups(labels) if labels is not None and "labels" in wants else None
-    input_groups = None
-    if "inputs" in wants:
-        k = settings.n_clusters or int(torch.unique(labels).numel())
-        input_groups = reference_groups(torch.cat(xs), n_clusters=k, seed=settings.seed)
+    for batch in probe_loader(source, indices, config.batch_size):
+        for t in tensor_leaves(batch):
+            digest.update(t.detach().cpu().contiguous().numpy().tobytes())
     num_classes = getattr(datamodule, "num_classes", None)
-    if not isinstance(num_classes, int):
-        num_classes = int(labels.max()) + 1 if labels is not None and labels.dtype != torch.bool else None
     data = json.dumps(data_arguments(datamodule), sort_keys=True)
-    return Probe(loader, indices, peek, labels, label_groups, input_groups, num_classes,
-                 digest.hexdigest()[:12], data)
+    return Probe(source, indices, num_classes if isinstance(num_classes, int) else None, digest.hexdigest()[:12], data)
