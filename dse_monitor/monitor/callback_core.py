@@ -80,6 +80,11 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
     let them check at train-epoch end (their default when validation runs once per
     epoch; ``check_on_train_epoch_end=True`` / ``save_on_train_epoch_end=True`` otherwise).
 
+    Every argument reads back as a read-only attribute, validated and normalised
+    (``monitor.sigma``, ``monitor.layers``); ``monitor.config`` is the
+    :class:`~dse_monitor.monitor.config.MonitorConfig` that holds them and their defaults.
+    :func:`dse_monitor.measure` takes the same settings and measures without a Trainer.
+
     Args:
         layers: module names from ``named_modules()``, glob patterns over them
             (``"backbone.layer*"``, ``"blocks.*"``), ``"penultimate"`` (the input of the

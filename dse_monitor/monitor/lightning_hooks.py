@@ -9,34 +9,19 @@ loop's data source. The thin classes in :mod:`dse_monitor.callback` and
 """
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 
 from .collect import isolated_rng
 from .compute import ReferenceGroups
-from .config import MonitorConfig
-from .probe import ProbeSet
-from .report import Reporter
-from .reuse import ValidationReuse
 from .schedule import after_epoch, after_step, at_init
-from .sinks import Sinks
+from .sequencing import MonitorParts
 from .state import MonitorState
 
 
-class LightningHooks:
+class LightningHooks(MonitorParts):
     """The callback hooks and the checkpoint state; mixed into :class:`~dse_monitor.monitor.callback_core.DSEMonitorCore`."""
-
-    config: MonitorConfig
-    history: dict[int, dict[str, float]]
-    last_duration_s: Optional[float]
-    _probe: ProbeSet
-    _state: MonitorState
-    _groups: ReferenceGroups
-    _reporter: Reporter
-    _reuse: ValidationReuse
-    _sinks: Sinks
-    _last_global_step: int
 
     # ------------------------------------------------------------------ state
     def _reset(self) -> None:

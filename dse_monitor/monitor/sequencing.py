@@ -20,17 +20,17 @@ import torch
 from .collect import isolated_rng
 from .compute import Measurement, ReferenceGroups
 from .config import MonitorConfig
-from .standalone import measure_features
 from .probe import ProbeSet
 from .report import Reporter
 from .reuse import ValidationReuse
 from .schedule import Position
 from .sinks import Sinks
+from .standalone import measure_features
 from .state import MonitorState
 
 
-class MeasurementSequence:
-    """:meth:`measure` and its preflight; mixed into :class:`~dse_monitor.monitor.callback_core.DSEMonitorCore`."""
+class MonitorParts:
+    """What :class:`~dse_monitor.monitor.callback_core.DSEMonitorCore` holds, declared for its mixins."""
 
     config: MonitorConfig
     history: dict[int, dict[str, float]]
@@ -42,6 +42,11 @@ class MeasurementSequence:
     _reporter: Reporter
     _reuse: ValidationReuse
     _sinks: Sinks
+    _last_global_step: int
+
+
+class MeasurementSequence(MonitorParts):
+    """:meth:`measure` and its preflight; mixed into :class:`~dse_monitor.monitor.callback_core.DSEMonitorCore`."""
 
     def _prepare(self, trainer: Any, pl_module: Any) -> None:
         self._probe.prepare(trainer, pl_module, self._state, lambda m: self._warn(trainer, m),

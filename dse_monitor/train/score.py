@@ -316,7 +316,7 @@ def score(
     record = settings.record()
     scores = ScoresFile(Path(out) / "scores.csv") if out is not None else None
     previous = scores.read() if scores is not None else []
-    check_settings(previous, record, scores.path if scores else None)  # before the (slow) probe pass
+    check_settings(previous, record, scores.path if scores else None)  # before reading the probe
     probe = build_probe(datamodule, split, settings.config)
     record = {**record, **probe.record()}
     check_settings(previous, record, scores.path if scores else None)
@@ -356,14 +356,19 @@ def score(
         print("\n".join([f"all {len(rows)} models:", format_header(metrics),
                          *(format_row(r, metrics) for r in rows)]))
     if out is not None:  # the files describe every model of scores.csv, also those of earlier runs
-        every = list(done.values())
-        table = correlations(every, metrics)
-        write_correlations(table, Path(out) / "correlation.csv")
-        write_scatter(every, table, metrics, Path(out) / "scores.png")
-        write_failures(failed, Path(out) / "failures.csv")
-        if progress:
-            print(format_correlations(table))
+        _write_files(Path(out), list(done.values()), failed, metrics, progress)
     return rows
+
+
+def _write_files(out: Path, every: list[dict[str, Any]], failed: dict[str, str], metrics: Sequence[str],
+                 progress: bool) -> None:
+    """``correlation.csv``, ``scores.png`` and ``failures.csv`` in ``out``; the correlations printed too."""
+    table = correlations(every, metrics)
+    write_correlations(table, out / "correlation.csv")
+    write_scatter(every, table, metrics, out / "scores.png")
+    write_failures(failed, out / "failures.csv")
+    if progress:
+        print(format_correlations(table))
 
 
 def _progress(todo: list, enabled: bool):

@@ -98,20 +98,14 @@ def test_image_batches_score_equals_the_callback_at_init_and_after_an_epoch():
 
 
 transformers = pytest.importorskip("transformers")
-tokenizers = pytest.importorskip("tokenizers")
 WORDS = [f"w{i}" for i in range(40)]
 
 
-def _tokenizer():
-    vocab = {"[PAD]": 0, "[UNK]": 1, "[CLS]": 2, "[SEP]": 3, **{w: i + 4 for i, w in enumerate(WORDS)}}
-    tok = tokenizers.Tokenizer(tokenizers.models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()
-    tok.post_processor = tokenizers.processors.TemplateProcessing(
-        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", 2), ("[SEP]", 3)]
-    )
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=tok, pad_token="[PAD]", unk_token="[UNK]", cls_token="[CLS]", sep_token="[SEP]"
-    )
+def _tokenizer(folder):
+    """A BERT WordPiece tokenizer from a vocabulary file written here (no download)."""
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    return transformers.BertTokenizerFast(vocab_file=str(vocab))
 
 
 class TextClassifier(Classifier):
@@ -125,8 +119,8 @@ class TextClassifier(Classifier):
         return F.cross_entropy(self(**inputs), batch["labels"])
 
 
-def test_hugging_face_dict_batches_score_equals_the_callback():
-    tok = _tokenizer()
+def test_hugging_face_dict_batches_score_equals_the_callback(tmp_path):
+    tok = _tokenizer(tmp_path)
     g = torch.Generator().manual_seed(0)
     samples = []
     for i in range(64):  # the label is which third of the vocabulary the words come from; lengths vary
@@ -138,7 +132,7 @@ def test_hugging_face_dict_batches_score_equals_the_callback():
     val = DataLoader(samples[32:], batch_size=8, collate_fn=collate)
     assert isinstance(next(iter(val)), transformers.BatchEncoding)
     torch.manual_seed(0)
-    config = transformers.BertConfig(vocab_size=len(WORDS) + 4, hidden_size=32, num_hidden_layers=2,
+    config = transformers.BertConfig(vocab_size=len(WORDS) + 5, hidden_size=32, num_hidden_layers=2,
                                      num_attention_heads=2, intermediate_size=37, max_position_embeddings=32,
                                      num_labels=3)
     module = TextClassifier(transformers.BertForSequenceClassification(config), train, val)
