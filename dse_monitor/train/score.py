@@ -131,8 +131,9 @@ class ProbeAccuracy:
 
     def __init__(self, num_classes: int | None = None) -> None:
         self.num_classes = num_classes
-        self.correct, self.total, self.widths, self.usable = 0, 0, set(), True
-        self.largest_label = -1
+        self.correct, self.total, self.largest_label = 0, 0, -1
+        self.widths: set[int] = set()
+        self.usable = True
 
     def __call__(self, output: Any, batch: ProbeBatch) -> None:
         logits = getattr(output, "logits", output)  # Hugging Face ModelOutput
@@ -181,8 +182,9 @@ def _values(measurement: Measurement, metrics: Sequence[str]) -> tuple[str, dict
     A metric that failed, or features with NaN/Inf entries, fail the model: no row is better than a wrong one.
     """
     layer = next(iter(measurement.shapes))
-    for name, reason in measurement.failures.get(layer, {}).items():
-        raise RuntimeError(f"computing {name} failed ({reason})")
+    failures = measurement.failures.get(layer)
+    if failures:
+        raise RuntimeError("; ".join(f"computing {name} failed ({reason})" for name, reason in failures.items()))
     measured = measurement.of_layer(layer)
     values = {name: measured.get(name) for name in metrics}
     if any(v is not None and math.isnan(v) for v in values.values()):
