@@ -16,7 +16,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..capture.forward import ForwardFn
 from ..capture.pooling import Pooling
-from .compute import ReferenceGroups
 from .config import BatchFn, MonitorConfig
 from .lightning_hooks import LightningHooks
 from .policies import frozen_to_dict

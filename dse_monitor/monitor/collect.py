@@ -166,6 +166,7 @@ def collect_features(
                 feats[name].append(z)
             if on_output is not None:
                 on_output(output, pb)
+            del output  # not kept through the next batch's forward pass (e.g. a language model's logits)
             if want_labels and pb.labels is not None:
                 ys.append(torch.as_tensor(pb.labels).to(device))
             if want_inputs:

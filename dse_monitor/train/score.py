@@ -35,12 +35,11 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
-from ..capture import ProbeBatch
 from ..monitor import Measurement, MonitorConfig, ReferenceGroups, measure
 from ..monitor.config import check_sigma, check_t
 from ..registry import DEFAULT_METRICS
 from .score_models import expand_models, load_model, parse_model
-from .score_probe import Probe, build_probe
+from .score_probe import Probe, ProbeAccuracy, build_probe
 from .score_report import (
     ScoresFile,
     check_settings,
@@ -54,7 +53,7 @@ from .score_report import (
     write_scatter,
 )
 
-__all__ = ["ProbeAccuracy", "ScoreFailedWarning", "ScoreRows", "ScoreSettings", "ScoreWarning", "score"]
+__all__ = ["ScoreFailedWarning", "ScoreRows", "ScoreSettings", "ScoreWarning", "score"]
 
 ModelArg = Union[str, "tuple[str, nn.Module]"]
 SPLITS = ("val", "train", "test")
@@ -120,41 +119,6 @@ class ScoreSettings:
             "dtype": str(c.dtype).replace("torch.", ""),
             "num_repetitions": str(c.num_repetitions),
         }
-
-
-class ProbeAccuracy:
-    """The probe accuracy of a model's head, read from each forward pass (``measure(..., on_output=)``).
-
-    Counted when every output is (or holds as ``.logits`` / first element) logits
-    [B, num_classes]; ``num_classes`` defaults to the largest label + 1. None otherwise.
-    """
-
-    def __init__(self, num_classes: int | None = None) -> None:
-        self.num_classes = num_classes
-        self.correct, self.total, self.largest_label = 0, 0, -1
-        self.widths: set[int] = set()
-        self.usable = True
-
-    def __call__(self, output: Any, batch: ProbeBatch) -> None:
-        logits = getattr(output, "logits", output)  # Hugging Face ModelOutput
-        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-        if not (isinstance(logits, torch.Tensor) and logits.ndim == 2 and batch.labels is not None):
-            self.usable = False
-            return
-        labels = torch.as_tensor(batch.labels).cpu()
-        if labels.dtype == torch.bool or labels.is_floating_point() or labels.shape != logits.shape[:1]:
-            self.usable = False
-            return
-        self.widths.add(int(logits.shape[1]))
-        self.largest_label = max(self.largest_label, int(labels.max()))
-        self.correct += int((logits.argmax(dim=1).cpu() == labels).sum())
-        self.total += int(labels.shape[0])
-
-    def value(self) -> float | None:
-        classes = self.num_classes if self.num_classes is not None else self.largest_label + 1
-        if not self.usable or not self.total or self.widths != {classes}:
-            return None
-        return self.correct / self.total
 
 
 def _is_out_of_memory(err: BaseException) -> bool:

@@ -1,4 +1,5 @@
-"""The one probe set of ``dse-monitor score``: the split's source, fixed indices, a fingerprint.
+"""The one probe set of ``dse-monitor score`` (the split's source, fixed indices, a fingerprint) and
+the accuracy of a model's head on it.
 
 The indices are the monitor's (:func:`~dse_monitor.monitor.standalone.probe_indices`);
 each model is then measured on them by :func:`~dse_monitor.monitor.standalone.measure`,
@@ -14,13 +15,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..capture import first_dataloader, probe_loader
+from ..capture import ProbeBatch, first_dataloader, probe_loader
 from ..capture.probe import tensor_leaves
 from ..monitor import MonitorConfig
 from ..monitor.standalone import probe_indices
 
-__all__ = ["Probe", "build_probe", "data_arguments"]
+__all__ = ["Probe", "ProbeAccuracy", "build_probe", "data_arguments"]
 
 #: Data arguments that do not change which images and labels the probe holds.
 NOT_THE_DATA = ("batch_size", "num_workers", "download", "root", "_instantiator")
@@ -73,7 +75,6 @@ def _source(datamodule: Any, split: str) -> Any:
 def build_probe(datamodule: Any, split: str, config: MonitorConfig) -> Probe:
     """Choose the probe subset of ``split`` and fingerprint its batches (no model runs here).
 
-    >>> import torch
     >>> from torch.utils.data import TensorDataset
     >>> ds = TensorDataset(torch.randn(40, 5), torch.arange(40) % 4)
     >>> probe = build_probe(ds, "val", MonitorConfig(num_samples=30))
@@ -89,3 +90,44 @@ def build_probe(datamodule: Any, split: str, config: MonitorConfig) -> Probe:
     num_classes = getattr(datamodule, "num_classes", None)
     data = json.dumps(data_arguments(datamodule), sort_keys=True)
     return Probe(source, indices, num_classes if isinstance(num_classes, int) else None, digest.hexdigest()[:12], data)
+
+
+class ProbeAccuracy:
+    """The probe accuracy of a model's head, read from each forward pass (``measure(..., on_output=)``).
+
+    Counted when every output is (or holds as ``.logits`` / first element) logits
+    [B, num_classes]; ``num_classes`` defaults to the largest label + 1. None otherwise.
+    accuracy = (samples whose argmax of the logits is their label) / N.
+
+    >>> acc = ProbeAccuracy()
+    >>> acc(torch.tensor([[2.0, 0.0], [2.0, 1.0]]), ProbeBatch(labels=torch.tensor([0, 1])))
+    >>> acc.value()
+    0.5
+    """
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        self.num_classes = num_classes
+        self.correct, self.total, self.largest_label = 0, 0, -1
+        self.widths: set[int] = set()
+        self.usable = True
+
+    def __call__(self, output: Any, batch: ProbeBatch) -> None:
+        logits = getattr(output, "logits", output)  # Hugging Face ModelOutput
+        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        if not (isinstance(logits, torch.Tensor) and logits.ndim == 2 and batch.labels is not None):
+            self.usable = False
+            return
+        labels = torch.as_tensor(batch.labels).cpu()
+        if labels.dtype == torch.bool or labels.is_floating_point() or labels.shape != logits.shape[:1]:
+            self.usable = False
+            return
+        self.widths.add(int(logits.shape[1]))
+        self.largest_label = max(self.largest_label, int(labels.max()))
+        self.correct += int((logits.argmax(dim=1).cpu() == labels).sum())
+        self.total += int(labels.shape[0])
+
+    def value(self) -> float | None:
+        classes = self.num_classes if self.num_classes is not None else self.largest_label + 1
+        if not self.usable or not self.total or self.widths != {classes}:
+            return None
+        return self.correct / self.total
