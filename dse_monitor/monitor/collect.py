@@ -25,6 +25,10 @@ from ..capture.layers import Layer, LayerNotFoundError
 from ..capture.probe import resize_inputs
 from .config import MonitorConfig
 
+class MissingLabelsError(ValueError):
+    """The chosen metrics need labels that the probe batches do not carry (a configuration error, not a model's)."""
+
+
 #: Called after each forward pass of a probe pass with the model's output and the batch (e.g. for accuracy).
 OnOutput = Callable[[Any, ProbeBatch], None]
 
@@ -121,14 +125,14 @@ def check_labels(config: MonitorConfig, y: Any, why_none: Optional[str] = None) 
         return
     if y is None:
         why = why_none or "batch_fn returned no labels"
-        raise ValueError(
+        raise MissingLabelsError(
             f"DSEMonitor: metrics {asked} need labels, but the probe batches carry none ({why}). Use batches "
             "like (x, y) or {'x': ..., 'y': ...}, pass batch_fn, or drop those metrics."
         )
     try:
         torch.as_tensor(y)
     except Exception as err:
-        raise ValueError(
+        raise MissingLabelsError(
             f"DSEMonitor: metrics {asked} need labels as a tensor (one per sample); the probe batches carry "
             f"a {type(y).__name__} ({err}). Pass batch_fn returning (inputs, label tensor)."
         ) from err

@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from ..monitor import Measurement, MonitorConfig, ReferenceGroups, measure
+from ..monitor.collect import MissingLabelsError
 from ..monitor.config import check_sigma, check_t
 from ..registry import DEFAULT_METRICS
 from .score_models import expand_models, load_model, parse_model
@@ -300,6 +301,8 @@ def score(
     for name, module in bar:
         try:
             row, groups = _score_one(name, module, probe, settings, device, model_class, groups)
+        except MissingLabelsError:  # the probe's fault, not the model's: the same for every model
+            raise
         except Exception as err:  # noqa: BLE001 - one bad model never stops the others
             failed[name] = f"{type(err).__name__}: {err}"
             warnings.warn(f"score: {name} failed ({failed[name]}); going on with the others.", ScoreFailedWarning,

@@ -97,6 +97,16 @@ def test_image_batches_score_equals_the_callback_at_init_and_after_an_epoch():
     assert m.values.keys() == {"dse/net.4/dse", "dse/net.4/dsmi_x", "dse/net.4/sigma_ratio"}
 
 
+def test_score_of_unlabelled_batches_stops_at_the_first_model_naming_the_labels(tmp_path):
+    net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    unlabelled = TensorDataset(torch.randn(30, 4))
+    with pytest.raises(ValueError, match=r"metrics \['dsmi_y'\] need labels"):
+        dse_monitor.score([("a", net), ("b", net)], unlabelled, tmp_path, metrics=["dse", "dsmi_y"], progress=False)
+    assert not (tmp_path / "scores.csv").exists()
+    rows = dse_monitor.score([("a", net)], unlabelled, metrics=["dse", "dse_norm"], progress=False)
+    assert rows[0]["accuracy"] is None and rows[0]["dse_norm"] == rows[0]["dse"] / math.log2(30)
+
+
 transformers = pytest.importorskip("transformers")
 WORDS = [f"w{i}" for i in range(40)]
 
