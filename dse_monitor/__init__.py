@@ -1,9 +1,9 @@
 """dse-monitor: diffusion spectral entropy and mutual information of neural representations.
 
-The functional core is re-exported here. The Lightning callback
-:class:`~dse_monitor.callback.DSEMonitor` (for the ``lightning`` package) and
-:class:`DSEMonitorWarning` are imported on first use, so that the math alone needs
-neither Lightning nor the monitor; ``dse_monitor.pytorch_lightning.DSEMonitor`` is the
+The functional core is re-exported here. :func:`measure` (one measurement without a
+Trainer), the Lightning callback :class:`~dse_monitor.callback.DSEMonitor` (for the
+``lightning`` package) and :class:`DSEMonitorWarning` are imported on first use, so that
+the math alone needs neither Lightning nor the monitor; ``dse_monitor.pytorch_lightning.DSEMonitor`` is the
 same callback for the ``pytorch_lightning`` package.
 """
 from .functional import *  # noqa: F401,F403
@@ -12,7 +12,7 @@ from .loss import DSELoss
 
 __version__ = "0.1.0"
 # DSEMonitor, score and report are left out of __all__ so that `from dse_monitor import *` works without Lightning.
-__all__ = [*_functional_all, "DSELoss", "DSEMonitorWarning"]
+__all__ = [*_functional_all, "DSELoss", "DSEMonitorWarning", "measure"]
 
 
 def __getattr__(name: str):
@@ -28,6 +28,10 @@ def __getattr__(name: str):
         from .train.report import report  # the HTML page of a run (needs the [train] extra)
 
         return report
+    if name == "measure":
+        from .monitor.standalone import measure  # the Trainer-free measurement (no Lightning needed)
+
+        return measure
     if name == "DSEMonitorWarning":
         from .monitor.report import DSEMonitorWarning  # no Lightning needed
 

@@ -2,7 +2,7 @@
 
 This is the class for the ``lightning`` package (``import lightning.pytorch as pl``);
 :mod:`dse_monitor.pytorch_lightning` holds the same callback for ``pytorch_lightning``.
-Both are :class:`~dse_monitor.monitor.hooks.DSEMonitorCore` (the arguments and the
+Both are :class:`~dse_monitor.monitor.callback_core.DSEMonitorCore` (the arguments and the
 docstring live there) plus their package's ``Callback`` base.
 """
 from __future__ import annotations
@@ -16,7 +16,7 @@ from lightning.pytorch.callbacks import Callback  # noqa: E402
 from lightning.pytorch.loggers import TensorBoardLogger  # noqa: E402
 from lightning.pytorch.utilities import rank_zero_info  # noqa: E402
 
-from .monitor.hooks import DSEMonitorCore, DSEMonitorWarning  # noqa: E402
+from .monitor.callback_core import DSEMonitorCore, DSEMonitorWarning  # noqa: E402
 from .registry import DEFAULT_METRICS, metric_names  # noqa: E402
 
 __all__ = ["DEFAULT_METRICS", "DSEMonitor", "DSEMonitorWarning", "METRICS"]

@@ -1,7 +1,7 @@
 """The DSE monitor for the ``pytorch_lightning`` package (``import pytorch_lightning as pl``).
 
 Same arguments and behaviour as :class:`dse_monitor.DSEMonitor` (the docstring of
-:class:`~dse_monitor.monitor.hooks.DSEMonitorCore`), with ``pytorch_lightning.Callback``
+:class:`~dse_monitor.monitor.callback_core.DSEMonitorCore`), with ``pytorch_lightning.Callback``
 as base so that a ``pytorch_lightning.Trainer`` accepts it. Imports nothing of
 ``lightning``. Checkpoints are interchangeable: the state key is the same.
 """
@@ -16,7 +16,7 @@ from pytorch_lightning.callbacks import Callback  # noqa: E402
 from pytorch_lightning.loggers import TensorBoardLogger  # noqa: E402
 from pytorch_lightning.utilities import rank_zero_info  # noqa: E402
 
-from .monitor.hooks import DSEMonitorCore, DSEMonitorWarning  # noqa: E402
+from .monitor.callback_core import DSEMonitorCore, DSEMonitorWarning  # noqa: E402
 
 __all__ = ["DSEMonitor", "DSEMonitorWarning"]
 

@@ -84,17 +84,41 @@ Compute = Callable[[torch.Tensor, Optional[torch.Tensor], MetricSettings], Metri
 class Metric:
     """A metric: its key in the logs, its chart title, the reference it needs, its computation.
 
-    A derived metric (``derived_from``) has no computation of its own: the monitor
-    turns the base metric's result into it with ``derive(result)``.
+    Every metric computes through :meth:`compute`. A derived metric (``derived_from``)
+    turns its base metric's result into its value with ``derive(result)``; the base is
+    computed once per layer when a measurement asks for both (``computed``).
     """
 
     name: str
     title: str
     reference: Reference
-    compute: Optional[Compute]
+    fn: Optional[Compute]
     description: str
     derived_from: Optional[str] = None
     derive: Optional[Callable[[MetricResult], float]] = None
+
+    def __post_init__(self) -> None:
+        if (self.fn is None) == (self.derived_from is None) or (self.derived_from is None) != (self.derive is None):
+            raise ValueError(f"metric {self.name!r}: give either fn, or derived_from with derive (same reference)")
+
+    def compute(self, z: torch.Tensor, groups: Optional[torch.Tensor], settings: MetricSettings,
+                computed: Optional[dict[str, MetricResult]] = None) -> MetricResult:
+        """This metric of features ``z`` [N, D] (``groups``: the ids of its reference, or None).
+
+        ``computed``: results of this layer so far, by name; a derived metric reads its
+        base there, or computes it and adds it.
+
+        >>> z = torch.eye(4) * 100
+        >>> round(METRICS["dse_norm"].compute(z, None, MetricSettings(solver="exact")).value, 6)
+        1.0
+        """
+        if self.fn is not None:
+            return self.fn(z, groups, settings)
+        computed = {} if computed is None else computed
+        base = computed.get(self.derived_from)
+        if base is None:
+            base = computed[self.derived_from] = METRICS[self.derived_from].compute(z, groups, settings, computed)
+        return MetricResult(self.derive(base))  # type: ignore[misc]  # set with derived_from (__post_init__)
 
 
 def _dse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:

@@ -9,12 +9,12 @@ Knows torch modules and datasets, not Lightning. The data path of one measuremen
     pooled features [N, D]        -> :func:`pool_features` (masked for token sequences)
 """
 from .compiled import eager, unwrap, user_name
-from .forward import ProbeBatch, call_module, split_batch
+from .forward import ProbeBatch, call_module, split_batch, unpack_batch
 from .hooks import FeatureCapture, capture, eval_mode
 from .layer_sets import describe_layers, find_blocks, match_modules, resolve_layers
 from .layers import LayerNotFoundError, Layer, find_module, last_linear_in_forward, resolve_layer
 from .pooling import POOLINGS, check_mask, pool_features
-from .probe import choose_indices, first_dataloader, probe_loader, resize_inputs, to_device, unpack_batch
+from .probe import choose_indices, first_dataloader, probe_loader, resize_inputs, to_device
 
 __all__ = [
     "FeatureCapture",

@@ -208,6 +208,20 @@ def split_batch(batch: Any, module: nn.Module, batch_fn: Callable[[Any], Any] | 
     return ProbeBatch((batch,), {}, None, None, x, batch, why_no_x, None)
 
 
+def unpack_batch(batch: Any, batch_fn: Callable[[Any], Any] | None = None) -> tuple[Any, torch.Tensor | None]:
+    """``(inputs, labels or None)`` of a batch, read as :func:`split_batch` reads it for a module
+    that takes the inputs positionally.
+
+    >>> unpack_batch((torch.zeros(2, 3), torch.tensor([0, 1]), "meta"))[1]
+    tensor([0, 1])
+    >>> x, y = unpack_batch({"image": torch.zeros(2, 3)})
+    >>> x.shape, y
+    (torch.Size([2, 3]), None)
+    """
+    pb = split_batch(batch, nn.Identity(), batch_fn)
+    return (pb.args[0] if pb.args else pb.kwargs), pb.labels
+
+
 def call_module(module: nn.Module, batch: ProbeBatch, forward_fn: ForwardFn | None = None) -> Any:
     """Run the forward pass: ``forward_fn(module, batch.raw)`` if given, else ``module(*args, **kwargs)``.
 

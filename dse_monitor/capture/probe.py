@@ -1,4 +1,4 @@
-"""The probe set: a fixed, seeded subset of a dataset, its loader, and batch unpacking."""
+"""The probe set: a fixed, seeded subset of a dataset, its loader, and helpers over (nested) batches."""
 from __future__ import annotations
 
 import random
@@ -14,9 +14,6 @@ from ..functional._checks import check_int
 #: Dictionary keys tried, in order, for the inputs and the labels of a batch.
 INPUT_KEYS = ("x", "input", "inputs", "image", "images", "img", "pixel_values", "input_ids", "data", "features")
 LABEL_KEYS = ("y", "label", "labels", "target", "targets", "class", "classes")
-
-BatchFn = Callable[[Any], "tuple[Any, torch.Tensor | None]"]
-
 
 def choose_indices(n_total: int, num_samples: int | None, seed: int = 0) -> list[int]:
     """Indices of the probe subset, sorted (the dataset's order), the same for a given seed.
@@ -79,31 +76,6 @@ def probe_loader(source: Dataset | DataLoader, indices: Sequence[int], batch_siz
             kwargs["worker_init_fn"] = source.worker_init_fn
         batch_size = batch_size or source.batch_size
     return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size or 64, shuffle=False, **kwargs)
-
-
-def unpack_batch(batch: Any) -> tuple[Any, torch.Tensor | None]:
-    """``(inputs, labels or None)`` of a batch: ``(x, y, ...)`` tuples/lists, dicts, or bare inputs.
-
-    >>> unpack_batch((torch.zeros(2, 3), torch.tensor([0, 1]), "meta"))[1]
-    tensor([0, 1])
-    >>> x, y = unpack_batch({"image": torch.zeros(2, 3)})
-    >>> x.shape, y
-    (torch.Size([2, 3]), None)
-    """
-    if isinstance(batch, (tuple, list)):
-        if not batch:
-            raise ValueError("empty batch")
-        y = batch[1] if len(batch) > 1 and isinstance(batch[1], torch.Tensor) else None
-        return batch[0], y
-    if isinstance(batch, dict):
-        x = next((batch[k] for k in INPUT_KEYS if k in batch), None)
-        if x is None:
-            raise ValueError(
-                f"cannot find the inputs in a batch with keys {sorted(batch)}; expected one of {INPUT_KEYS} "
-                "or pass batch_fn=<callable returning (inputs, labels)>."
-            )
-        return x, next((batch[k] for k in LABEL_KEYS if k in batch), None)
-    return batch, None
 
 
 def map_tensors(obj: Any, fn: Callable[[torch.Tensor], Any]) -> Any:

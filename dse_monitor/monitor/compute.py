@@ -6,8 +6,7 @@ Each metric is computed by its :mod:`~dse_monitor.registry` entry; the solver ch
 and the out-of-memory fallback are the functional core's.
 
 Example:
-    >>> from dse_monitor.monitor import DSEMonitorCore
-    >>> cfg = DSEMonitorCore(metrics=["dse", "dsmi_y"], sigma=1.0).config
+    >>> cfg = MonitorConfig(metrics=["dse", "dsmi_y"], sigma=1.0)
     >>> z = torch.cat([torch.zeros(10, 2), torch.full((10, 2), 50.0)])
     >>> groups = make_groups(cfg, ReferenceGroups(), labels=torch.arange(20) // 10, inputs=None)
     >>> m = compute_measurement(cfg, {"penultimate": z}, groups, step=3)
@@ -25,7 +24,7 @@ import torch
 
 from ..capture.layer_sets import identical_layers
 from ..functional import reference_groups, scale_diagnosis, scale_warning
-from ..registry import METRICS, MetricResult, MetricSettings
+from ..registry import METRICS, MetricResult, MetricSettings, parse_key
 from .config import FALLBACK_CLUSTERS, MonitorConfig
 from .policies import Frozen, layer_scale
 
@@ -121,6 +120,17 @@ class Measurement:
     #: ``{duplicate: original}``: layers with identical pooled features, measured once (the original's values).
     aliases: dict[str, str] = field(default_factory=dict)
     duration_s: float = 0.0
+    #: ``{layer: (N, D)}``: the shape of each layer's features.
+    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: ``{layer: sigma}``: the numeric bandwidth each layer was measured with.
+    sigmas: dict[str, float] = field(default_factory=dict)
+    #: The reference groups the measurement used (pass them on: later measurements reuse them).
+    groups: Optional[ReferenceGroups] = None
+
+    def of_layer(self, layer: str) -> dict[str, float]:
+        """``{name: value}`` of one layer (metrics and diagnostics), read from the logged keys."""
+        keys = {k: parse_key(k) for k in self.values}
+        return {key.name: self.values[k] for k, key in keys.items() if key is not None and key.layer == layer}
 
 
 def _nonfinite_cause(bad_inputs: Optional[torch.Tensor]) -> str:
@@ -156,12 +166,13 @@ def compute_measurement(
     """
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
-    out = Measurement(step, notes=list(groups.notes), aliases=identical_layers(features))
+    out = Measurement(step, notes=list(groups.notes), aliases=identical_layers(features), groups=groups)
     for layer, z in features.items():
         if layer in out.aliases:  # the same features as an earlier layer: copied below
             continue
         if config.device is not None:
             z = z.to(config.device)
+        out.shapes[layer] = (int(z.shape[0]), int(z.shape[1]) if z.ndim > 1 else 0)
         metrics = [m for m in config.metrics
                    if METRICS[m].reference is None or groups.of(METRICS[m].reference) is not None]
         if not bool(torch.isfinite(z).all()):
@@ -179,18 +190,20 @@ def compute_measurement(
         out.notes.extend(scale.warnings)
         out.info.extend(scale.info)
         out.values.update({config.key(layer, k): v for k, v in scale.frozen_now.items()})
+        out.sigmas[layer] = float(scale.settings.sigma)
         ratio = scale.median / scale.settings.sigma
         out.values[config.key(layer, "sigma_ratio")] = ratio
         results, failures = _layer_metrics(z, metrics, groups, scale.settings)
-        for name, result in results.items():
-            if name.startswith("_"):  # a base computed only for a derived metric
+        for name in metrics:
+            result = results.get(name)
+            if result is None:  # failed: in failures
                 continue
             out.values[config.key(layer, name)] = result.value
             if result.eigenvalues is not None:
                 out.spectra[layer] = result.eigenvalues
             if result.fallback is not None:
                 out.fallbacks.append(f"DSEMonitor: {result.fallback}")
-        dse = results.get("dse") or results.get("_dse")
+        dse = results.get("dse")  # also when only a metric derived from it was asked for
         if dse is not None and dse.n is not None and dse.n > 1:
             direction = scale_diagnosis(dse.value, dse.n, ratio)
             if direction is not None:
@@ -201,11 +214,10 @@ def compute_measurement(
             out.failures[layer] = failures
             out.notes.append(_failure_note(layer, step, failures))
     for duplicate, original in out.aliases.items():
-        out.values.update({config.key(duplicate, name): out.values[config.key(original, name)]
-                           for name in [*config.metrics, "sigma_ratio", "sigma", "t"]
-                           if config.key(original, name) in out.values})
-        if original in out.spectra:
-            out.spectra[duplicate] = out.spectra[original]
+        out.values.update({config.key(duplicate, name): value for name, value in out.of_layer(original).items()})
+        for per_layer in (out.spectra, out.shapes, out.sigmas):
+            if original in per_layer:
+                per_layer[duplicate] = per_layer[original]
     out.duration_s = time.perf_counter() - start
     return out
 
@@ -213,20 +225,15 @@ def compute_measurement(
 def _layer_metrics(
     z: torch.Tensor, metrics: list[str], groups: ReferenceGroups, settings: MetricSettings
 ) -> tuple[dict[str, MetricResult], dict[str, str]]:
-    """The metrics of one layer by name (a derived one reuses its base, computed once, kept as ``_<base>``)."""
+    """The metrics of one layer by name, plus the bases that derived ones computed (each computed once)."""
     results: dict[str, MetricResult] = {}
     failures: dict[str, str] = {}
     for name in metrics:
+        if name in results:  # the base of a derived metric asked for before it
+            continue
         metric = METRICS[name]
         try:
-            if metric.derived_from is not None:
-                base = results.get(metric.derived_from) or results.get("_" + metric.derived_from)
-                if base is None:
-                    base = METRICS[metric.derived_from].compute(z, None, settings)
-                    results["_" + metric.derived_from] = base
-                results[name] = MetricResult(metric.derive(base))
-            else:
-                results[name] = metric.compute(z, groups.of(metric.reference), settings)
+            results[name] = metric.compute(z, groups.of(metric.reference), settings, results)
         except MemoryError as err:  # no approximate path could take it (t outside {1, 2})
             failures[name] = f"MemoryError: {err} Lower num_samples."
         except Exception as err:  # noqa: BLE001 - recorded, training goes on

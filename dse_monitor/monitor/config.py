@@ -1,13 +1,25 @@
-"""The monitor's configuration: one typed, validated, immutable record of its arguments.
+"""The monitor's configuration: one typed, validated, immutable record of its settings.
 
-Every argument is checked here, when the callback is built, so that a typo fails
-before a Trainer exists; the arguments' meaning is documented on
-:class:`~dse_monitor.monitor.hooks.DSEMonitorCore`, where the signature is.
+:class:`MonitorConfig` owns the defaults and validates every setting in
+``__post_init__``, so that a typo fails before a Trainer exists, whoever builds it:
+the callbacks (:class:`~dse_monitor.monitor.callback_core.DSEMonitorCore`, where the
+arguments are documented), the Trainer-free :func:`~dse_monitor.monitor.standalone.measure`
+and ``dse-monitor score``. A caller that accepts fewer policies restricts them through
+the same checks (:func:`check_sigma`, :func:`check_t`).
+
+Example:
+    >>> cfg = MonitorConfig(metrics="dse", sigma=1)
+    >>> cfg.layers, cfg.metrics, cfg.sigma, cfg.dtype, cfg.every_n_epochs
+    (['penultimate'], ['dse'], 1.0, torch.float32, 1)
+    >>> MonitorConfig(metrics=["dse", "entropy"])
+    Traceback (most recent call last):
+    ...
+    ValueError: metrics must be distinct names among ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x', 'dse_norm'), got ['dse', 'entropy']
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch
@@ -16,8 +28,9 @@ from torch.utils.data import DataLoader, Dataset
 from ..capture.pooling import Pooling, check_pooling
 from ..capture.forward import ForwardFn
 from ..functional._checks import check_int
+from ..functional.diffusion_time import T_MAX
 from ..functional.solver import check_solver
-from ..registry import METRICS, MetricSettings, metric_key
+from ..registry import DEFAULT_METRICS, METRICS, MetricSettings, metric_key
 
 BatchFn = Callable[[Any], Any]
 PROBES = ("val", "train")
@@ -41,93 +54,104 @@ def parse_dtype(dtype: Union[str, torch.dtype, None]) -> Optional[torch.dtype]:
     return parsed
 
 
-def _check_sigma(sigma: Any) -> Union[float, str]:
-    if isinstance(sigma, str) and sigma in SIGMA_POLICIES:
+def _choices(policies: Sequence[str]) -> str:
+    quoted = [repr(p) for p in policies]
+    return ", ".join(["a positive number", *quoted[:-1]]) + (f" or {quoted[-1]}" if quoted else "")
+
+
+def check_sigma(
+    sigma: Any, policies: Sequence[str] = SIGMA_POLICIES, refused: Optional[Mapping[str, str]] = None
+) -> Union[float, str]:
+    """sigma: a positive number (as float) or one of ``policies``; ``refused`` gives the reason a policy is
+    left out by a caller (e.g. ``score``), raised as the error.
+
+    >>> check_sigma(2), check_sigma("median")
+    (2.0, 'median')
+    >>> check_sigma("median_init", ("sqrt_dim", "median"))
+    Traceback (most recent call last):
+    ...
+    ValueError: sigma must be a positive number, 'sqrt_dim' or 'median', got 'median_init'
+    """
+    if isinstance(sigma, str) and sigma in policies:
         return sigma
+    if isinstance(sigma, str) and refused and sigma in refused:
+        raise ValueError(refused[sigma])
     if isinstance(sigma, str) or isinstance(sigma, bool) or not isinstance(sigma, (int, float)) \
             or not sigma > 0 or not math.isfinite(sigma):
-        raise ValueError(f"sigma must be a positive number, 'sqrt_dim', 'median' or 'median_init', got {sigma!r}")
+        raise ValueError(f"sigma must be {_choices(policies)}, got {sigma!r}")
     return float(sigma) if isinstance(sigma, int) else sigma
 
 
-def _check_layers(layers: Union[str, Sequence[str]]) -> list[str]:
-    names = [layers] if isinstance(layers, str) else list(layers)
-    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
-        raise ValueError(f"layers must be a module name or a list of distinct names, got {layers!r}")
-    return names
+def check_t(t: Any, policies: Sequence[str] = T_POLICIES) -> Union[float, str]:
+    """t: a positive number (as float) or one of ``policies`` (``"knee"``: chosen from the data).
 
-
-def _check_metrics(metrics: Union[str, Sequence[str]]) -> list[str]:
-    chosen = [metrics] if isinstance(metrics, str) else list(metrics)
-    unknown = [m for m in chosen if m not in METRICS]
-    if not chosen or unknown or len(set(chosen)) != len(chosen):
-        raise ValueError(f"metrics must be distinct names among {tuple(METRICS)}, got {metrics!r}")
-    return chosen
+    >>> check_t(2), check_t("knee")
+    (2.0, 'knee')
+    """
+    if isinstance(t, str) and t in policies:
+        return t
+    if isinstance(t, (bool, str)) or not isinstance(t, (int, float)) or not t > 0 or not math.isfinite(t):
+        knee = " or 'knee' (chosen from the data)" if "knee" in policies else ""
+        raise ValueError(f"t must be a positive number{knee}, got {t!r}")
+    return float(t)
 
 
 @dataclass(frozen=True)
 class MonitorConfig:
-    """The validated arguments of one monitor (see ``DSEMonitorCore`` for their meaning)."""
+    """The monitor's settings, with their defaults, validated and normalised in ``__post_init__``.
 
-    layers: list[str]
-    probe: Union[str, Dataset, DataLoader]
-    num_samples: Optional[int]
-    seed: int
-    every_n_epochs: Optional[int]
-    every_n_train_steps: Optional[int]
-    at_init: bool
-    metrics: list[str]
-    sigma: Union[float, str]
-    t: Union[float, str]
-    t_max: int
-    num_repetitions: int
-    n_clusters: Optional[int]
-    x_size: Optional[int]
-    pooling: Pooling
-    batch_fn: Optional[BatchFn]
-    forward_fn: Optional[ForwardFn]
-    batch_size: Optional[int]
-    cache_inputs: Union[bool, str]
-    reuse_validation: bool
-    device: Optional[torch.device]
-    dtype: Optional[torch.dtype]
-    prefix: str
-    log_spectrum: bool
-    save_raw: bool
-    solver: str
+    Their meaning is documented on ``DSEMonitorCore`` (the callbacks' signature). After
+    validation ``layers`` and ``metrics`` are lists, ``sigma`` and ``t`` floats or policy
+    names, ``device`` and ``dtype`` torch objects, and ``every_n_epochs`` is 1 when no
+    cadence is given. A ``ValueError`` names the setting, what it got and what it takes.
+    """
 
-    @classmethod
-    def build(cls, arguments: Mapping[str, Any]) -> "MonitorConfig":
-        """Validate every argument of the monitor, given by name (the defaults live with the
-        signature, on ``DSEMonitorCore``); a ``ValueError`` names the argument, what it got
-        and what it takes.
+    layers: Union[str, Sequence[str]] = "penultimate"
+    probe: Union[str, Dataset, DataLoader] = "val"
+    num_samples: Optional[int] = 1000
+    seed: int = 0
+    every_n_epochs: Optional[int] = None
+    every_n_train_steps: Optional[int] = None
+    at_init: bool = True
+    metrics: Union[str, Sequence[str]] = DEFAULT_METRICS
+    sigma: Union[float, str] = 10.0
+    t: Union[float, str] = 1.0
+    t_max: int = T_MAX
+    num_repetitions: int = 5
+    n_clusters: Optional[int] = None
+    x_size: Optional[int] = 64
+    pooling: Pooling = "mean"
+    batch_fn: Optional[BatchFn] = None
+    forward_fn: Optional[ForwardFn] = None
+    batch_size: Optional[int] = None
+    cache_inputs: Union[bool, str] = "auto"
+    reuse_validation: bool = True
+    device: Union[str, torch.device, None] = None
+    dtype: Union[str, torch.dtype, None] = "float32"
+    prefix: str = "dse"
+    log_spectrum: bool = True
+    save_raw: bool = False
+    solver: str = "auto"
 
-        >>> from dse_monitor.monitor import DSEMonitorCore
-        >>> DSEMonitorCore(metrics="dse", sigma=1).config.sigma
-        1.0
-        >>> DSEMonitorCore(metrics=["dse", "entropy"])
-        Traceback (most recent call last):
-        ...
-        ValueError: metrics must be distinct names among ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x', 'dse_norm'), got ['dse', 'entropy']
-        """
-        given, names = set(arguments), set(_CHECKS)
-        if given != names:
-            raise TypeError(f"MonitorConfig.build takes every argument of the monitor by name; missing "
-                            f"{sorted(names - given)}, unknown {sorted(given - names)}")
-        a = dict(arguments)
-        if a["every_n_epochs"] is not None and a["every_n_train_steps"] is not None:
+    def __post_init__(self) -> None:
+        if self.every_n_epochs is not None and self.every_n_train_steps is not None:
             raise ValueError(
-                f"pass every_n_epochs or every_n_train_steps, not both (got every_n_epochs={a['every_n_epochs']!r}, "
-                f"every_n_train_steps={a['every_n_train_steps']!r}): with a step cadence the monitor does not also "
+                f"pass every_n_epochs or every_n_train_steps, not both (got every_n_epochs={self.every_n_epochs!r}, "
+                f"every_n_train_steps={self.every_n_train_steps!r}): with a step cadence the monitor does not also "
                 "measure at epoch ends."
             )
-        if a["every_n_train_steps"] is None and a["every_n_epochs"] is None:
-            a["every_n_epochs"] = 1
-        return cls(**{name: check(a[name]) for name, check in _CHECKS.items()})
+        for f in fields(self):
+            object.__setattr__(self, f.name, _CHECKS[f.name](getattr(self, f.name)))
+        if self.every_n_train_steps is None and self.every_n_epochs is None:
+            object.__setattr__(self, "every_n_epochs", 1)
 
     # ------------------------------------------------------------------ derived
     def references(self) -> set[str]:
-        """The references the chosen metrics need (``"labels"``, ``"inputs"``)."""
+        """The references the chosen metrics need (``"labels"``, ``"inputs"``).
+
+        >>> sorted(MonitorConfig(metrics=["dse", "dsmi_y", "csmi_x"]).references())
+        ['inputs', 'labels']
+        """
         return {METRICS[m].reference for m in self.metrics if METRICS[m].reference is not None}
 
     def metrics_needing(self, reference: str) -> list[str]:
@@ -148,18 +172,25 @@ class MonitorConfig:
         return self.probe if isinstance(self.probe, str) else type(self.probe).__name__
 
 
+def _check_layers(layers: Union[str, Sequence[str]]) -> list[str]:
+    names = [layers] if isinstance(layers, str) else list(layers)
+    if not names or not all(isinstance(n, str) and n for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"layers must be a module name or a list of distinct names, got {layers!r}")
+    return names
+
+
+def _check_metrics(metrics: Union[str, Sequence[str]]) -> list[str]:
+    chosen = [metrics] if isinstance(metrics, str) else list(metrics)
+    unknown = [m for m in chosen if m not in METRICS]
+    if not chosen or unknown or len(set(chosen)) != len(chosen):
+        raise ValueError(f"metrics must be distinct names among {tuple(METRICS)}, got {metrics!r}")
+    return chosen
+
+
 def _check_probe(probe: Any) -> Any:
     if isinstance(probe, str) and probe not in PROBES:
         raise ValueError(f"probe must be 'val', 'train', a Dataset or a DataLoader, got {probe!r}")
     return probe
-
-
-def _check_t(t: Any) -> Union[float, str]:
-    if isinstance(t, str) and t in T_POLICIES:
-        return t
-    if isinstance(t, (bool, str)) or not isinstance(t, (int, float)) or not t > 0 or not math.isfinite(t):
-        raise ValueError(f"t must be a positive number or 'knee' (chosen from the data), got {t!r}")
-    return float(t)
 
 
 def _check_callable(name: str, how: str) -> Callable[[Any], Any]:
@@ -188,7 +219,7 @@ def _int(name: str, minimum: int, allow_none: bool = True) -> Callable[[Any], An
     return lambda v: check_int(v, name, minimum, allow_none=allow_none)
 
 
-#: One check per argument, in the order of the fields: each returns the normalised value or raises.
+#: One check per setting, in the order of the fields: each returns the normalised value or raises.
 _CHECKS: dict[str, Callable[[Any], Any]] = {
     "layers": _check_layers,
     "probe": _check_probe,
@@ -198,8 +229,8 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "every_n_train_steps": _int("every_n_train_steps", 1),
     "at_init": bool,
     "metrics": _check_metrics,
-    "sigma": _check_sigma,
-    "t": _check_t,
+    "sigma": check_sigma,
+    "t": check_t,
     "t_max": _int("t_max", 1, allow_none=False),
     "num_repetitions": _int("num_repetitions", 1, allow_none=False),
     "n_clusters": _int("n_clusters", 1),

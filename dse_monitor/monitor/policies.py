@@ -61,8 +61,7 @@ def layer_scale(config: MonitorConfig, layer: str, z: torch.Tensor, frozen: Froz
     """Numeric sigma and t for ``layer`` now; freezes the first-measurement choices into ``frozen``.
 
     Example:
-        >>> from dse_monitor.monitor import DSEMonitorCore
-        >>> cfg = DSEMonitorCore(sigma="median_init", metrics="dse").config
+        >>> cfg = MonitorConfig(sigma="median_init", metrics="dse")
         >>> frozen = Frozen()
         >>> z = torch.tensor([[0.0, 0.0], [3.0, 4.0], [6.0, 8.0]])
         >>> layer_scale(cfg, "penultimate", z, frozen).settings.sigma, frozen.sigma

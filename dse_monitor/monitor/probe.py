@@ -19,13 +19,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from ..capture.cache import CACHE_LIMIT_BYTES, BatchRecorder, CachedBatches, holds_arrays, same_batches
-from ..capture.compiled import eager
-from ..capture.forward import split_batch
-from ..capture.hooks import FeatureCapture, eval_mode
-from ..capture.layer_sets import describe_layers, resolve_layers
-from ..capture.layers import Layer, LayerNotFoundError
+from ..capture.hooks import FeatureCapture
+from ..capture.layer_sets import describe_layers
+from ..capture.layers import Layer
 from ..capture.probe import choose_indices, first_dataloader, map_tensors, probe_loader, source_dataset
-from .collect import ProbeFeatures, collect_features, forward_as_validation
+from .collect import ProbeFeatures, collect_features, preflight
 from .report import DSEMonitorWarning
 from .config import MonitorConfig
 from .state import MonitorState
@@ -201,47 +199,9 @@ class ProbeSet:
             )
         self.forget_loader()
         peek = probe_loader(self.source, state.indices[: min(len(state.indices), 8)], batch_size=8)
-        raw = next(iter(peek))
-        with eager(pl_module) as module:
-            batch = split_batch(raw, module, cfg.batch_fn)
-            self._check_labels(batch.labels, batch.why_no_labels)
-            batch = batch.to(pl_module.device)
-
-            def run_forward() -> Any:
-                with eval_mode(module):
-                    return forward_as_validation(trainer, module, batch, cfg)
-
-            self.layers = resolve_layers(module, cfg.layers, run_forward)
-            # One pass over the peek batch: a layer that forward() never calls, or an activation the
-            # pooling cannot handle, is a configuration error now rather than after the first epoch.
-            with FeatureCapture(self.layers, cfg.pooling) as cap:
-                cap.attention_mask = batch.attention_mask
-                run_forward()
-                try:
-                    cap.take()
-                except RuntimeError as err:
-                    raise LayerNotFoundError(f"DSEMonitor: {err}") from err
+        self.layers = preflight(trainer, pl_module, next(iter(peek)), cfg)
         if len(self.layers) > 1 or any(layer.name != name for layer, name in zip(self.layers, cfg.layers)):
             info(describe_layers(self.layers))
-
-    def _check_labels(self, y: Any, why_none: Optional[str] = None) -> None:
-        asked = self.config.metrics_needing("labels")
-        if not asked:
-            return
-        if y is None:
-            why = why_none or ("batch_fn returned no labels" if self.config.batch_fn is not None
-                               else "no second item in the (x, y) tuples, no label key in the dicts")
-            raise ValueError(
-                f"DSEMonitor: metrics {asked} need labels, but the probe batches carry none ({why}). Use batches "
-                "like (x, y) or {'x': ..., 'y': ...}, pass batch_fn, or drop those metrics."
-            )
-        try:
-            torch.as_tensor(y)
-        except Exception as err:
-            raise ValueError(
-                f"DSEMonitor: metrics {asked} need labels as a tensor (one per sample); the probe batches carry "
-                f"a {type(y).__name__} ({err}). Pass batch_fn returning (inputs, label tensor)."
-            ) from err
 
     # ------------------------------------------------------------------ shards
     def shard_loader(self, trainer: Any, indices: list[int]) -> DataLoader:

@@ -1,10 +1,10 @@
 """Score many models on one probe set: the paper's cross-model study as a tool.
 
 For each model, one at a time, on one fixed, seeded probe subset of a split: the
-penultimate features (the monitor's layer lookup, hooks and pooling), then DSE(Z),
-DSMI(Z;Y), DSMI(Z;X) (the probe inputs clustered once for all models) and optionally
-CSE/CSMI through the metric registry, with the model's accuracy on the probe when its
-head has one output per class. The paper (about 960 timm models, 1,000 ImageNet images)
+monitor's own measurement (:func:`dse_monitor.measure`: load model -> measure -> write a
+row) of the penultimate layer, DSE(Z), DSMI(Z;Y), DSMI(Z;X) (the probe inputs clustered
+once, at the first model, for all) and any other metric of the registry, with the
+model's accuracy on the probe when its head has one output per class. The paper (about 960 timm models, 1,000 ImageNet images)
 found DSMI(Z;Y) correlated with top-1 accuracy (Pearson 0.22, Spearman 0.14).
 
 Defaults follow that study: ``sigma="sqrt_dim"`` (sqrt(D) of each model's features)
@@ -35,11 +35,12 @@ from typing import Any, Sequence, Union
 import torch
 from torch import nn
 
-from ..capture import FeatureCapture, eval_mode, resolve_layer, to_device, unpack_batch
-from ..functional import resolve_sigma
-from ..registry import DEFAULT_METRICS, METRICS, MetricSettings
+from ..monitor import Measurement, MonitorConfig, ReferenceGroups, measure
+from ..monitor.collect import MissingLabelsError
+from ..monitor.config import check_sigma, check_t
+from ..registry import DEFAULT_METRICS
 from .score_models import expand_models, load_model, parse_model
-from .score_probe import Probe, build_probe
+from .score_probe import Probe, ProbeAccuracy, build_probe
 from .score_report import (
     ScoresFile,
     check_settings,
@@ -56,7 +57,14 @@ from .score_report import (
 __all__ = ["ScoreFailedWarning", "ScoreRows", "ScoreSettings", "ScoreWarning", "score"]
 
 ModelArg = Union[str, "tuple[str, nn.Module]"]
-SIGMA_POLICIES = ("sqrt_dim", "median")
+SPLITS = ("val", "train", "test")
+#: score measures each model once: the monitor's policy for a run's later measurements does not apply.
+MEDIAN_INIT_REFUSED = (
+    "sigma='median_init' freezes the median bandwidth of a run's first measurement for its later "
+    "ones; score measures each model once, so it would be 'median' (each model's own median) "
+    "or the first model's median imposed on all (a ranking that depends on the order). Use "
+    "'median', 'sqrt_dim' (the paper's choice here) or a number shared by every model."
+)
 
 
 class ScoreWarning(UserWarning):
@@ -75,74 +83,43 @@ class ScoreRows(list):
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    """Everything that makes two rows comparable; recorded in every row and checked on a rerun."""
+    """Everything that makes two rows comparable: the split and the monitor's settings (its validation,
+    with sigma a number, ``"sqrt_dim"`` or ``"median"`` and t a number); recorded in every row.
 
-    split: str = "val"
-    num_samples: int | None = 1000
-    seed: int = 0
-    sigma: Union[float, str] = "sqrt_dim"
-    t: float = 1.0
-    n_clusters: int | None = None
-    x_size: int | None = 64
-    metrics: tuple[str, ...] = DEFAULT_METRICS
-    dtype: str = "float64"
-    num_repetitions: int = 5
+    >>> ScoreSettings.of(sigma=10).record()["sigma"], ScoreSettings.of().record()["n_clusters"]
+    ('10.0', 'classes')
+    """
+
+    split: str
+    config: MonitorConfig
 
     def __post_init__(self) -> None:
-        if self.split not in ("val", "train", "test"):
+        if self.split not in SPLITS:
             raise ValueError(f"split must be 'val', 'train' or 'test', got {self.split!r}")
-        unknown = [m for m in self.metrics if m not in METRICS]
-        if not self.metrics or unknown or len(set(self.metrics)) != len(self.metrics):
-            raise ValueError(f"metrics must be distinct names among {tuple(METRICS)}, got {list(self.metrics)}")
-        check_sigma(self.sigma)
-        if isinstance(self.t, bool) or not isinstance(self.t, (int, float)) or not self.t > 0:
-            raise ValueError(f"t must be a positive number, got {self.t!r}")
-        for name in ("num_samples", "n_clusters", "x_size"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"{name} must be a positive integer or None, got {value!r}")
-        if self.dtype not in ("float32", "float64"):
-            raise ValueError(f"dtype must be 'float32' or 'float64', got {self.dtype!r}")
+        check_sigma(self.config.sigma, ("sqrt_dim", "median"), refused={"median_init": MEDIAN_INIT_REFUSED})
+        check_t(self.config.t, policies=())
+
+    @classmethod
+    def of(cls, split: str = "val", *, sigma: Union[float, str] = "sqrt_dim", dtype: str = "float64",
+           **settings: Any) -> "ScoreSettings":
+        """The settings of ``score``: the penultimate layer, its defaults (sqrt(D), float64), the rest as given."""
+        return cls(split, MonitorConfig(layers="penultimate", sigma=sigma, dtype=dtype, **settings))
 
     def record(self) -> dict[str, str]:
-        """The settings as the strings written to (and compared in) ``scores.csv``.
-
-        >>> ScoreSettings(sigma=10).record()["sigma"], ScoreSettings().record()["n_clusters"]
-        ('10.0', 'classes')
-        """
+        """The settings as the strings written to (and compared in) ``scores.csv``."""
+        c = self.config
         return {
             "split": self.split,
-            "num_samples": "all" if self.num_samples is None else str(self.num_samples),
-            "seed": str(self.seed),
-            "sigma": self.sigma if isinstance(self.sigma, str) else repr(float(self.sigma)),
-            "t": repr(float(self.t)),
-            "n_clusters": "classes" if self.n_clusters is None else str(self.n_clusters),
-            "x_size": "none" if self.x_size is None else str(self.x_size),
-            "metrics": "+".join(self.metrics),
-            "dtype": self.dtype,
-            "num_repetitions": str(self.num_repetitions),
+            "num_samples": "all" if c.num_samples is None else str(c.num_samples),
+            "seed": str(c.seed),
+            "sigma": c.sigma if isinstance(c.sigma, str) else repr(float(c.sigma)),
+            "t": repr(float(c.t)),
+            "n_clusters": "classes" if c.n_clusters is None else str(c.n_clusters),
+            "x_size": "none" if c.x_size is None else str(c.x_size),
+            "metrics": "+".join(c.metrics),
+            "dtype": str(c.dtype).replace("torch.", ""),
+            "num_repetitions": str(c.num_repetitions),
         }
-
-
-def check_sigma(sigma: Any) -> Union[float, str]:
-    """A positive number, ``"sqrt_dim"`` or ``"median"``; ``"median_init"`` is refused with the reason.
-
-    >>> check_sigma("sqrt_dim"), check_sigma(2)
-    ('sqrt_dim', 2)
-    """
-    if isinstance(sigma, str):
-        if sigma in SIGMA_POLICIES:
-            return sigma
-        if sigma == "median_init":
-            raise ValueError(
-                "sigma='median_init' freezes the median bandwidth of a run's first measurement for its later "
-                "ones; score measures each model once, so it would be 'median' (each model's own median) "
-                "or the first model's median imposed on all (a ranking that depends on the order). Use "
-                "'median', 'sqrt_dim' (the paper's choice here) or a number shared by every model."
-            )
-    elif not isinstance(sigma, bool) and isinstance(sigma, (int, float)) and sigma > 0 and math.isfinite(sigma):
-        return sigma
-    raise ValueError(f"sigma must be a positive number, 'sqrt_dim' or 'median', got {sigma!r}")
 
 
 def _is_out_of_memory(err: BaseException) -> bool:
@@ -155,53 +132,36 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _features_and_accuracy(model: nn.Module, probe: Probe, device: torch.device) -> tuple[torch.Tensor, float | None]:
-    """Penultimate features [N, D] (float32, CPU) and the probe accuracy (None when the head does not match)."""
+def _measure(model: nn.Module, probe: Probe, config: MonitorConfig, device: torch.device,
+             groups: ReferenceGroups | None) -> tuple[Measurement, float | None]:
+    """One model on ``device``: the monitor's measurement and the probe accuracy (None when the head does not match)."""
     model.to(device)
-    peek = to_device(probe.peek, device)
-
-    def run_forward() -> Any:
-        return model(peek)
-
-    with torch.no_grad(), eval_mode(model):
-        layer = resolve_layer(model, "penultimate", run_forward)
-        feats, correct, head_matches = [], 0, True
-        with FeatureCapture([layer]) as cap:
-            for batch in probe.loader:
-                x, y = unpack_batch(batch)
-                out = model(to_device(x, device))
-                feats.append(cap.take()[layer.name].cpu())
-                logits = out[0] if isinstance(out, (tuple, list)) else out
-                head_matches = head_matches and isinstance(logits, torch.Tensor) and logits.ndim == 2 and (
-                    logits.shape[1] == probe.num_classes)
-                if head_matches:
-                    correct += int((logits.argmax(dim=1).cpu() == torch.as_tensor(y)).sum())
-    z = torch.cat(feats)
-    return z, (correct / z.shape[0] if head_matches else None)
+    accuracy = ProbeAccuracy(probe.num_classes)
+    measurement = measure(model, probe.source, config, indices=probe.indices, groups=groups, on_output=accuracy)
+    return measurement, accuracy.value()
 
 
-def _metrics(z: torch.Tensor, probe: Probe, settings: ScoreSettings, device: torch.device) -> tuple[dict, float, list]:
-    """The chosen metrics of ``z`` (bits), the resolved sigma, and notes on fallbacks."""
-    if not bool(torch.isfinite(z).all()):
-        raise ValueError("the penultimate features have NaN/Inf entries (a broken checkpoint?); no score")
-    z = z.to(device)
-    sigma = resolve_sigma(settings.sigma, z.double(), settings.seed)
-    common = MetricSettings(sigma=sigma, t=settings.t, seed=settings.seed, dtype=getattr(torch, settings.dtype),
-                            solver="auto", num_repetitions=settings.num_repetitions)
-    groups = {"labels": probe.label_groups, "inputs": probe.input_groups}
-    values, notes = {}, []
-    for name in settings.metrics:
-        metric = METRICS[name]
-        ref = groups.get(metric.reference) if metric.reference else None
-        result = metric.compute(z, None if ref is None else ref.to(device), common)
-        values[name] = result.value
-        if result.fallback:
-            notes.append(f"{name}: {result.fallback}")
-    return values, sigma, notes
+def _values(measurement: Measurement, metrics: Sequence[str]) -> tuple[str, dict[str, float | None], list[str]]:
+    """The layer, its value of each metric (None: not measurable, e.g. no X for token ids) and the notes.
+
+    A metric that failed, or features with NaN/Inf entries, fail the model: no row is better than a wrong one.
+    """
+    layer = next(iter(measurement.shapes))
+    failures = measurement.failures.get(layer)
+    if failures:
+        raise RuntimeError("; ".join(f"computing {name} failed ({reason})" for name, reason in failures.items()))
+    measured = measurement.of_layer(layer)
+    values = {name: measured.get(name) for name in metrics}
+    if any(v is not None and math.isnan(v) for v in values.values()):
+        raise ValueError(f"the {layer} features have NaN/Inf entries (a broken checkpoint?); no score")
+    notes = [n.removeprefix("DSEMonitor: ") for n in (*measurement.notes, *measurement.fallbacks)]
+    return layer, values, notes
 
 
 def _score_one(spec_text: str, module: nn.Module | None, probe: Probe, settings: ScoreSettings,
-               device: torch.device, model_class: Any) -> dict[str, Any]:
+               device: torch.device, model_class: Any,
+               groups: ReferenceGroups | None) -> tuple[dict[str, Any], ReferenceGroups | None]:
+    """One row, and the reference groups (labels, input clusters) for the next models."""
     start = time.perf_counter()
     kind = "module" if module is not None else parse_model(spec_text).kind
     model = module if module is not None else load_model(spec_text, model_class)
@@ -209,8 +169,7 @@ def _score_one(spec_text: str, module: nn.Module | None, probe: Probe, settings:
     used = device
     try:
         try:
-            z, acc = _features_and_accuracy(model, probe, device)
-            values, sigma, notes = _metrics(z, probe, settings, device)
+            measurement, acc = _measure(model, probe, settings.config, device, groups)
         except Exception as err:  # noqa: BLE001 - out of memory on the GPU: the CPU has more
             if device.type != "cuda" or not _is_out_of_memory(err):
                 raise
@@ -218,8 +177,7 @@ def _score_one(spec_text: str, module: nn.Module | None, probe: Probe, settings:
                           ScoreWarning, stacklevel=3)
             torch.cuda.empty_cache()
             used = torch.device("cpu")
-            z, acc = _features_and_accuracy(model, probe, used)
-            values, sigma, notes = _metrics(z, probe, settings, used)
+            measurement, acc = _measure(model, probe, settings.config, used, groups)
     finally:
         if module is not None:
             module.to(home)
@@ -227,12 +185,14 @@ def _score_one(spec_text: str, module: nn.Module | None, probe: Probe, settings:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+    layer, values, notes = _values(measurement, settings.config.metrics)
+    n, dim = measurement.shapes[layer]
     row: dict[str, Any] = {"model": spec_text, "kind": kind, "accuracy": acc,
                            "accuracy_source": "probe" if acc is not None else "none", **values,
-                           "n": int(z.shape[0]), "dim": int(z.shape[1]), "sigma_value": sigma,
+                           "n": n, "dim": dim, "sigma_value": measurement.sigmas.get(layer),
                            "device": used.type, "seconds": round(time.perf_counter() - start, 2),
                            "note": "; ".join(notes)}
-    return row
+    return row, measurement.groups
 
 
 def _model_items(models: Sequence[ModelArg]) -> list[tuple[str, nn.Module | None]]:
@@ -275,7 +235,8 @@ def score(
 ) -> ScoreRows:
     """Score each model on one probe subset; return one row (dict) per model.
 
-    Per model, with Z its penultimate features [N, D] on the probe:
+    Per model, :func:`dse_monitor.measure` (the callback's measurement, with Z the
+    penultimate features [N, D] on the probe):
 
         DSE(Z) = -sum_i a_i log2 a_i,  a_i = |lambda_i|^t / sum_j |lambda_j|^t  (diffusion spectrum)
         DSMI(Z; B) = sum_b p(b) [ mean_r DSE(Z_r^(b)) - DSE(Z | B = b) ],  B = labels Y or input clusters X
@@ -287,7 +248,9 @@ def score(
         models: MODEL strings (see :mod:`~dse_monitor.train.score_models`: checkpoints,
             ``timm:NAME``, ``torchvision:NAME``, list files) or ``(name, nn.Module)`` pairs.
         datamodule: a LightningDataModule (its ``<split>_dataloader()``), a map-style
-            Dataset or a DataLoader, yielding ``(x, y)`` batches.
+            Dataset or a DataLoader, with any batch the monitor reads (``(x, y)`` tuples,
+            image dicts, Hugging Face ``BatchEncoding`` batches: see
+            :func:`~dse_monitor.capture.split_batch`).
         out: folder for ``scores.csv`` (appended as each model finishes; a rerun skips
             the models in it and refuses changed settings), ``correlation.csv`` and
             ``scores.png`` (over every model in ``scores.csv``); None writes nothing.
@@ -296,7 +259,8 @@ def score(
         t, num_repetitions, dtype: as in the monitor.
         n_clusters: clusters of the inputs for DSMI(Z;X); None: the number of classes.
         x_size: inputs resized to ``x_size x x_size`` before clustering (None: as they are).
-        metrics: names from :data:`dse_monitor.registry.METRICS`.
+        metrics: names from :data:`dse_monitor.registry.METRICS` (a metric that cannot be measured on
+            these batches, e.g. DSMI(Z;X) of token ids, is left empty with a note).
         accuracy: a CSV (``model`` and a column naming ``acc``) or a dict: the accuracy
             of a model (e.g. published top-1), preferred over the probe accuracy.
         device: where the models run (default CUDA when available); a model that runs
@@ -309,33 +273,36 @@ def score(
     ``accuracy_source`` (probe, file, none), the metrics in bits, ``n``, ``dim``,
     ``sigma_value`` and the settings.
     """
-    settings = ScoreSettings(split, num_samples, seed, sigma, float(t), n_clusters, x_size, tuple(metrics),
-                             dtype, num_repetitions)
+    settings = ScoreSettings.of(split, num_samples=num_samples, seed=seed, sigma=sigma, t=t, n_clusters=n_clusters,
+                                x_size=x_size, metrics=metrics, dtype=dtype, num_repetitions=num_repetitions,
+                                batch_size=batch_size)
+    metrics = settings.config.metrics
     items = _model_items(models)
     given_acc = read_accuracy_file(accuracy) if isinstance(accuracy, (str, Path)) else dict(accuracy or {})
     device = torch.device(device) if device is not None else _default_device()
     record = settings.record()
     scores = ScoresFile(Path(out) / "scores.csv") if out is not None else None
     previous = scores.read() if scores is not None else []
-    check_settings(previous, record, scores.path if scores else None)  # before the (slow) probe pass
-    probe = build_probe(datamodule, settings, batch_size)
+    check_settings(previous, record, scores.path if scores else None)  # before reading the probe
+    probe = build_probe(datamodule, split, settings.config)
     record = {**record, **probe.record()}
     check_settings(previous, record, scores.path if scores else None)
     if progress:
-        clusters = "" if probe.input_groups is None else f", {int(probe.input_groups.unique().numel())} input clusters"
-        print(f"score: probe = {len(probe.indices)} samples of the {split} split (seed {seed}){clusters}; "
+        print(f"score: probe = {len(probe.indices)} samples of the {split} split (seed {seed}); "
               f"sigma = {sigma}, t = {t:g}")
     done = {r["model"]: r for r in previous}
-    rows, failed = ScoreRows(), {}
+    rows, failed, groups = ScoreRows(), {}, None
     todo = [(name, module) for name, module in items if name not in done]
     if progress and len(todo) < len(items):
         print(f"score: {len(items) - len(todo)} of {len(items)} models already in {scores.path}; skipping them")
     bar = _progress(todo, progress)
     if progress and todo:
-        _write(bar, format_header(settings.metrics))
+        _write(bar, format_header(metrics))
     for name, module in bar:
         try:
-            row = _score_one(name, module, probe, settings, device, model_class)
+            row, groups = _score_one(name, module, probe, settings, device, model_class, groups)
+        except MissingLabelsError:  # the probe's fault, not the model's: the same for every model
+            raise
         except Exception as err:  # noqa: BLE001 - one bad model never stops the others
             failed[name] = f"{type(err).__name__}: {err}"
             warnings.warn(f"score: {name} failed ({failed[name]}); going on with the others.", ScoreFailedWarning,
@@ -351,21 +318,26 @@ def score(
         if scores is not None:
             scores.append(row)
         if progress:
-            _write(bar, format_row(row, settings.metrics))
+            _write(bar, format_row(row, metrics))
     rows.extend(done[name] for name, _ in items if name in done)
     rows.failed = failed
     if progress and len(rows) > len(todo) - len(failed):  # some came from scores.csv: show them all
-        print("\n".join([f"all {len(rows)} models:", format_header(settings.metrics),
-                         *(format_row(r, settings.metrics) for r in rows)]))
+        print("\n".join([f"all {len(rows)} models:", format_header(metrics),
+                         *(format_row(r, metrics) for r in rows)]))
     if out is not None:  # the files describe every model of scores.csv, also those of earlier runs
-        every = list(done.values())
-        table = correlations(every, settings.metrics)
-        write_correlations(table, Path(out) / "correlation.csv")
-        write_scatter(every, table, settings.metrics, Path(out) / "scores.png")
-        write_failures(failed, Path(out) / "failures.csv")
-        if progress:
-            print(format_correlations(table))
+        _write_files(Path(out), list(done.values()), failed, metrics, progress)
     return rows
+
+
+def _write_files(out: Path, every: list[dict[str, Any]], failed: dict[str, str], metrics: Sequence[str],
+                 progress: bool) -> None:
+    """``correlation.csv``, ``scores.png`` and ``failures.csv`` in ``out``; the correlations printed too."""
+    table = correlations(every, metrics)
+    write_correlations(table, out / "correlation.csv")
+    write_scatter(every, table, metrics, out / "scores.png")
+    write_failures(failed, out / "failures.csv")
+    if progress:
+        print(format_correlations(table))
 
 
 def _progress(todo: list, enabled: bool):

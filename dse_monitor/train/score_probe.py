@@ -1,29 +1,28 @@
-"""The one probe set of ``dse-monitor score``: fixed indices, labels, input clusters, a fingerprint.
+"""The one probe set of ``dse-monitor score`` (the split's source, fixed indices, a fingerprint) and
+the accuracy of a model's head on it.
 
-Built once for all models with the capture room's helpers (:func:`choose_indices`,
-:func:`probe_loader`, :func:`resize_inputs`); the inputs are clustered here, once, so
-that DSMI(Z;X) of every model refers to the same groups.
+The indices are the monitor's (:func:`~dse_monitor.monitor.standalone.probe_indices`);
+each model is then measured on them by :func:`~dse_monitor.monitor.standalone.measure`,
+which reads the batches as the callback does. The labels and input clusters come from
+the first model's measurement and are reused for the others (``Measurement.groups``),
+so that DSMI(Z;X) of every model refers to the same groups.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader
 
-from ..capture import choose_indices, first_dataloader, probe_loader, resize_inputs, unpack_batch
-from ..capture.probe import source_dataset
-from ..functional import reference_groups
-from ..registry import METRICS
+from ..capture import ProbeBatch, first_dataloader, probe_loader
+from ..capture.probe import tensor_leaves
+from ..monitor import MonitorConfig
+from ..monitor.standalone import probe_indices
 
-if TYPE_CHECKING:
-    from .score import ScoreSettings
-
-__all__ = ["Probe", "build_probe", "data_arguments"]
+__all__ = ["Probe", "ProbeAccuracy", "build_probe", "data_arguments"]
 
 #: Data arguments that do not change which images and labels the probe holds.
 NOT_THE_DATA = ("batch_size", "num_workers", "download", "root", "_instantiator")
@@ -31,21 +30,17 @@ NOT_THE_DATA = ("batch_size", "num_workers", "download", "root", "_instantiator"
 
 @dataclass
 class Probe:
-    """The probe: its loader, first batch of inputs, labels, groups and fingerprint."""
+    """The probe: its source (Dataset or DataLoader), indices, number of classes, fingerprint and data arguments."""
 
-    loader: DataLoader
+    source: Any
     indices: list[int]
-    peek: Any
-    labels: torch.Tensor | None
-    label_groups: torch.Tensor | None
-    input_groups: torch.Tensor | None
     num_classes: int | None
     fingerprint: str
     data: str
 
     def record(self) -> dict[str, str]:
-        """What identifies the probe in ``scores.csv``: a hash of its indices, labels and input values, and
-        the data arguments (to name the one that changed)."""
+        """What identifies the probe in ``scores.csv``: a hash of its indices and of every tensor of its
+        batches (inputs, labels), and the data arguments (to name the one that changed)."""
         return {"data": self.data, "probe": self.fingerprint}
 
 
@@ -77,51 +72,62 @@ def _source(datamodule: Any, split: str) -> Any:
     return first_dataloader(hook())
 
 
-def build_probe(datamodule: Any, settings: "ScoreSettings", batch_size: int | None = None) -> Probe:
-    """Choose the probe subset of ``settings.split``, read its labels and cluster its inputs once.
+def build_probe(datamodule: Any, split: str, config: MonitorConfig) -> Probe:
+    """Choose the probe subset of ``split`` and fingerprint its batches (no model runs here).
 
     >>> from torch.utils.data import TensorDataset
-    >>> from dse_monitor.train.score import ScoreSettings
     >>> ds = TensorDataset(torch.randn(40, 5), torch.arange(40) % 4)
-    >>> probe = build_probe(ds, ScoreSettings(num_samples=30, x_size=None))
-    >>> len(probe.indices), probe.num_classes, int(probe.input_groups.unique().numel())
-    (30, 4, 4)
+    >>> probe = build_probe(ds, "val", MonitorConfig(num_samples=30))
+    >>> len(probe.indices), probe.num_classes, len(probe.fingerprint)
+    (30, None, 12)
     """
-    source = _source(datamodule, settings.split)
-    n_total = len(source_dataset(source))
-    if n_total < 2:
-        raise ValueError(f"the {settings.split} split has {n_total} samples; the probe needs at least 2")
-    indices = choose_indices(n_total, settings.num_samples, settings.seed)
-    loader = probe_loader(source, indices, batch_size)
-    wants = {METRICS[m].reference for m in settings.metrics}
+    source = _source(datamodule, split)
+    indices = probe_indices(source, config)
     digest = hashlib.sha1(np.asarray(indices, dtype=np.int64).tobytes())
-    peek, ys, xs = None, [], []
-    for batch in loader:
-        x, y = unpack_batch(batch)
-        if peek is None:
-            peek = x
-        if isinstance(x, torch.Tensor):
-            digest.update(x.detach().cpu().contiguous().numpy().tobytes())
-        if y is not None:
-            y = torch.as_tensor(y).cpu()
-            digest.update(y.numpy().tobytes())
-            ys.append(y)
-        if "inputs" in wants:
-            xs.append(resize_inputs(x, settings.x_size).cpu())
-    labels = torch.cat(ys) if ys and len(ys) == len(loader) else None
-    if labels is None and ("labels" in wants or "inputs" in wants and settings.n_clusters is None):
-        raise ValueError(
-            f"the {settings.split} batches carry no labels: DSMI(Z;Y), CSMI(Z;Y), the probe accuracy and the default "
-            "number of input clusters need (x, y) batches. Drop those metrics or pass n_clusters."
-        )
-    label_groups = reference_groups(labels) if labels is not None and "labels" in wants else None
-    input_groups = None
-    if "inputs" in wants:
-        k = settings.n_clusters or int(torch.unique(labels).numel())
-        input_groups = reference_groups(torch.cat(xs), n_clusters=k, seed=settings.seed)
+    for batch in probe_loader(source, indices, config.batch_size):
+        for t in tensor_leaves(batch):
+            digest.update(t.detach().cpu().contiguous().numpy().tobytes())
     num_classes = getattr(datamodule, "num_classes", None)
-    if not isinstance(num_classes, int):
-        num_classes = int(labels.max()) + 1 if labels is not None and labels.dtype != torch.bool else None
     data = json.dumps(data_arguments(datamodule), sort_keys=True)
-    return Probe(loader, indices, peek, labels, label_groups, input_groups, num_classes,
-                 digest.hexdigest()[:12], data)
+    return Probe(source, indices, num_classes if isinstance(num_classes, int) else None, digest.hexdigest()[:12], data)
+
+
+class ProbeAccuracy:
+    """The probe accuracy of a model's head, read from each forward pass (``measure(..., on_output=)``).
+
+    Counted when every output is (or holds as ``.logits`` / first element) logits
+    [B, num_classes]; ``num_classes`` defaults to the largest label + 1. None otherwise.
+    accuracy = (samples whose argmax of the logits is their label) / N.
+
+    >>> acc = ProbeAccuracy()
+    >>> acc(torch.tensor([[2.0, 0.0], [2.0, 1.0]]), ProbeBatch(labels=torch.tensor([0, 1])))
+    >>> acc.value()
+    0.5
+    """
+
+    def __init__(self, num_classes: int | None = None) -> None:
+        self.num_classes = num_classes
+        self.correct, self.total, self.largest_label = 0, 0, -1
+        self.widths: set[int] = set()
+        self.usable = True
+
+    def __call__(self, output: Any, batch: ProbeBatch) -> None:
+        logits = getattr(output, "logits", output)  # Hugging Face ModelOutput
+        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
+        if not (isinstance(logits, torch.Tensor) and logits.ndim == 2 and batch.labels is not None):
+            self.usable = False
+            return
+        labels = torch.as_tensor(batch.labels).cpu()
+        if labels.dtype == torch.bool or labels.is_floating_point() or labels.shape != logits.shape[:1]:
+            self.usable = False
+            return
+        self.widths.add(int(logits.shape[1]))
+        self.largest_label = max(self.largest_label, int(labels.max()))
+        self.correct += int((logits.argmax(dim=1).cpu() == labels).sum())
+        self.total += int(labels.shape[0])
+
+    def value(self) -> float | None:
+        classes = self.num_classes if self.num_classes is not None else self.largest_label + 1
+        if not self.usable or not self.total or self.widths != {classes}:
+            return None
+        return self.correct / self.total

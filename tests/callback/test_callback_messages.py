@@ -128,8 +128,8 @@ def test_identical_layers_are_measured_once_and_logged_under_each_name(tmp_path,
     import dse_monitor.registry as registry
 
     calls = []  # every DSE computed, counted where the registry calls the functional core
-    original = registry.diffusion_spectral_entropy
-    monkeypatch.setattr(registry, "diffusion_spectral_entropy",
+    original = registry.diffusion_spectral_entropy_details
+    monkeypatch.setattr(registry, "diffusion_spectral_entropy_details",
                         lambda z, *a, **k: calls.append(tuple(z.shape)) or original(z, *a, **k))
     torch.manual_seed(0)
     net = torchvision.models.resnet18(num_classes=4)

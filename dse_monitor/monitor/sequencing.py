@@ -1,0 +1,106 @@
+"""The measurement sequence of the callback: probe pass, gather, compute on rank zero, broadcast, sinks.
+
+One measurement, top to bottom::
+
+    probe set (ProbeSet: this rank's share)  ->  collect (hooks, pooled features)
+      -> gather (probe order)  ->  compute (rank 0: measure_features -> a Measurement)
+      -> broadcast  ->  state.history  ->  sinks (callback_metrics; rank 0: loggers, TensorBoard, files)
+
+The probe pass and the compute step are those of the Trainer-free
+:func:`~dse_monitor.monitor.standalone.measure`; this class adds what a training run needs
+around them (validation reuse, the ranks' shares and the gather, state, sinks).
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Optional, Union
+
+import torch
+
+from .collect import isolated_rng
+from .compute import Measurement, ReferenceGroups
+from .config import MonitorConfig
+from .probe import ProbeSet
+from .report import Reporter
+from .reuse import ValidationReuse
+from .schedule import Position
+from .sinks import Sinks
+from .standalone import measure_features
+from .state import MonitorState
+
+
+class MonitorParts:
+    """What :class:`~dse_monitor.monitor.callback_core.DSEMonitorCore` holds, declared for its mixins."""
+
+    config: MonitorConfig
+    history: dict[int, dict[str, float]]
+    positions: dict[int, dict[str, Optional[int]]]
+    last_duration_s: Optional[float]
+    _probe: ProbeSet
+    _state: MonitorState
+    _groups: ReferenceGroups
+    _reporter: Reporter
+    _reuse: ValidationReuse
+    _sinks: Sinks
+    _last_global_step: int
+
+
+class MeasurementSequence(MonitorParts):
+    """:meth:`measure` and its preflight; mixed into :class:`~dse_monitor.monitor.callback_core.DSEMonitorCore`."""
+
+    def _prepare(self, trainer: Any, pl_module: Any) -> None:
+        self._probe.prepare(trainer, pl_module, self._state, lambda m: self._warn(trainer, m),
+                            lambda m: self._reporter.info(trainer, m))
+
+    def _warn(self, trainer: Any, message: str) -> None:
+        self._reporter.warn(trainer, message)
+
+    def measure(self, trainer: Any, pl_module: Any, position: Union[int, Position]) -> Optional[dict[str, float]]:
+        """Probe, compute and log; returns the logged values (None when skipped).
+
+        ``position``: where the measurement goes (an int: that history key, logged at that
+        step). Must be called on every rank (it gathers and broadcasts).
+        """
+        if not isinstance(position, Position):
+            position = Position(int(position), int(position), int(trainer.global_step), int(position))
+        step = position.key
+        start = time.perf_counter()
+        with isolated_rng(pl_module.device), torch.no_grad():
+            if not self._probe.layers:  # called without on_fit_start (e.g. by hand)
+                self._prepare(trainer, pl_module)
+            want_labels, want_inputs = self._groups.still_needed(self.config)
+            reused = None if want_labels or want_inputs else self._reuse.take(position.global_step)
+            info = lambda m: self._reporter.info(trainer, m)  # noqa: E731
+            if reused is not None and self._reuse.verified and self._reuse.spot_check(
+                    reused, self._probe.first_batch(trainer, pl_module, self._state.indices), info):
+                features = reused
+            else:
+                features = self._probe.run(trainer, pl_module, self._state.indices, step,
+                                           want_labels=want_labels, want_inputs=want_inputs)
+                if reused is not None and features is not None and not self._reuse.verified:
+                    self._reuse.verify(reused, features, info)
+        if features is None:
+            self.last_duration_s = time.perf_counter() - start
+            return None
+        payload = None
+        if trainer.is_global_zero:
+            try:
+                measurement = measure_features(self.config, features, self._groups, step, self._state.frozen)
+                payload = (measurement, measurement.groups, self._state.frozen)
+            except Exception as err:  # rank 0 must still reach the broadcast below
+                self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "
+                                    f"({type(err).__name__}: {err}); skipping it.")
+                payload = (Measurement(step), self._groups, self._state.frozen)
+        if trainer.world_size > 1:
+            payload = trainer.strategy.broadcast(payload, src=0)
+        measurement, groups, self._state.frozen = payload
+        self._reporter.measurement(trainer, measurement)
+        self._groups = ReferenceGroups(groups.labels, groups.inputs, groups.labels_failed, groups.inputs_failed)
+        self.last_duration_s = time.perf_counter() - start
+        if not measurement.values:
+            return None
+        self.history[step] = dict(measurement.values)
+        self.positions[step] = {"epoch": position.epoch, "global_step": position.global_step, "step": position.step}
+        self._sinks.write(trainer, measurement, position, self._state, self._probe.layer_names,
+                          lambda m: self._warn(trainer, m))
+        return measurement.values
