@@ -266,7 +266,8 @@ def block_lanczos_deflation(
 
 
 def _slq(
-    op: KernelOperator, u: torch.Tensor, n_probes: int, steps: int, gen: torch.Generator, s: float, t: float
+    op: KernelOperator, u: torch.Tensor, n_probes: int, steps: int, gen: torch.Generator, s: float, t: float,
+    fn=None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-probe quadratic forms of the deflated operator B = P K P, P = I - u^T u (u: rows).
 
@@ -308,7 +309,10 @@ def _slq(
         nodes, vecs = torch.linalg.eigh(tri)
     weights = vecs[:, 0, :] ** 2
     sq = norm0**2
-    g = sq * (weights * phi(nodes.clamp(0, 1), s, t)).sum(dim=1)
+    if fn is not None:  # other functionals of the nodes (.indefinite): fn(nodes, weights) [P, m]
+        g = sq[:, None] * fn(nodes, weights)
+    else:
+        g = sq * (weights * phi(nodes.clamp(0, 1), s, t)).sum(dim=1)
     m1 = sq * alpha[0]
     m2 = sq * (alpha[0] ** 2 + beta[0] ** 2)
     return g, m1, m2
@@ -375,6 +379,11 @@ def approximate_entropy(
         )
     if probe_dtype not in (None, torch.float32, torch.float64):
         raise ValueError(f"probe_dtype must be None, torch.float32 or torch.float64, got {probe_dtype!r}")
+    if getattr(op, "indefinite", False):  # negative eigenvalues (the kNN kernel): other bounds
+        from .indefinite import indefinite_entropy
+
+        return indefinite_entropy(op, t, seed=seed, n_probes=n_probes, lanczos_steps=lanczos_steps, block=block,
+                                  max_rank=max_rank, bound_tol=bound_tol, lock_tol=lock_tol, slack=slack)
     t = int(t)
     start = time.perf_counter()
     n = op.n

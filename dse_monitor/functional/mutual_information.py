@@ -23,6 +23,7 @@ from ._checks import as_tensor, check_features, check_int, check_max_n, check_po
 from .entropy import classic_shannon_entropy
 from .grouping import reference_groups
 from .kernel import Sigma, resolve_sigma
+from .kernel_choice import DEFAULT_K, kernel_choice
 from .solver import check_options, check_solver
 from .subset_entropies import SubsetEntropies, diffusion_subset_entropies, index_on
 
@@ -157,6 +158,9 @@ def diffusion_spectral_mutual_information(
     memory_fallback: bool = False,
     streamed: bool | None = None,
     lanczos_options: dict[str, Any] | None = None,
+    kernel: str = "gaussian",
+    k: int = DEFAULT_K,
+    alpha: float = 0.0,
 ) -> torch.Tensor | tuple[torch.Tensor, MutualInformationTerms]:
     """Diffusion spectral mutual information DSMI(Z; B) in bits.
 
@@ -182,6 +186,9 @@ def diffusion_spectral_mutual_information(
         memory_fallback: when a group is too large for an exact solve in the free
             memory, compute every entropy with the streamed approximate solver instead
             of raising (t in {1, 2}; the reason is in ``MutualInformationTerms.fallback``).
+        kernel, k, alpha: the diffusion kernel, as in :func:`diffusion_spectral_entropy`;
+            with ``kernel="knn"`` every subset builds its own kNN kernel (its neighbours
+            within the subset), so every group needs more than k members.
 
     A group with a single member contributes 0 (DSE of one point is 0 on both sides).
 
@@ -198,10 +205,13 @@ def diffusion_spectral_mutual_information(
     num_repetitions = check_int(num_repetitions, "num_repetitions")
     max_n = check_max_n(max_n)
     g = _resolve_groups(x.shape[0], reference, groups, n_clusters, reference_discrete, seed)
-    s = resolve_sigma(sigma, x, seed)
+    knn = kernel_choice(kernel, k, alpha)
+    if knn is not None:
+        _check_groups_for_knn(g, knn)
+    s = float("nan") if knn is not None else resolve_sigma(sigma, x, seed)
     check_solver(solver)
     check_options(lanczos_options)
-    entropies = diffusion_subset_entropies(x, s, t, solver, seed, streamed, lanczos_options)
+    entropies = diffusion_subset_entropies(x, s, t, solver, seed, streamed, lanczos_options, alpha, knn)
     too_large = None
     try:
         terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
@@ -213,10 +223,22 @@ def diffusion_spectral_mutual_information(
         too_large = str(err)
     if too_large is not None:  # outside the handler: its traceback would keep the exact path's memory
         del entropies
-        entropies = diffusion_subset_entropies(x, s, t, "lanczos", seed, True, lanczos_options)
+        entropies = diffusion_subset_entropies(x, s, t, "lanczos", seed, True, lanczos_options, alpha, knn)
         terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
         terms = replace(terms, fallback=f"{too_large} Used the streamed approximate solver instead.")
     return (terms.value, terms) if return_terms else terms.value
+
+
+def _check_groups_for_knn(groups: torch.Tensor, k: int) -> None:
+    ids, counts = torch.unique(groups, return_counts=True)
+    small = (counts > 1) & (counts <= k)  # a single member's entropy is 0 without a kernel
+    if bool(small.any()):
+        i = int(torch.nonzero(small)[0])
+        raise ValueError(
+            f"kernel='knn' with k={k} needs more than k members in every group (each group's entropy uses its "
+            f"own kNN kernel), but group {ids[i].item()!r} has {int(counts[i])}; pass a smaller k, fewer groups "
+            "(n_clusters) or more samples."
+        )
 
 
 def classic_shannon_mutual_information(

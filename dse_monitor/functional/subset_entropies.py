@@ -17,7 +17,8 @@ import torch
 
 from . import backend
 from .entropy import float64_if_collapsed
-from .kernel import affinity_to_diffusion_kernel, diffusion_kernel, gaussian_affinity, squared_distances
+from .kernel import affinity_to_diffusion_kernel, gaussian_affinity, squared_distances
+from .kernel_choice import diffusion_kernel_of
 from .operator import available_memory, check_exact_fits
 from .solver import choose_solver, lanczos_entropy
 from .spectrum import at_float32_floor, entropy_of_spectrum, solver_pool, symmetric_eigvals
@@ -47,8 +48,12 @@ def diffusion_subset_entropies(
     seed: int = 0,
     streamed: bool | None = None,
     options: dict[str, Any] | None = None,
+    alpha: float = 0.0,
+    knn: int | None = None,
 ) -> SubsetEntropies:
-    use_full = x.is_cuda and x.dtype == torch.float64 and x.shape[0] <= FULL_DISTANCE_MAX_N and solver != "lanczos"
+    # knn: each subset's kNN kernel from its own rows (its neighbours within the subset)
+    use_full = x.is_cuda and x.dtype == torch.float64 and x.shape[0] <= FULL_DISTANCE_MAX_N and solver != "lanczos" \
+        and knn is None
     full = squared_distances(x) if use_full else None
 
     def rows(idx: np.ndarray) -> torch.Tensor:
@@ -56,20 +61,20 @@ def diffusion_subset_entropies(
 
     def kernel(idx: np.ndarray) -> torch.Tensor:
         if full is None:  # each subset centred on its own mean: a class can sit far from the global one
-            return diffusion_kernel(rows(idx), sigma)
+            return diffusion_kernel_of(rows(idx), sigma, alpha, knn)
         i = index_on(idx, x.device)
-        return affinity_to_diffusion_kernel(gaussian_affinity(full[i[:, None], i[None, :]], sigma))
+        return affinity_to_diffusion_kernel(gaussian_affinity(full[i[:, None], i[None, :]], sigma), alpha)
 
     def entropy_checked(idx: np.ndarray, lam: torch.Tensor) -> torch.Tensor:
         # a collapsed subset in float32: solved again in float64, as DSE does (the rows are
         # gathered again only then)
         if at_float32_floor(lam, t):
-            lam = float64_if_collapsed(rows(idx), sigma, lam, t)
+            lam = float64_if_collapsed(rows(idx), sigma, lam, t, alpha, knn)
         return entropy_of_spectrum(lam, t).to(x.dtype)
 
     # On the CPU without a gradient a subset's Gram is built on an earlier subset's where
     # they share most rows (the reference's draws overlap heavily: see .subset_grams).
-    shared = SharedGrams(x, sigma) if backend.eligible(x) else None
+    shared = SharedGrams(x, sigma) if backend.eligible(x) and knn is None and not alpha else None
 
     def exact(idx: np.ndarray, plan: Plan | None = None) -> torch.Tensor:
         k = None if plan is None else shared.kernel(idx, plan)
@@ -80,7 +85,7 @@ def diffusion_subset_entropies(
             return exact(idx, plan)
 
     def approx(idx: np.ndarray) -> torch.Tensor:
-        est = lanczos_entropy(rows(idx), sigma, t, seed=seed, streamed=streamed, options=options)
+        est = lanczos_entropy(rows(idx), sigma, t, seed=seed, streamed=streamed, options=options, alpha=alpha, knn=knn)
         return torch.tensor(est.value, dtype=x.dtype, device=x.device)
 
     def run(subsets: Iterable[np.ndarray]) -> list[torch.Tensor]:
