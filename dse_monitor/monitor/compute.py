@@ -161,8 +161,10 @@ def compute_measurement(
         out.notes.extend(scale.warnings)
         out.info.extend(scale.info)
         out.values.update({config.key(layer, k): v for k, v in scale.frozen_now.items()})
+        gaussian = scale.settings.kernel == "gaussian"  # the kNN kernel has no global sigma to diagnose
         ratio = scale.median / scale.settings.sigma
-        out.values[config.key(layer, "sigma_ratio")] = ratio
+        if gaussian:
+            out.values[config.key(layer, "sigma_ratio")] = ratio
         results, failures = _layer_metrics(z, metrics, groups, scale.settings)
         for name, result in results.items():
             if name.startswith("_"):  # a base computed only for a derived metric
@@ -173,7 +175,7 @@ def compute_measurement(
             if result.fallback is not None:
                 out.fallbacks.append(f"DSEMonitor: {result.fallback}")
         dse = results.get("dse") or results.get("_dse")
-        if dse is not None and dse.n is not None and dse.n > 1:
+        if gaussian and dse is not None and dse.n is not None and dse.n > 1:
             direction = scale_diagnosis(dse.value, dse.n, ratio)
             if direction is not None:
                 message = scale_warning(direction, layer=layer, dse_bits=dse.value, n=dse.n, median=scale.median,

@@ -16,6 +16,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..capture.pooling import Pooling, check_pooling
 from ..capture.forward import ForwardFn
 from ..functional._checks import check_int
+from ..functional.knn import check_alpha, check_kernel
 from ..functional.solver import check_solver
 from ..registry import METRICS, MetricSettings, metric_key
 
@@ -95,6 +96,9 @@ class MonitorConfig:
     log_spectrum: bool
     save_raw: bool
     solver: str
+    kernel: str
+    k: int
+    alpha: float
 
     @classmethod
     def build(cls, arguments: Mapping[str, Any]) -> "MonitorConfig":
@@ -137,7 +141,7 @@ class MonitorConfig:
         """The settings of every metric, before :mod:`.policies` makes sigma and t numbers per layer."""
         return MetricSettings(
             sigma=self.sigma, t=self.t, seed=self.seed, dtype=self.dtype, solver=self.solver,
-            num_repetitions=self.num_repetitions,
+            num_repetitions=self.num_repetitions, kernel=self.kernel, k=self.k, alpha=self.alpha,
         )
 
     def key(self, layer: str, metric: str) -> str:
@@ -216,4 +220,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "log_spectrum": bool,
     "save_raw": bool,
     "solver": check_solver,
+    "kernel": check_kernel,
+    "k": _int("k", 1, allow_none=False),
+    "alpha": check_alpha,
 }

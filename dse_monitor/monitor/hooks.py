@@ -133,6 +133,13 @@ class DSEMonitorCore:
             ``"lanczos"``. A probe too large for an exact solve in the free memory warns
             once and is measured with the streamed approximate solver. The spectrum
             histogram needs the exact path.
+        kernel: ``"gaussian"`` (bandwidth ``sigma``, the paper's) or ``"knn"``: the
+            adaptive-bandwidth kNN kernel with ``k`` neighbours (manylatents'; sigma,
+            ``sigma_ratio`` and the scale warning do not apply to it).
+        k: neighbours of the kNN kernel (default 15; every DSMI group needs more).
+        alpha: density normalisation in [0, 1] (0: none, the paper's). The paper's
+            settings: gaussian, alpha 0, sigma 10, t 1; manylatents' defaults: knn,
+            k 15, alpha 1, t 3.
 
     Example:
         >>> from dse_monitor import DSEMonitor   # or: from dse_monitor.pytorch_lightning import DSEMonitor
@@ -176,6 +183,9 @@ class DSEMonitorCore:
         log_spectrum: bool = True,
         save_raw: bool = False,
         solver: str = "auto",
+        kernel: str = "gaussian",
+        k: int = 15,
+        alpha: float = 0.0,
     ) -> None:
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
