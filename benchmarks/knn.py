@@ -111,15 +111,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.quick:
         device, n, d, n_check = torch.device("cpu"), 5_000, 16, 1_500
     exact_device = torch.device(args.exact_device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    rows = [large(n, d, device)]
-    if not args.skip_check:
-        rows.append(check(n_check, 64 if not args.quick else d, device, exact_device))
-    if device.type == "cuda":
-        rows.append(same_operator_on_cpu(3000, d, device))
     print(f"kNN kernel k={K}, alpha={ALPHA}, t={T}, solver='lanczos', torch {torch.__version__}, "
-          f"{torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""))
-    for r in rows:
-        print(" | ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in r.items()))
+          f"{torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
+          flush=True)
+    cases = [lambda: large(n, d, device)]
+    if not args.skip_check:
+        cases.append(lambda: check(n_check, 64 if not args.quick else d, device, exact_device))
+    if device.type == "cuda":
+        cases.append(lambda: same_operator_on_cpu(3000, d, device))
+    for case in cases:  # one line each, as soon as it is measured
+        print(" | ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in case().items()), flush=True)
     return 0
 
 
