@@ -4,7 +4,9 @@ Kernels (:mod:`.kernel`), eigen-solvers and spectral entropy (:mod:`.spectrum`),
 DSE and CSE (:mod:`.entropy`), the reference's variants (:mod:`.variants`),
 grouping of references (:mod:`.grouping`), mutual information
 (:mod:`.mutual_information`), the scale diagnostics (:mod:`.scale`) and the
-diffusion time from the data (:mod:`.diffusion_time`).
+diffusion time from the data (:mod:`.diffusion_time`). The adaptive kNN kernel and density
+normalisation (:mod:`.knn`), its sparse operator (:mod:`.sparse_operator`) and the approximate
+solver for its indefinite spectrum (:mod:`.indefinite`).
 """
 from .diffusion_time import diffusion_time_knee, entropy_curve, knee_of_curve, log_spectrum
 from .entropy import DiffusionEntropy, classic_shannon_entropy, diffusion_eigenvalues, diffusion_spectral_entropy

@@ -23,6 +23,7 @@ class DiffusionEntropy:
     ``eigenvalues`` (descending) exist on the exact path only; ``solver`` is the path
     taken (``"exact"``, ``"lanczos"`` or ``"lanczos-streamed"``); ``fallback`` says why
     the requested path was left (the exact solve did not fit in memory), else None.
+    ``sigma`` is NaN for the kNN kernel (its bandwidths are per point).
     """
 
     value: torch.Tensor

@@ -32,6 +32,8 @@ DEFAULT_K = 15
 #: A k-th neighbour distance of 0 (at least k duplicates of a row) is replaced by this, as
 #: manylatents 0.1.8 does: the row's duplicates get affinity 1, its other neighbours ~0.
 ZERO_SIGMA = 1e-10
+#: Columns per group in the neighbour search's first selection step (see :func:`knn_search`).
+GROUP = 32
 #: Bytes of one block of squared distances in the neighbour search: on the CPU small enough
 #: to stay in the last-level cache's neighbourhood (a 268 MB block ran 1.8x slower than
 #: 25 MB ones at N = 20,000, D = 64: fresh pages), on CUDA large enough to fill the device.
@@ -96,8 +98,13 @@ def knn_search(x: torch.Tensor, k: int, *, block_rows: int | None = None) -> tup
     """The ``k`` nearest other rows of every row of ``x``: (indices [N, k], squared distances [N, k]).
 
     Exact, on ``x``'s device, one block of rows at a time (never N x N): the block's
-    ``||x_j||^2 - 2 x_i.x_j`` (centred rows, one matrix product) ranked with ``torch.topk``,
-    the row itself excluded by index. Ties are broken by index, as a stable sort would.
+    ``||x_j||^2 - 2 x_i.x_j`` (centred rows, one matrix product), the row itself excluded by
+    index. Selection in two steps: the minima of groups of ``GROUP`` columns, the k + 1
+    groups with the smallest minima (they hold the k + 1 smallest entries: a group left out
+    has k + 1 others whose minima are no larger), then ``torch.topk`` over those groups'
+    entries; 3.4x cheaper than ``topk`` over the whole row (N = 20,000). Where the k-th and
+    (k+1)-th values are equal within the product's rounding, the row's neighbours are chosen
+    again by exact distance, ties by index, as a stable sort would.
     The distances of the chosen pairs are computed again directly, ``sum (x_i - x_j)^2`` in
     float64, so they carry no cancellation error. Sorted by (distance, index).
 
@@ -111,33 +118,48 @@ def knn_search(x: torch.Tensor, k: int, *, block_rows: int | None = None) -> tup
     sq = torch.linalg.vector_norm(a, dim=1).square()
     budget = SEARCH_BLOCK_BYTES.get(x.device.type, SEARCH_BLOCK_BYTES["cuda"])
     rows = block_rows or max(1, min(n, budget // (a.element_size() * n)))
+    # rounding of a ranking value sq_j - 2 a_i.a_j: sqrt(D) eps |.| (a sum's typical error; the
+    # worst case D eps flagged 6.5% of float32 rows at N = 20,000, D = 64), x4: closer values may
+    # be misordered, and their rows are chosen again by exact distance
+    big = sq.max()
+    tol = 4 * (a.shape[1] + 2) ** 0.5 * torch.finfo(a.dtype).eps * (big + 2 * (sq * big).sqrt())
     idx = torch.empty(n, k, dtype=torch.long, device=x.device)
-    at = a.T.contiguous()
-    buf = torch.empty(rows, n, dtype=a.dtype, device=x.device)  # reused: no fresh pages per block
+    groups = -(-n // GROUP)
+    at = torch.zeros(a.shape[1], groups * GROUP, dtype=a.dtype, device=x.device)  # padding columns: 0 ...
+    at[:, :n] = a.T
+    sq = torch.cat([sq, torch.full((groups * GROUP - n,), math.inf, dtype=sq.dtype, device=x.device)])  # ... inf
+    buf = torch.empty(rows, groups * GROUP, dtype=a.dtype, device=x.device)  # reused: no fresh pages per block
+    take = min(k + 1, n - 1)
+    offsets = torch.arange(GROUP, device=x.device)
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         r = torch.arange(stop - start, device=x.device)
         d = torch.addmm(sq[None, :], a[start:stop], at, alpha=-2, out=buf[: stop - start])  # ||x_j||^2 - 2 x_i.x_j
         d[r, r + start] = math.inf  # itself; the ranking of a row needs no ||x_i||^2
-        take = min(k + 1, n - 1)
-        vals, cand = torch.topk(d, take, dim=1, largest=False, sorted=True)
-        idx[start:stop] = _by_index_on_ties(d, vals, cand, k)
+        best = torch.topk(d.view(stop - start, groups, GROUP).amin(dim=2), min(take, groups), dim=1,
+                          largest=False).indices
+        cols = (best[:, :, None] * GROUP + offsets).flatten(1)
+        vals, pos = torch.topk(d.gather(1, cols), take, dim=1, largest=False, sorted=True)
+        idx[start:stop] = _near_ties_by_index(x.detach(), d, vals, cols.gather(1, pos), k, start, tol[start:stop])
     d2 = _pair_distances(x, idx)
     order = _lexsort(d2, idx)
     return idx.gather(1, order), d2.gather(1, order)
 
 
-def _by_index_on_ties(d: torch.Tensor, vals: torch.Tensor, cand: torch.Tensor, k: int) -> torch.Tensor:
-    """The first k candidates, with the ties at the k-th value resolved to the smallest indices."""
+def _near_ties_by_index(
+    x: torch.Tensor, d: torch.Tensor, vals: torch.Tensor, cand: torch.Tensor, k: int, start: int, tol: torch.Tensor
+) -> torch.Tensor:
+    """The first k candidates; where the k-th and (k+1)-th ranking values lie within rounding
+    (``tol``, per row) of each other, the row's k nearest by exact distance, ties by index."""
     if vals.shape[1] <= k:
         return cand[:, :k]
-    tied = vals[:, k] == vals[:, k - 1]
+    near = vals[:, k] - vals[:, k - 1] <= 2 * tol
     out = cand[:, :k].clone()
-    for row in torch.nonzero(tied).flatten().tolist():  # rare: exact equality of float distances
-        v = vals[row, k - 1]
-        below = torch.nonzero(d[row] < v).flatten()
-        equal = torch.nonzero(d[row] == v).flatten()[: k - below.numel()]
-        out[row] = torch.cat([below, equal])
+    for row in torch.nonzero(near).flatten().tolist():  # rare for continuous data: exact ties, near ties
+        cols = torch.nonzero(d[row] <= vals[row, k - 1] + 2 * tol[row]).flatten()  # all that may rank <= k
+        exact = (x[start + row].double() - x[cols].double()).square().sum(dim=1)
+        order = _lexsort(exact[None, :], cols[None, :])[0]
+        out[row] = cols[order[:k]]
     return out
 
 
@@ -147,7 +169,8 @@ def _pair_distances(x: torch.Tensor, idx: torch.Tensor, rows: int = 4096) -> tor
     xd = x.detach()
     for start in range(0, x.shape[0], rows):
         xi = xd[start : start + rows].double()
-        out[start : start + rows] = (xi[:, None, :] - xd[idx[start : start + rows]].double()).square().sum(dim=-1)
+        diff = xi[:, None, :] - xd[idx[start : start + rows]].double()
+        out[start : start + rows] = torch.einsum("rkd,rkd->rk", diff, diff)
     return out
 
 

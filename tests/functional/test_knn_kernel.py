@@ -141,3 +141,25 @@ def test_dsmi_with_a_group_smaller_than_k_says_so():
     labels[:10] = 1
     with pytest.raises(ValueError, match=r"group 1 has 10; pass a smaller k"):
         diffusion_spectral_mutual_information(z, labels, kernel="knn", k=15)
+
+
+@pytest.mark.parametrize("kind", ["grid", "duplicates", "normal32"])
+def test_neighbour_search_equals_a_brute_force_sort_by_distance_then_index(kind):
+    # integer grids tie exactly, duplicated rows tie at every distance, float32 ranks near ties in
+    # rounding: the chosen set must still be the first k of a stable sort by exact distance
+    g = torch.Generator().manual_seed(1)
+    n, k = 150, 12
+    if kind == "grid":
+        x = torch.randint(0, 4, (n, 3), generator=g).double()
+    elif kind == "duplicates":
+        x = torch.randn(n, 5, generator=g, dtype=torch.float64)
+        x[n // 2 :] = x[: n - n // 2].clone()
+    else:
+        x = torch.randn(n, 64, generator=g).float()
+    idx, d2 = knn_search(x, k, block_rows=37)
+    exact = (x.double()[:, None, :] - x.double()[None, :, :]).square().sum(-1)
+    exact.fill_diagonal_(float("inf"))
+    for i in range(n):
+        want = sorted(range(n), key=lambda j: (float(exact[i, j]), j))[:k]
+        assert idx[i].tolist() == want, i
+    assert torch.allclose(d2, exact.gather(1, idx), rtol=1e-13, atol=0)
