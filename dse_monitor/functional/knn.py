@@ -150,16 +150,27 @@ def _near_ties_by_index(
     x: torch.Tensor, d: torch.Tensor, vals: torch.Tensor, cand: torch.Tensor, k: int, start: int, tol: torch.Tensor
 ) -> torch.Tensor:
     """The first k candidates; where the k-th and (k+1)-th ranking values lie within rounding
-    (``tol``, per row) of each other, the row's k nearest by exact distance, ties by index."""
-    if vals.shape[1] <= k:
-        return cand[:, :k]
-    near = vals[:, k] - vals[:, k - 1] <= 2 * tol
+    (``tol``, per row) of each other, the row's k nearest by exact distance, ties by index.
+
+    Those rows are redone together (no loop over rows: a GPU would wait on each): every column
+    whose ranking value may fall within the k nearest gets its exact distance, and a stable
+    sort by (row, distance, column) picks the first k of each row.
+    """
     out = cand[:, :k].clone()
-    for row in torch.nonzero(near).flatten().tolist():  # rare for continuous data: exact ties, near ties
-        cols = torch.nonzero(d[row] <= vals[row, k - 1] + 2 * tol[row]).flatten()  # all that may rank <= k
-        exact = (x[start + row].double() - x[cols].double()).square().sum(dim=1)
-        order = _lexsort(exact[None, :], cols[None, :])[0]
-        out[row] = cols[order[:k]]
+    if vals.shape[1] <= k:
+        return out
+    near = torch.nonzero(vals[:, k] - vals[:, k - 1] <= 2 * tol).flatten()
+    if near.numel() == 0:
+        return out
+    limit = vals[near, k - 1] + 2 * tol[near]
+    rows, cols = torch.nonzero(d[near] <= limit[:, None], as_tuple=True)  # row-major: columns ascending
+    exact = (x[start + near[rows]].double() - x[cols].double()).square().sum(dim=1)
+    order = torch.argsort(exact, stable=True)
+    order = order[torch.argsort(rows[order], stable=True)]
+    rows, cols = rows[order], cols[order]
+    rank = torch.arange(rows.numel(), device=rows.device) - torch.searchsorted(rows, rows, right=False)
+    keep = rank < k  # every such row has at least k columns in its window
+    out[near[rows[keep]], rank[keep]] = cols[keep]
     return out
 
 
