@@ -267,7 +267,7 @@ def block_lanczos_deflation(
 
 def _slq(
     op: KernelOperator, u: torch.Tensor, n_probes: int, steps: int, gen: torch.Generator, s: float, t: float,
-    fn=None,
+    fn=None, passes: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-probe quadratic forms of the deflated operator B = P K P, P = I - u^T u (u: rows).
 
@@ -297,7 +297,7 @@ def _slq(
         # Full reorthogonalisation of every probe against its own basis (batched, twice).
         bi = basis[:, : i + 1]
         wr = w.unsqueeze(1)
-        for _ in range(2):
+        for _ in range(passes):
             wr = wr - (wr @ bi.transpose(1, 2)) @ bi
         w = proj(wr.squeeze(1))
         bnorm = w.norm(dim=1)
