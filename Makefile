@@ -21,6 +21,9 @@ $(VENV)/.installed-train: pyproject.toml
 $(VENV)/.installed-test: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e ".[train,test]"
+	# the kNN parity oracle: manylatents' metric files only (its ~30 dependencies are not needed;
+	# tests/functional/manylatents_oracle.py loads the files); its Requires-Python stops at 3.12
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python manylatents==0.1.8
 	touch $@ $(VENV)/.installed-train
 
 demo: $(VENV)/.installed-train

@@ -64,6 +64,10 @@ class MetricSettings:
     num_repetitions: int = 5
     #: An exact solve that does not fit in memory streams instead of failing (the monitor's choice).
     memory_fallback: bool = True
+    #: The diffusion kernel: "gaussian" (sigma) or "knn" (k neighbours); alpha: density normalisation.
+    kernel: str = "gaussian"
+    k: int = 15
+    alpha: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -124,6 +128,7 @@ class Metric:
 def _dse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
     res = diffusion_spectral_entropy_details(
         z, s.sigma, s.t, seed=s.seed, dtype=s.dtype, solver=s.solver, memory_fallback=s.memory_fallback,
+        kernel=s.kernel, k=s.k, alpha=s.alpha,
     )
     lam = None if res.eigenvalues is None else res.eigenvalues.detach().cpu().double().numpy()
     return MetricResult(float(res.value), lam, res.fallback, res.n)
@@ -132,7 +137,7 @@ def _dse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) ->
 def _dsmi(z: torch.Tensor, groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
     terms = diffusion_spectral_mutual_information_terms(
         z, groups=groups, sigma=s.sigma, t=s.t, num_repetitions=s.num_repetitions, seed=s.seed, dtype=s.dtype,
-        solver=s.solver, memory_fallback=s.memory_fallback,
+        solver=s.solver, memory_fallback=s.memory_fallback, kernel=s.kernel, k=s.k, alpha=s.alpha,
     )
     return MetricResult(float(terms.value), None, terms.fallback)
 

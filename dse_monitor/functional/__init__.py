@@ -4,7 +4,9 @@ Kernels (:mod:`.kernel`), eigen-solvers and spectral entropy (:mod:`.spectrum`),
 DSE and CSE (:mod:`.entropy`; the approximate solver: :mod:`.lanczos`), the
 reference's variants (:mod:`.variants`), grouping of references (:mod:`.grouping`),
 mutual information (:mod:`.mutual_information`), the scale diagnostics (:mod:`.scale`) and the
-diffusion time from the data (:mod:`.diffusion_time`).
+diffusion time from the data (:mod:`.diffusion_time`). The adaptive kNN kernel and density
+normalisation (:mod:`.knn`), its sparse operator (:mod:`.sparse_operator`) and the approximate
+solver for its indefinite spectrum (:mod:`.indefinite`).
 
 Every value function returns a tensor; the rich results come from functions named for
 them: :func:`diffusion_spectral_entropy_details` (spectrum, path taken, bounds) and

@@ -8,7 +8,8 @@ import torch
 
 from ._checks import check_int, check_positive, prepare_features
 from ._deprecation import warn_deprecated
-from .kernel import Sigma, diffusion_kernel, resolve_sigma
+from .kernel import Sigma, resolve_sigma
+from .kernel_choice import DEFAULT_K, diffusion_kernel_of, kernel_choice
 from .lanczos import EntropyEstimate
 from .operator import check_exact_fits
 from .solver import check_solver, choose_solver, lanczos_entropy
@@ -23,6 +24,7 @@ class DiffusionEntropy:
     taken (``"exact"``, ``"lanczos"`` or ``"lanczos-streamed"``); ``fallback`` says why
     the requested path was left (the exact solve did not fit in memory), else None;
     ``approximation`` is the approximate path's :class:`EntropyEstimate`, else None.
+    ``sigma`` is NaN for the kNN kernel (its bandwidths are per point).
     """
 
     value: torch.Tensor
@@ -46,12 +48,15 @@ class DiffusionEntropy:
 
 
 def diffusion_eigenvalues(
-    z: Any, sigma: Sigma = 10.0, *, max_n: int | None = 10_000, seed: int = 0, dtype: torch.dtype | None = None
+    z: Any, sigma: Sigma = 10.0, *, max_n: int | None = 10_000, seed: int = 0, dtype: torch.dtype | None = None,
+    kernel: str = "gaussian", k: int = DEFAULT_K, alpha: float = 0.0,
 ) -> torch.Tensor:
     """Eigenvalues of the diffusion operator ``P = Q^-1 G`` of the rows of ``z``, descending.
 
     ``G_ij = exp(-||z_i - z_j||^2 / (2 sigma^2))``, ``q_i = sum_j G_ij``. The spectrum
-    lies in [0, 1] (up to rounding) and starts with 1.
+    lies in [0, 1] (up to rounding) and starts with 1. ``kernel="knn"``: the adaptive
+    kNN affinity with ``k`` neighbours instead of G (:mod:`.knn`; its spectrum lies in
+    [-1, 1]); ``alpha``: density normalisation of either (0: none, the paper's).
 
     Args:
         z: features [N, D], torch tensor on any device or numpy array.
@@ -66,26 +71,34 @@ def diffusion_eigenvalues(
         tensor([1.0000, 1.0000, 0.0020], dtype=torch.float64)
     """
     x = prepare_features(z, dtype=dtype, max_n=max_n, seed=seed)
-    return _exact_eigenvalues(x, resolve_sigma(sigma, x, seed))
+    knn = kernel_choice(kernel, k, alpha, x.shape[0])
+    return _exact_eigenvalues(x, _sigma(sigma, x, seed, knn), alpha, knn)
 
 
-def _exact_eigenvalues(x: torch.Tensor, sigma: float) -> torch.Tensor:
+def _exact_eigenvalues(x: torch.Tensor, sigma: float, alpha: float = 0.0, knn: int | None = None) -> torch.Tensor:
     """The descending spectrum of already validated and subsampled features."""
     check_exact_fits(x.shape[0], x.dtype, x.device)
     if x.shape[0] == 1:
         return torch.ones(1, dtype=x.dtype, device=x.device)
-    return symmetric_eigvals(diffusion_kernel(x, sigma)).flip(-1)
+    return symmetric_eigvals(diffusion_kernel_of(x, sigma, alpha, knn)).flip(-1)
 
 
-def float64_if_collapsed(x: torch.Tensor, sigma: float, lam: torch.Tensor, t: float) -> torch.Tensor:
+def float64_if_collapsed(
+    x: torch.Tensor, sigma: float, lam: torch.Tensor, t: float, alpha: float = 0.0, knn: int | None = None
+) -> torch.Tensor:
     """``lam``, or the spectrum of ``x`` solved again in float64 where float32 cannot resolve it
     (:func:`~.spectrum.at_float32_floor`); ``lam`` still when float64 does not fit."""
     if not at_float32_floor(lam, t):
         return lam
     try:
-        return _exact_eigenvalues(x.double(), sigma)
+        return _exact_eigenvalues(x.double(), sigma, alpha, knn)
     except (MemoryError, RuntimeError):  # the guard's estimate, or a real allocation failure (torch's OOM)
         return lam
+
+
+def _sigma(sigma: Sigma, x: torch.Tensor, seed: int, knn: int | None) -> float:
+    # the kNN kernel has its own bandwidths: sigma is not resolved (a "median" would cost a pass)
+    return float("nan") if knn is not None else resolve_sigma(sigma, x, seed)
 
 
 def _spectral_entropy(lam: torch.Tensor, t: float) -> torch.Tensor:
@@ -96,6 +109,7 @@ def diffusion_spectral_entropy(
     z: Any, sigma: Sigma = 10.0, t: float = 1, *, max_n: int | None = 10_000, seed: int = 0,
     dtype: torch.dtype | None = None, solver: str = "exact", memory_fallback: bool = False,
     streamed: bool | None = None, lanczos_options: dict[str, Any] | None = None,
+    kernel: str = "gaussian", k: int = DEFAULT_K, alpha: float = 0.0,
     return_bounds: bool | None = None, return_spectrum: bool | None = None,
 ) -> torch.Tensor:
     """Diffusion spectral entropy DSE(Z) in bits.
@@ -137,6 +151,13 @@ def diffusion_spectral_entropy(
         lanczos_options: ``n_probes``, ``lanczos_steps``, ``block``, ``max_rank``,
             ``bound_tol``, ``lock_tol``, ``memory_limit`` (bytes), ``block_size``
             (streamed rows) of the lanczos path.
+        kernel: ``"gaussian"`` (default, bandwidth ``sigma``) or ``"knn"``: the adaptive-
+            bandwidth kNN kernel of manylatents (``sigma`` unused; :mod:`.knn`). Its
+            approximate path runs on a sparse operator (memory O(N k)) and reports wider
+            bounds: the kNN kernel has negative eigenvalues (:mod:`.indefinite`).
+        k: neighbours of the kNN kernel (default 15; 1 <= k < N).
+        alpha: density normalisation in [0, 1] (Coifman-Lafon, :mod:`.knn`): 0 (default)
+            is the paper's operator; manylatents' default is kNN, k = 15, alpha = 1, t = 3.
         return_bounds, return_spectrum: deprecated (they return an
             :class:`EntropyEstimate` or a :class:`DiffusionEntropy` for one more release);
             use :func:`diffusion_spectral_entropy_details` and its ``.estimate``.
@@ -167,7 +188,7 @@ def diffusion_spectral_entropy(
         warn_deprecated("diffusion_spectral_entropy(return_spectrum=...)", "diffusion_spectral_entropy_details(...)")
     res = diffusion_spectral_entropy_details(
         z, sigma, t, max_n=max_n, seed=seed, dtype=dtype, solver=solver, memory_fallback=memory_fallback,
-        streamed=streamed, lanczos_options=lanczos_options,
+        streamed=streamed, lanczos_options=lanczos_options, kernel=kernel, k=k, alpha=alpha,
     )
     if return_bounds:  # deprecated: what the flags returned before
         return res.estimate
@@ -178,6 +199,7 @@ def diffusion_spectral_entropy_details(
     z: Any, sigma: Sigma = 10.0, t: float = 1, *, max_n: int | None = 10_000, seed: int = 0,
     dtype: torch.dtype | None = None, solver: str = "exact", memory_fallback: bool = False,
     streamed: bool | None = None, lanczos_options: dict[str, Any] | None = None,
+    kernel: str = "gaussian", k: int = DEFAULT_K, alpha: float = 0.0,
 ) -> DiffusionEntropy:
     """DSE as :func:`diffusion_spectral_entropy` computes it, with the spectrum, the path taken and the bounds.
 
@@ -195,14 +217,15 @@ def diffusion_spectral_entropy_details(
     check_positive(t, "t")
     check_solver(solver)
     x = prepare_features(z, dtype=dtype, max_n=max_n, seed=seed)
-    s = resolve_sigma(sigma, x, seed)
+    knn = kernel_choice(kernel, k, alpha, x.shape[0])
+    s = _sigma(sigma, x, seed, knn)
     n = x.shape[0]
     path = choose_solver(n, t, solver, x.dtype) if n > 1 else "exact"
     lam: torch.Tensor | None = None
     fallback: str | None = None
     if path == "exact":
         try:
-            lam = _exact_eigenvalues(x, s)
+            lam = _exact_eigenvalues(x, s, alpha, knn)
         except MemoryError as err:  # raised before allocating
             if not memory_fallback:
                 raise
@@ -210,11 +233,11 @@ def diffusion_spectral_entropy_details(
                 raise MemoryError(f"{err} The approximate solver supports only t = 1 and 2 (t={t:g}).") from err
             fallback, path, streamed = f"{err} Used the streamed approximate solver instead.", "lanczos", True
     if lam is not None:
-        lam = float64_if_collapsed(x, s, lam, t)
+        lam = float64_if_collapsed(x, s, lam, t, alpha, knn)
         value = _spectral_entropy(lam, t).to(x.dtype)
         est = None
     else:
-        est = lanczos_entropy(x, s, t, seed=seed, streamed=streamed, options=lanczos_options)
+        est = lanczos_entropy(x, s, t, seed=seed, streamed=streamed, options=lanczos_options, alpha=alpha, knn=knn)
         value = torch.tensor(est.value, dtype=x.dtype, device=x.device)
         path = "lanczos-streamed" if est.storage.startswith("streamed") else "lanczos"
     return DiffusionEntropy(value, lam, path, float(s), n, fallback, est)

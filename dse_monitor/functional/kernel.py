@@ -30,6 +30,7 @@ import torch
 
 from . import backend
 from ._checks import check_positive, subsample_indices  # subsample_indices: also imported from here
+from .knn import density_scaling
 
 Sigma = float | str
 
@@ -116,12 +117,16 @@ def resolve_sigma(sigma: Sigma, z: torch.Tensor, seed: int = 0) -> float:
     return check_positive(sigma, "sigma")
 
 
-def affinity_to_diffusion_kernel(g: torch.Tensor) -> torch.Tensor:
+def affinity_to_diffusion_kernel(g: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
     """``K = Q^-1/2 G Q^-1/2`` by broadcasting (in place when no gradient is needed).
 
-    Works on a single [N, N] matrix or a batch [B, N, N].
+    Works on a single [N, N] matrix or a batch [B, N, N]. ``alpha`` > 0: density
+    normalisation first, ``K = C G C`` with ``c`` from :func:`.knn.density_scaling`.
     """
-    s = g.sum(dim=-1).rsqrt()
+    if alpha:
+        s = density_scaling(g.sum(dim=-1), lambda v: (g @ v.unsqueeze(-1)).squeeze(-1), alpha)
+    else:
+        s = g.sum(dim=-1).rsqrt()
     if not (torch.is_grad_enabled() and g.requires_grad):
         return g.mul_(s.unsqueeze(-1)).mul_(s.unsqueeze(-2))
     return g * s.unsqueeze(-1) * s.unsqueeze(-2)
@@ -143,26 +148,28 @@ def _check_sigma_fits(sigma: float, dtype: torch.dtype) -> None:
         )
 
 
-def diffusion_kernel(z: torch.Tensor, sigma: float) -> torch.Tensor:
+def diffusion_kernel(z: torch.Tensor, sigma: float, alpha: float = 0.0) -> torch.Tensor:
     """The symmetric diffusion kernel ``K`` of the rows of ``z`` (see module docstring).
+
+    ``alpha``: density normalisation (:mod:`.knn`), 0 (the paper's) by default.
 
     >>> k = diffusion_kernel(torch.eye(3, dtype=torch.float64) * 100, sigma=1.0)
     >>> torch.allclose(k, torch.eye(3, dtype=torch.float64))
     True
     """
     if z.shape[0] >= 64 and backend.eligible(z):
-        k = _factored_diffusion_kernel(z, sigma)
+        k = _factored_diffusion_kernel(z, sigma, alpha)
         if k is not None:
             return k
-    return affinity_to_diffusion_kernel(gaussian_affinity(squared_distances(z), sigma))
+    return affinity_to_diffusion_kernel(gaussian_affinity(squared_distances(z), sigma), alpha)
 
 
-def _factored_diffusion_kernel(z: torch.Tensor, sigma: float) -> torch.Tensor | None:
+def _factored_diffusion_kernel(z: torch.Tensor, sigma: float, alpha: float = 0.0) -> torch.Tensor | None:
     # The factored form of the module docstring; None outside its range (see below).
     b, half_sq = scaled_rows(z, z.mean(dim=0, keepdim=True), sigma)
     if not in_factored_range(half_sq):
         return None
-    return factored_kernel(gram(b), half_sq)
+    return factored_kernel(gram(b), half_sq, alpha)
 
 
 def scaled_rows(z: torch.Tensor, centre: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,10 +197,12 @@ def in_factored_range(half_sq: torch.Tensor) -> bool:
     return bool(half_sq.numel()) and 2 * float(half_sq.max()) < limit
 
 
-def factored_kernel(e: torch.Tensor, half_sq: torch.Tensor) -> torch.Tensor:
+def factored_kernel(e: torch.Tensor, half_sq: torch.Tensor, alpha: float = 0.0) -> torch.Tensor:
     """``K_ij = c_i exp(e_ij) c_j`` from the Gram ``e = b b^T`` (overwritten) and ``||b_i||^2 / 2``.
 
         r = exp(-||b||^2 / 2),   q = r * (exp(e) r),   c = r / sqrt(q)
+
+    (``alpha`` > 0: ``c = r * density_scaling(q, v -> r * (exp(e) (r v)))``, :mod:`.knn`.)
 
     >>> b = torch.tensor([[0.0], [1.0]], dtype=torch.float64)
     >>> k = factored_kernel(b @ b.T, (b * b).sum(1) / 2)
@@ -202,7 +211,10 @@ def factored_kernel(e: torch.Tensor, half_sq: torch.Tensor) -> torch.Tensor:
     """
     e = e.exp_()
     r = half_sq.neg().exp_()
-    c = (e @ r).mul_(r).rsqrt_().mul_(r)
+    if alpha:
+        c = density_scaling((e @ r).mul_(r), lambda v: (e @ (r * v)).mul_(r), alpha).mul_(r)
+    else:
+        c = (e @ r).mul_(r).rsqrt_().mul_(r)
     return e.mul_(c[:, None]).mul_(c[None, :])
 
 

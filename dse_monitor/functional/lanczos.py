@@ -39,7 +39,6 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
 
 import torch
 
@@ -47,45 +46,8 @@ from ._threads import one_thread
 from .block_lanczos import Deflation, block_lanczos_deflation
 from .entropy_bounds import _lipschitz, phi, radau_bounds
 from .operator import KernelOperator
+from .estimate import BOOKKEEPING_THREADS_N, DEFAULT_BLOCK, DEFAULT_MAX_RANK, DEFAULT_STEPS, EntropyEstimate
 from .slq import control_variate_mean, slq_quadratic_forms
-
-#: Defaults of :func:`approximate_entropy` that the cost model of ``solver="auto"`` uses.
-DEFAULT_BLOCK = 32
-DEFAULT_MAX_RANK = 256
-DEFAULT_STEPS = 20
-#: From this many points the N x k bookkeeping keeps the caller's threads too: each of its
-#: products is then large enough that OpenMP's barriers cost little.
-BOOKKEEPING_THREADS_N = 4096
-
-
-@dataclass(frozen=True)
-class EntropyEstimate:
-    """A DSE value with its standard error and guaranteed bounds (bits).
-
-    ``lower <= exact DSE <= upper`` always holds (for the operator as evaluated);
-    ``std_error`` is the Monte-Carlo standard error of ``value``. For the exact solver
-    ``lower == value == upper`` and ``std_error == 0``.
-    """
-
-    value: float
-    std_error: float
-    lower: float
-    upper: float
-    solver: str
-    rank: int = 0  # deflated eigenpairs k
-    n_probes: int = 0
-    lanczos_steps: int = 0
-    storage: str = "exact"  # "exact", "dense-float64", "dense-float32", "streamed-float64", ...
-    seconds: float = 0.0
-    info: dict = field(default_factory=dict, compare=False)
-
-    @property
-    def width(self) -> float:
-        """``upper - lower`` in bits."""
-        return self.upper - self.lower
-
-    def __float__(self) -> float:
-        return self.value
 
 
 def approximate_entropy(
@@ -133,6 +95,11 @@ def approximate_entropy(
         )
     if probe_dtype not in (None, torch.float32, torch.float64):
         raise ValueError(f"probe_dtype must be None, torch.float32 or torch.float64, got {probe_dtype!r}")
+    if getattr(op, "indefinite", False):  # negative eigenvalues (the kNN kernel): other bounds
+        from .indefinite import indefinite_entropy
+
+        return indefinite_entropy(op, t, seed=seed, n_probes=n_probes, lanczos_steps=lanczos_steps, block=block,
+                                  max_rank=max_rank, bound_tol=bound_tol, lock_tol=lock_tol, slack=slack)
     t = int(t)
     start = time.perf_counter()
     n = op.n

@@ -24,6 +24,7 @@ from ._deprecation import warn_deprecated
 from .entropy import classic_shannon_entropy
 from .grouping import reference_groups
 from .kernel import Sigma, resolve_sigma
+from .kernel_choice import DEFAULT_K, check_groups_for_knn, kernel_choice
 from .solver import check_options, check_solver
 from .subset_entropies import SubsetEntropies, diffusion_subset_entropies, index_on
 
@@ -145,7 +146,7 @@ def diffusion_spectral_mutual_information(
     n_clusters: int = 10, groups: Any = None, num_repetitions: int = 5, seed: int = 0, max_n: int | None = 10_000,
     dtype: torch.dtype | None = None, solver: str = "exact", memory_fallback: bool = False,
     streamed: bool | None = None, lanczos_options: dict[str, Any] | None = None,
-    return_terms: bool | None = None,
+    kernel: str = "gaussian", k: int = DEFAULT_K, alpha: float = 0.0, return_terms: bool | None = None,
 ) -> torch.Tensor:
     """Diffusion spectral mutual information DSMI(Z; B) in bits.
 
@@ -170,6 +171,9 @@ def diffusion_spectral_mutual_information(
         memory_fallback: when a group is too large for an exact solve in the free
             memory, compute every entropy with the streamed approximate solver instead
             of raising (t in {1, 2}; the reason is in ``MutualInformationTerms.fallback``).
+        kernel, k, alpha: the diffusion kernel, as in :func:`diffusion_spectral_entropy`;
+            with ``kernel="knn"`` every subset builds its own kNN kernel (its neighbours
+            within the subset), so every group needs more than k members.
         return_terms: deprecated (it returns ``(value, terms)`` for one more release);
             use :func:`diffusion_spectral_mutual_information_terms`.
 
@@ -193,7 +197,8 @@ def diffusion_spectral_mutual_information(
     terms = diffusion_spectral_mutual_information_terms(
         z, reference, sigma=sigma, t=t, reference_discrete=reference_discrete, n_clusters=n_clusters, groups=groups,
         num_repetitions=num_repetitions, seed=seed, max_n=max_n, dtype=dtype, solver=solver,
-        memory_fallback=memory_fallback, streamed=streamed, lanczos_options=lanczos_options,
+        memory_fallback=memory_fallback, streamed=streamed, lanczos_options=lanczos_options, kernel=kernel, k=k,
+        alpha=alpha,
     )
     return (terms.value, terms) if return_terms else terms.value
 
@@ -203,6 +208,7 @@ def diffusion_spectral_mutual_information_terms(
     n_clusters: int = 10, groups: Any = None, num_repetitions: int = 5, seed: int = 0, max_n: int | None = 10_000,
     dtype: torch.dtype | None = None, solver: str = "exact", memory_fallback: bool = False,
     streamed: bool | None = None, lanczos_options: dict[str, Any] | None = None,
+    kernel: str = "gaussian", k: int = DEFAULT_K, alpha: float = 0.0,
 ) -> MutualInformationTerms:
     """DSMI as :func:`diffusion_spectral_mutual_information` computes it, with its terms per group.
 
@@ -226,10 +232,13 @@ def diffusion_spectral_mutual_information_terms(
     num_repetitions = check_int(num_repetitions, "num_repetitions")
     max_n = check_max_n(max_n)
     g = _resolve_groups(x.shape[0], reference, groups, n_clusters, reference_discrete, seed)
-    s = resolve_sigma(sigma, x, seed)
+    knn = kernel_choice(kernel, k, alpha)
+    if knn is not None:
+        check_groups_for_knn(g, knn)
+    s = float("nan") if knn is not None else resolve_sigma(sigma, x, seed)
     check_solver(solver)
     check_options(lanczos_options)
-    entropies = diffusion_subset_entropies(x, s, t, solver, seed, streamed, lanczos_options)
+    entropies = diffusion_subset_entropies(x, s, t, solver, seed, streamed, lanczos_options, alpha, knn)
     too_large = None
     try:
         terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
@@ -241,7 +250,7 @@ def diffusion_spectral_mutual_information_terms(
         too_large = str(err)
     if too_large is not None:  # outside the handler: its traceback would keep the exact path's memory
         del entropies
-        entropies = diffusion_subset_entropies(x, s, t, "lanczos", seed, True, lanczos_options)
+        entropies = diffusion_subset_entropies(x, s, t, "lanczos", seed, True, lanczos_options, alpha, knn)
         terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
         terms = replace(terms, fallback=f"{too_large} Used the streamed approximate solver instead.")
     return terms

@@ -24,6 +24,7 @@ import torch
 from ._checks import check_int
 from ._threads import torch_threads
 from .kernel import diffusion_kernel, gaussian_affinity
+from .knn import density_scaling
 
 #: Rows of the kernel computed at a time in streamed mode.
 DEFAULT_BLOCK_SIZE = 2048
@@ -126,15 +127,17 @@ class KernelOperator:
         streamed: bool = False,
         block_size: int = DEFAULT_BLOCK_SIZE,
         dtype: torch.dtype | None = None,
+        alpha: float = 0.0,
     ) -> "KernelOperator":
-        """Dense or streamed operator of the rows of ``z`` (already validated) with bandwidth ``sigma``."""
+        """Dense or streamed operator of the rows of ``z`` (already validated) with bandwidth ``sigma``
+        (``alpha``: density normalisation, :mod:`.knn`)."""
         dtype = dtype or z.dtype
         check_int(block_size, "block_size")
         x = z.detach().to(dtype)
         n = x.shape[0]
         if not streamed:
             with torch.no_grad():
-                k = diffusion_kernel(x, sigma)
+                k = diffusion_kernel(x, sigma, alpha)
             trace = float(k.diagonal().double().sum())
             return cls(n, trace, _sum_of_squares(k), "dense", dtype, x.device, dense_k=k, sigma=sigma,
                        block_size=block_size)
@@ -144,11 +147,11 @@ class KernelOperator:
             q = torch.zeros(n, dtype=torch.float64, device=x.device)
             for start, g in op._affinity_blocks():
                 q[start : start + g.shape[0]] = g.double().sum(dim=1)
-            op.scale = q.rsqrt().to(dtype)
+            op.scale = q.rsqrt().to(dtype) if not alpha else density_scaling(q, op._affinity_times, alpha).to(dtype)
             frob = 0.0
             for start, g in op._affinity_blocks():
                 frob += _sum_of_squares(g.mul_(op.scale[start : start + g.shape[0], None]).mul_(op.scale[None, :]))
-        op.trace = float((1.0 / q).sum())
+        op.trace = float((1.0 / q).sum()) if not alpha else float(op.scale.double().square().sum())  # G_ii = 1
         op.frobenius_sq = frob
         return op
 
@@ -161,6 +164,12 @@ class KernelOperator:
             d.mul_(-2).add_(sq[start:stop, None]).add_(sq[None, :]).clamp_min_(0)
             d[:, start:stop].fill_diagonal_(0)
             yield start, gaussian_affinity(d, self.sigma)
+
+    def _affinity_times(self, v: torch.Tensor) -> torch.Tensor:
+        out = torch.empty_like(v)  # G v in float64, block by block
+        for start, g in self._affinity_blocks():
+            out[start : start + g.shape[0]] = g.double() @ v
+        return out
 
     def matmat(self, x: torch.Tensor) -> torch.Tensor:
         """``K @ x`` for ``x`` [N, b]; computed in the storage dtype, returned in ``x``'s dtype.

@@ -17,7 +17,8 @@ from .operator import KernelOperator
 
 
 def slq_quadratic_forms(
-    op: KernelOperator, u: torch.Tensor, n_probes: int, steps: int, gen: torch.Generator, s: float, t: float
+    op: KernelOperator, u: torch.Tensor, n_probes: int, steps: int, gen: torch.Generator, s: float, t: float,
+    fn=None, passes: int = 2,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per-probe quadratic forms of the deflated operator B = P K P, P = I - u^T u (u: rows).
 
@@ -47,7 +48,7 @@ def slq_quadratic_forms(
         # Full reorthogonalisation of every probe against its own basis (batched, twice).
         bi = basis[:, : i + 1]
         wr = w.unsqueeze(1)
-        for _ in range(2):
+        for _ in range(passes):
             wr = wr - (wr @ bi.transpose(1, 2)) @ bi
         w = proj(wr.squeeze(1))
         bnorm = w.norm(dim=1)
@@ -59,7 +60,10 @@ def slq_quadratic_forms(
         nodes, vecs = torch.linalg.eigh(tri)
     weights = vecs[:, 0, :] ** 2
     sq = norm0**2
-    g = sq * (weights * phi(nodes.clamp(0, 1), s, t)).sum(dim=1)
+    if fn is not None:  # other functionals of the nodes (.indefinite): fn(nodes, weights) [P, m]
+        g = sq[:, None] * fn(nodes, weights)
+    else:
+        g = sq * (weights * phi(nodes.clamp(0, 1), s, t)).sum(dim=1)
     m1 = sq * alpha[0]
     m2 = sq * (alpha[0] ** 2 + beta[0] ** 2)
     return g, m1, m2

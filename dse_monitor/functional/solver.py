@@ -35,6 +35,7 @@ import torch
 
 from .lanczos import DEFAULT_BLOCK, DEFAULT_MAX_RANK, DEFAULT_STEPS, EntropyEstimate, approximate_entropy
 from .operator import KernelOperator, plan_storage
+from .sparse_operator import sparse_entropy
 from .spectrum import symmetric_eigvals
 
 #: ``None``: ``solver="auto"`` uses the measured :func:`auto_crossover`; an int fixes it.
@@ -193,15 +194,22 @@ def lanczos_entropy(
     seed: int = 0,
     streamed: bool | None = None,
     options: dict[str, Any] | None = None,
+    alpha: float = 0.0,
+    knn: int | None = None,
 ) -> EntropyEstimate:
-    """Approximate DSE of the rows of ``x`` (validated, compute dtype) with bounds."""
+    """Approximate DSE of the rows of ``x`` (validated, compute dtype) with bounds.
+
+    ``knn``: the kNN kernel with that k (sparse, :mod:`.sparse_operator`), else the Gaussian one.
+    """
     opts = check_options(options)
     memory_limit = opts.pop("memory_limit", None)
     rows = opts.pop("block_size", None)
+    if knn is not None:  # sparse: O(N k) memory whatever streamed says
+        return sparse_entropy(x, knn, alpha, t, seed=seed, **opts)
     n, d = x.shape
     stream, dtype, auto_rows = plan_storage(
         n, d, x.dtype, x.device, streamed, memory_limit, int(opts.get("max_rank", 256))
     )
-    op = KernelOperator.build(x, sigma, streamed=stream, block_size=rows or auto_rows, dtype=dtype)
+    op = KernelOperator.build(x, sigma, streamed=stream, block_size=rows or auto_rows, dtype=dtype, alpha=alpha)
     opts.setdefault("probe_dtype", PROBE_DTYPE)  # op is ours: rounding it in place loses nothing
     return approximate_entropy(op, t, seed=seed, **opts)

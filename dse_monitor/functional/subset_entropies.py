@@ -17,7 +17,8 @@ import torch
 
 from . import backend
 from .entropy import float64_if_collapsed
-from .kernel import affinity_to_diffusion_kernel, diffusion_kernel, gaussian_affinity, squared_distances
+from .kernel import affinity_to_diffusion_kernel, gaussian_affinity, squared_distances
+from .kernel_choice import diffusion_kernel_of
 from .operator import available_memory, check_exact_fits
 from .solver import choose_solver, lanczos_entropy
 from .spectrum import at_float32_floor, entropy_of_spectrum, solver_pool, symmetric_eigvals
@@ -47,6 +48,8 @@ def diffusion_subset_entropies(
     seed: int = 0,
     streamed: bool | None = None,
     options: dict[str, Any] | None = None,
+    alpha: float = 0.0,
+    knn: int | None = None,
 ) -> SubsetEntropies:
     """A function that gives the DSE of each of many subsets of the rows of ``x``, in bits.
 
@@ -77,7 +80,7 @@ def diffusion_subset_entropies(
         >>> bool(torch.allclose(h[1], diffusion_spectral_entropy(x[40:], 1.0))), float(h[2])
         (True, 0.0)
     """
-    return _SubsetSolves(x, sigma, t, solver, seed, streamed, options)
+    return _SubsetSolves(x, sigma, t, solver, seed, streamed, options, alpha, knn)
 
 
 class _SubsetSolves:
@@ -90,14 +93,16 @@ class _SubsetSolves:
     """
 
     def __init__(self, x: torch.Tensor, sigma: float, t: float, solver: str, seed: int, streamed: bool | None,
-                 options: dict[str, Any] | None) -> None:
+                 options: dict[str, Any] | None, alpha: float = 0.0, knn: int | None = None) -> None:
         self.x, self.sigma, self.t, self.solver = x, sigma, t, solver
         self.seed, self.streamed, self.options = seed, streamed, options
-        use_full = x.is_cuda and x.dtype == torch.float64 and x.shape[0] <= FULL_DISTANCE_MAX_N and solver != "lanczos"
+        self.alpha, self.knn = alpha, knn  # knn: each subset's kNN kernel from its own rows (neighbours within it)
+        use_full = x.is_cuda and x.dtype == torch.float64 and x.shape[0] <= FULL_DISTANCE_MAX_N and solver != "lanczos" \
+            and knn is None
         self.full = squared_distances(x) if use_full else None
         # On the CPU without a gradient a subset's Gram is built on an earlier subset's where
         # they share most rows (the reference's draws overlap heavily: see .subset_grams).
-        self.shared = SharedGrams(x, sigma) if backend.eligible(x) else None
+        self.shared = SharedGrams(x, sigma) if backend.eligible(x) and knn is None and not alpha else None
 
     def __call__(self, subsets: Iterable[np.ndarray]) -> list[torch.Tensor]:
         # numpy's BLAS has one process-wide thread count: one thread for each solve in the pool.
@@ -109,15 +114,15 @@ class _SubsetSolves:
 
     def _kernel(self, idx: np.ndarray) -> torch.Tensor:
         if self.full is None:  # each subset centred on its own mean: a class can sit far from the global one
-            return diffusion_kernel(self._rows(idx), self.sigma)
+            return diffusion_kernel_of(self._rows(idx), self.sigma, self.alpha, self.knn)
         i = index_on(idx, self.x.device)
-        return affinity_to_diffusion_kernel(gaussian_affinity(self.full[i[:, None], i[None, :]], self.sigma))
+        return affinity_to_diffusion_kernel(gaussian_affinity(self.full[i[:, None], i[None, :]], self.sigma), self.alpha)
 
     def _entropy_checked(self, idx: np.ndarray, lam: torch.Tensor) -> torch.Tensor:
         # a collapsed subset in float32: solved again in float64, as DSE does (the rows are
         # gathered again only then)
         if at_float32_floor(lam, self.t):
-            lam = float64_if_collapsed(self._rows(idx), self.sigma, lam, self.t)
+            lam = float64_if_collapsed(self._rows(idx), self.sigma, lam, self.t, self.alpha, self.knn)
         return entropy_of_spectrum(lam, self.t).to(self.x.dtype)
 
     def _exact(self, idx: np.ndarray, plan: Plan | None = None) -> torch.Tensor:
@@ -130,7 +135,7 @@ class _SubsetSolves:
 
     def _approx(self, idx: np.ndarray) -> torch.Tensor:
         est = lanczos_entropy(self._rows(idx), self.sigma, self.t, seed=self.seed, streamed=self.streamed,
-                              options=self.options)
+                              options=self.options, alpha=self.alpha, knn=self.knn)
         return torch.tensor(est.value, dtype=self.x.dtype, device=self.x.device)
 
     def _solve_all(self, subsets: list[np.ndarray]) -> list[torch.Tensor]:

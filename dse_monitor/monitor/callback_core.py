@@ -148,6 +148,13 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
             ``"lanczos"``. A probe too large for an exact solve in the free memory warns
             once and is measured with the streamed approximate solver. The spectrum
             histogram needs the exact path.
+        kernel: ``"gaussian"`` (bandwidth ``sigma``, the paper's) or ``"knn"``: the
+            adaptive-bandwidth kNN kernel with ``k`` neighbours (manylatents'; sigma,
+            ``sigma_ratio`` and the scale warning do not apply to it).
+        k: neighbours of the kNN kernel (default 15; every DSMI group needs more).
+        alpha: density normalisation in [0, 1] (0: none, the paper's). The paper's
+            settings: gaussian, alpha 0, sigma 10, t 1; manylatents' defaults: knn,
+            k 15, alpha 1, t 3.
 
     Example:
         >>> from dse_monitor import DSEMonitor   # or: from dse_monitor.pytorch_lightning import DSEMonitor
@@ -192,6 +199,9 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
     log_spectrum: _Setting[bool] = _Setting()
     save_raw: _Setting[bool] = _Setting()
     solver: _Setting[str] = _Setting()
+    kernel: _Setting[str] = _Setting()
+    k: _Setting[int] = _Setting()
+    alpha: _Setting[float] = _Setting()
 
     def __init__(
         self,
@@ -221,6 +231,9 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
         log_spectrum: bool = _D.log_spectrum,
         save_raw: bool = _D.save_raw,
         solver: str = _D.solver,
+        kernel: str = _D.kernel,
+        k: int = _D.k,
+        alpha: float = _D.alpha,
     ) -> None:
         super().__init__()
         self.config = MonitorConfig(
@@ -229,7 +242,7 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
             t_max=t_max, num_repetitions=num_repetitions, n_clusters=n_clusters, x_size=x_size, pooling=pooling,
             batch_fn=batch_fn, forward_fn=forward_fn, batch_size=batch_size, cache_inputs=cache_inputs,
             reuse_validation=reuse_validation, device=device, dtype=dtype, prefix=prefix,
-            log_spectrum=log_spectrum, save_raw=save_raw, solver=solver,
+            log_spectrum=log_spectrum, save_raw=save_raw, solver=solver, kernel=kernel, k=k, alpha=alpha,
         )
         self._probe = ProbeSet(self.config)
         self._reporter = Reporter(type(self)._rank_zero_info, self.config.sigma)

@@ -191,8 +191,10 @@ def compute_measurement(
         out.info.extend(scale.info)
         out.values.update({config.key(layer, k): v for k, v in scale.frozen_now.items()})
         out.sigmas[layer] = float(scale.settings.sigma)
+        gaussian = scale.settings.kernel == "gaussian"  # the kNN kernel has no global sigma to diagnose
         ratio = scale.median / scale.settings.sigma
-        out.values[config.key(layer, "sigma_ratio")] = ratio
+        if gaussian:
+            out.values[config.key(layer, "sigma_ratio")] = ratio
         results, failures = _layer_metrics(z, metrics, groups, scale.settings)
         for name in metrics:
             result = results.get(name)
@@ -204,7 +206,7 @@ def compute_measurement(
             if result.fallback is not None:
                 out.fallbacks.append(f"DSEMonitor: {result.fallback}")
         dse = results.get("dse")  # also when only a metric derived from it was asked for
-        if dse is not None and dse.n is not None and dse.n > 1:
+        if gaussian and dse is not None and dse.n is not None and dse.n > 1:
             direction = scale_diagnosis(dse.value, dse.n, ratio)
             if direction is not None:
                 message = scale_warning(direction, layer=layer, dse_bits=dse.value, n=dse.n, median=scale.median,

@@ -29,6 +29,7 @@ from ..capture.pooling import Pooling, check_pooling
 from ..capture.forward import ForwardFn
 from ..functional._checks import check_int
 from ..functional.diffusion_time import T_MAX
+from ..functional.knn import DEFAULT_K, check_alpha, check_kernel
 from ..functional.solver import check_solver
 from ..registry import DEFAULT_METRICS, METRICS, MetricSettings, metric_key
 
@@ -132,6 +133,9 @@ class MonitorConfig:
     log_spectrum: bool = True
     save_raw: bool = False
     solver: str = "auto"
+    kernel: str = "gaussian"
+    k: int = DEFAULT_K
+    alpha: float = 0.0
 
     def __post_init__(self) -> None:
         if self.every_n_epochs is not None and self.every_n_train_steps is not None:
@@ -161,7 +165,7 @@ class MonitorConfig:
         """The settings of every metric, before :mod:`.policies` makes sigma and t numbers per layer."""
         return MetricSettings(
             sigma=self.sigma, t=self.t, seed=self.seed, dtype=self.dtype, solver=self.solver,
-            num_repetitions=self.num_repetitions,
+            num_repetitions=self.num_repetitions, kernel=self.kernel, k=self.k, alpha=self.alpha,
         )
 
     def key(self, layer: str, metric: str) -> str:
@@ -247,4 +251,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "log_spectrum": bool,
     "save_raw": bool,
     "solver": check_solver,
+    "kernel": check_kernel,
+    "k": _int("k", 1, allow_none=False),
+    "alpha": check_alpha,
 }

@@ -93,7 +93,8 @@ def layer_scale(config: MonitorConfig, layer: str, z: torch.Tensor, frozen: Froz
     t = config.t
     if t == "knee":
         if layer not in frozen.t:
-            lam = diffusion_eigenvalues(z, value, seed=config.seed, dtype=config.dtype)
+            lam = diffusion_eigenvalues(z, value, seed=config.seed, dtype=config.dtype, kernel=config.kernel,
+                                        k=config.k, alpha=config.alpha)
             frozen.t[layer] = diffusion_time_knee(lam, t_max=config.t_max)
             now["t"] = float(frozen.t[layer])
             info.append(f"DSEMonitor: t for layer {layer!r} frozen at {frozen.t[layer]}, the knee of DSE(t) over "
