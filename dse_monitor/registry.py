@@ -16,6 +16,14 @@ csmi_x     CSMI(Z;X)    inputs     the same, on clusters of the probe inputs
 dse_norm   DSE(Z)/log2N none       derived from ``dse``: DSE / log2 N, in [0, 1]
 =========  ===========  =========  ==============================================
 
+The representation-health metrics (:data:`HEALTH_METRICS`, :mod:`dse_monitor.functional.health`):
+``rankme``, ``alpha_req`` (also logs ``alpha_req_r2``), ``knn_acc`` (labels, ``knn_k``
+neighbours), ``cka_prev`` (linear CKA with the same layer's previous measurement) and,
+from DSE's spectrum at no extra solve, ``dse_t`` (``dse_t<t>`` for each t of ``t_values``)
+and ``spectral_gap``; ``metrics="health"`` selects the first four. Where one does not
+apply (e.g. ``alpha_req`` with min(N, D) < 110) its result has ``values == {}`` and a
+``note`` saying why: nothing is logged.
+
 Diagnostics (:data:`DIAGNOSTICS`) are named here too but produced by the monitor
 itself: ``sigma_ratio`` (median pairwise distance / sigma, every measurement), and the
 values frozen at a layer's first measurement, ``sigma`` (``sigma="median_init"``) and
@@ -23,7 +31,7 @@ values frozen at a layer's first measurement, ``sigma`` (``sigma="median_init"``
 
 Example:
     >>> [m.name for m in METRICS.values() if m.reference == "labels"]
-    ['dsmi_y', 'csmi_y']
+    ['dsmi_y', 'csmi_y', 'knn_acc']
     >>> METRICS["dsmi_x"].title
     'DSMI(Z;X)'
     >>> z = torch.eye(4) * 100
@@ -32,24 +40,35 @@ Example:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional, Union
+from typing import Any, Callable, Literal, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
 from .functional import (
+    NotApplicable,
+    alpha_req,
+    diffusion_entropy_at_times,
+    knn_accuracy,
+    linear_cka,
+    rankme,
+    spectral_gap,
     normalised_entropy,
     classic_shannon_entropy,
     classic_shannon_mutual_information,
     diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
 )
+from .functional.spectrum import at_float32_floor
 
-__all__ = ["DEFAULT_METRICS", "DIAGNOSTICS", "METRICS", "Metric", "MetricKey", "MetricResult", "MetricSettings",
-           "is_monitor_name", "metric_key", "metric_names", "parse_key", "title"]
+__all__ = ["DEFAULT_METRICS", "DIAGNOSTICS", "HEALTH_METRICS", "METRICS", "METRIC_GROUPS", "Metric", "MetricKey",
+           "MetricResult", "MetricSettings", "derive_result", "expand_metrics", "is_monitor_name", "logged_names",
+           "metric_key", "metric_names", "parse_key", "title"]
 
-Reference = Optional[Literal["labels", "inputs"]]
+#: ``"previous"``: the same layer's features at the previous measurement (``cka_prev``).
+Reference = Optional[Literal["labels", "inputs", "previous"]]
 
 
 @dataclass(frozen=True)
@@ -64,6 +83,10 @@ class MetricSettings:
     num_repetitions: int = 5
     #: An exact solve that does not fit in memory streams instead of failing (the monitor's choice).
     memory_fallback: bool = True
+    #: Neighbours of ``knn_acc``.
+    knn_k: int = 10
+    #: Diffusion times of ``dse_t`` (logged as ``dse_t<t>``).
+    t_values: tuple[float, ...] = (1, 2, 4, 8)
 
 
 @dataclass(frozen=True)
@@ -75,6 +98,19 @@ class MetricResult:
     fallback: Optional[str] = None
     #: Points the value was computed on (DSE: after the ``max_n`` subsample).
     n: Optional[int] = None
+    #: What is logged, by name, when it is not ``{name: value}``: several names (``dse_t<t>``,
+    #: ``alpha_req`` with ``alpha_req_r2``), or ``{}`` when the metric does not apply here.
+    values: Optional[dict[str, float]] = None
+    #: Why a value is NaN or not logged (the monitor says it once, as an info line).
+    note: Optional[str] = None
+
+    def logged(self, name: str) -> dict[str, float]:
+        """``{logged name: value}`` of the metric ``name``.
+
+        >>> MetricResult(2.0).logged("dse"), MetricResult(float("nan"), values={}).logged("knn_acc")
+        ({'dse': 2.0}, {})
+        """
+        return {name: self.value} if self.values is None else dict(self.values)
 
 
 Compute = Callable[[torch.Tensor, Optional[torch.Tensor], MetricSettings], MetricResult]
@@ -94,7 +130,12 @@ class Metric:
     compute: Optional[Compute]
     description: str
     derived_from: Optional[str] = None
-    derive: Optional[Callable[[MetricResult], float]] = None
+    #: ``derive(base_result, settings)`` -> a number or a :class:`MetricResult`.
+    derive: Optional[Callable[..., Union[float, MetricResult]]] = None
+    #: Unit of the value (the y-axis of the charts).
+    unit: str = "bits"
+    #: The names this metric logs when not just its own (given the settings).
+    names: Optional[Callable[[MetricSettings], tuple[str, ...]]] = None
 
 
 def _dse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
@@ -114,7 +155,7 @@ def _dsmi(z: torch.Tensor, groups: Optional[torch.Tensor], s: MetricSettings) ->
     return MetricResult(float(terms.value), None, terms.fallback)
 
 
-def _dse_norm(dse: MetricResult) -> float:
+def _dse_norm(dse: MetricResult, _settings: Optional[MetricSettings] = None) -> float:
     return normalised_entropy(dse.value, dse.n) if dse.n and dse.n > 1 else 0.0
 
 
@@ -134,6 +175,83 @@ def _csmi(z: torch.Tensor, groups: Optional[torch.Tensor], s: MetricSettings) ->
     return MetricResult(float(value))
 
 
+def _applicable(compute: Callable[..., MetricResult]) -> Callable[..., MetricResult]:
+    """``compute``, with :class:`~dse_monitor.functional.NotApplicable` turned into "nothing logged, and why"."""
+    def run(*args: Any) -> MetricResult:
+        try:
+            return compute(*args)
+        except NotApplicable as err:
+            return MetricResult(float("nan"), values={}, note=str(err))
+
+    return run
+
+
+@_applicable
+def _rankme(z: torch.Tensor, _ref: Optional[torch.Tensor], _s: MetricSettings) -> MetricResult:
+    return MetricResult(float(rankme(z)))
+
+
+@_applicable
+def _alpha_req(z: torch.Tensor, _ref: Optional[torch.Tensor], _s: MetricSettings) -> MetricResult:
+    fit = alpha_req(z)
+    note = None if not fit.zeros_in_fit else (
+        "the covariance spectrum has zero eigenvalues among eigenvalues 11..100 (numerical rank below 100): "
+        "the power-law fit is undefined; logging NaN")
+    return MetricResult(fit.alpha, values={"alpha_req": fit.alpha, "alpha_req_r2": fit.r2}, note=note)
+
+
+@_applicable
+def _knn_acc(z: torch.Tensor, labels: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
+    if labels is None:
+        raise ValueError("knn_acc needs the probe labels")
+    return MetricResult(float(knn_accuracy(z, labels, s.knn_k)))
+
+
+@_applicable
+def _cka_prev(z: torch.Tensor, previous: Optional[torch.Tensor], _s: MetricSettings) -> MetricResult:
+    if previous is None:
+        raise NotApplicable("no previous measurement of this layer to compare with (a first measurement, "
+                            "or the first after a resume: the previous features are not checkpointed)")
+    return MetricResult(float(linear_cka(z, previous.to(z.device))))
+
+
+def _dse_t_name(t: float) -> str:
+    return f"dse_t{float(t):g}"
+
+
+def _spectrum(dse: MetricResult) -> torch.Tensor:
+    if dse.eigenvalues is None:
+        raise NotApplicable("it needs the whole diffusion spectrum, which the approximate (Lanczos) solver does not "
+                            "compute; pass solver='exact' (or a smaller num_samples) to log it")
+    return torch.from_numpy(np.asarray(dse.eigenvalues, dtype=np.float64))
+
+
+@_applicable
+def _dse_t(dse: MetricResult, settings: Optional[MetricSettings] = None) -> MetricResult:
+    s = settings or MetricSettings()
+    lam = _spectrum(dse)
+    values = {_dse_t_name(t): float(v) for t, v in diffusion_entropy_at_times(lam, s.t_values).items()}
+    # A float32 spectrum whose small eigenvalues are rounding noise: DSE solved it again in float64 when
+    # that mattered at its own t, not at the others; those would be biased upwards, so they are NaN.
+    note = None
+    if s.dtype == torch.float32 and not at_float32_floor(lam.float(), s.t):
+        noisy = [t for t in s.t_values if at_float32_floor(lam.float(), t)]
+        values.update({_dse_t_name(t): float("nan") for t in noisy})
+        if noisy:
+            note = (f"at t = {', '.join(f'{t:g}' for t in noisy)} the float32 spectrum is at its rounding floor "
+                    "(nearly collapsed features); logging NaN there. Pass dtype='float64' to measure them")
+    return MetricResult(values[_dse_t_name(s.t_values[0])], values=values, note=note)
+
+
+@_applicable
+def _spectral_gap(dse: MetricResult, _settings: Optional[MetricSettings] = None) -> MetricResult:
+    return MetricResult(float(spectral_gap(_spectrum(dse))))
+
+
+def _alpha_req_r2(base: MetricResult, _settings: Optional[MetricSettings] = None) -> float:
+    return base.values["alpha_req_r2"] if base.values else float("nan")
+
+
 _ENTRIES = (
     Metric("dse", "DSE(Z)", None, _dse, "diffusion spectral entropy of the layer, bits in [0, log2 N]"),
     Metric("dsmi_y", "DSMI(Z;Y)", "labels", _dsmi, "diffusion spectral mutual information with the labels"),
@@ -143,12 +261,31 @@ _ENTRIES = (
     Metric("csmi_x", "CSMI(Z;X)", "inputs", _csmi, "binning mutual information with input clusters"),
     Metric("dse_norm", "DSE(Z) / log2 N", None, None, "DSE normalised to [0, 1] by its maximum log2 N",
            derived_from="dse", derive=_dse_norm),
+    Metric("rankme", "RankMe(Z)", None, _rankme, "effective rank of the features, in [1, min(N, D)]",
+           unit="effective rank"),
+    Metric("alpha_req", "alpha-ReQ(Z)", None, _alpha_req, "power-law decay exponent of the covariance spectrum",
+           unit="decay exponent", names=lambda s: ("alpha_req", "alpha_req_r2")),
+    Metric("alpha_req_r2", "alpha-ReQ fit R^2", None, None, "R^2 of alpha-ReQ's fit over eigenvalues 11..100",
+           derived_from="alpha_req", derive=_alpha_req_r2, unit="R^2"),
+    Metric("knn_acc", "kNN accuracy(Z;Y)", "labels", _knn_acc, "leave-one-out kNN accuracy on the probe labels",
+           unit="accuracy"),
+    Metric("cka_prev", "CKA(Z, Z_prev)", "previous", _cka_prev, "linear CKA with the previous measurement",
+           unit="CKA"),
+    Metric("dse_t", "DSE(Z) at t", None, None, "DSE at each t of t_values, from DSE's spectrum",
+           derived_from="dse", derive=_dse_t, names=lambda s: tuple(_dse_t_name(t) for t in s.t_values)),
+    Metric("spectral_gap", "spectral gap 1 - |lambda_2|", None, None, "1 - |lambda_2| of the diffusion operator",
+           derived_from="dse", derive=_spectral_gap, unit="gap"),
 )
 
 #: Every metric by name, in the order of the logs and the charts.
 METRICS: dict[str, Metric] = {m.name: m for m in _ENTRIES}
 #: What the monitor measures unless told otherwise (the paper's three curves).
 DEFAULT_METRICS = ("dse", "dsmi_y", "dsmi_x")
+#: The representation-health metrics (the "Health" section of the TensorBoard layout).
+HEALTH_METRICS = ("rankme", "alpha_req", "alpha_req_r2", "knn_acc", "cka_prev", "dse_t", "spectral_gap")
+#: Names that select several metrics at once in ``metrics=``.
+METRIC_GROUPS = {"health": ("rankme", "alpha_req", "knn_acc", "cka_prev")}
+_DSE_T = re.compile(r"dse_t(\d+(\.\d+)?(e[+-]?\d+)?)")
 #: Names the monitor logs beside the metrics, with their chart titles.
 DIAGNOSTICS = {
     "sigma_ratio": "median distance / sigma",
@@ -160,19 +297,51 @@ DIAGNOSTICS = {
 def metric_names() -> tuple[str, ...]:
     """The metric names, in registry order.
 
-    >>> metric_names()
+    >>> metric_names()[:7]
     ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x', 'dse_norm')
     """
     return tuple(METRICS)
 
 
+def expand_metrics(names: Sequence[str]) -> list[str]:
+    """``names`` with each group (:data:`METRIC_GROUPS`) replaced by its members, each metric once.
+
+    >>> expand_metrics(["dse", "health"])
+    ['dse', 'rankme', 'alpha_req', 'knn_acc', 'cka_prev']
+    """
+    out: list[str] = []
+    for name in names:
+        out.extend(m for m in METRIC_GROUPS.get(name, (name,)) if m not in out)
+    return out
+
+
+def logged_names(name: str, settings: MetricSettings) -> tuple[str, ...]:
+    """The names under which the metric ``name`` is logged.
+
+    >>> logged_names("dse_t", MetricSettings(t_values=(1, 2.5))), logged_names("dse", MetricSettings())
+    (('dse_t1', 'dse_t2.5'), ('dse',))
+    """
+    metric = METRICS[name]
+    return metric.names(settings) if metric.names is not None else (name,)
+
+
+def derive_result(metric: Metric, base: MetricResult, settings: MetricSettings) -> MetricResult:
+    """A derived metric's result from its base's (a base that does not apply makes it not apply either)."""
+    if base.values == {}:
+        return base
+    out = metric.derive(base, settings)
+    return out if isinstance(out, MetricResult) else MetricResult(float(out), note=base.note)
+
+
 def title(name: str) -> str:
     """The chart title of a metric (or the name itself for other scalars, e.g. ``val_acc``).
 
-    >>> title("dsmi_y"), title("val_acc")
-    ('DSMI(Z;Y)', 'val_acc')
+    >>> title("dsmi_y"), title("val_acc"), title("dse_t4")
+    ('DSMI(Z;Y)', 'val_acc', 'DSE(Z) at t=4')
     """
     metric = METRICS.get(name)
+    if metric is None and _DSE_T.fullmatch(name):
+        return f"{METRICS['dse_t'].title}={name[len('dse_t'):]}"
     return metric.title if metric is not None else DIAGNOSTICS.get(name, name)
 
 
@@ -181,8 +350,10 @@ def is_monitor_name(name: str) -> bool:
 
     >>> is_monitor_name("dsmi_x"), is_monitor_name("sigma_ratio"), is_monitor_name("val_acc")
     (True, True, False)
+    >>> is_monitor_name("dse_t2"), is_monitor_name("dse_tx")
+    (True, False)
     """
-    return name in METRICS or name in DIAGNOSTICS
+    return name in METRICS or name in DIAGNOSTICS or _DSE_T.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)

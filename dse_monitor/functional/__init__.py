@@ -4,11 +4,22 @@ Kernels (:mod:`.kernel`), eigen-solvers and spectral entropy (:mod:`.spectrum`),
 DSE and CSE (:mod:`.entropy`), the reference's variants (:mod:`.variants`),
 grouping of references (:mod:`.grouping`), mutual information
 (:mod:`.mutual_information`), the scale diagnostics (:mod:`.scale`) and the
-diffusion time from the data (:mod:`.diffusion_time`).
+diffusion time from the data (:mod:`.diffusion_time`); the representation-health
+metrics beside DSE: RankMe, alpha-ReQ, kNN accuracy, linear CKA, the spectral gap (:mod:`.health`).
 """
 from .diffusion_time import diffusion_time_knee, entropy_curve, knee_of_curve, log_spectrum
 from .entropy import DiffusionEntropy, classic_shannon_entropy, diffusion_eigenvalues, diffusion_spectral_entropy
 from .grouping import reference_groups
+from .health import (
+    AlphaReq,
+    NotApplicable,
+    alpha_req,
+    diffusion_entropy_at_times,
+    knn_accuracy,
+    linear_cka,
+    rankme,
+    spectral_gap,
+)
 from .kernel import diffusion_kernel, resolve_sigma, squared_distances
 from .lanczos import EntropyEstimate
 from .mutual_information import (
@@ -28,6 +39,14 @@ from .spectrum import entropy_of_spectrum
 from .variants import adjacency_spectral_entropy, matrix_entry_entropy
 
 __all__ = [
+    "AlphaReq",
+    "NotApplicable",
+    "alpha_req",
+    "diffusion_entropy_at_times",
+    "knn_accuracy",
+    "linear_cka",
+    "rankme",
+    "spectral_gap",
     "DiffusionEntropy",
     "MedianSigma",
     "diffusion_time_knee",

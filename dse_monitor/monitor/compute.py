@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from ..functional import reference_groups, scale_diagnosis, scale_warning
-from ..registry import METRICS, MetricResult, MetricSettings
+from ..registry import METRICS, MetricResult, MetricSettings, derive_result, logged_names
 from .config import FALLBACK_CLUSTERS, MonitorConfig
 from .policies import Frozen, layer_scale
 
@@ -44,7 +44,7 @@ class ReferenceGroups:
     notes: list[str] = field(default_factory=list)
 
     def of(self, reference: Optional[str]) -> Optional[torch.Tensor]:
-        return None if reference is None else (self.labels if reference == "labels" else self.inputs)
+        return {"labels": self.labels, "inputs": self.inputs}.get(reference)
 
     def still_needed(self, config: MonitorConfig) -> tuple[bool, bool]:
         """(labels, inputs) that the next probe pass must still collect."""
@@ -132,11 +132,14 @@ def compute_measurement(
     groups: ReferenceGroups,
     step: int,
     frozen: Optional[Frozen] = None,
+    previous: Optional[dict[str, torch.Tensor]] = None,
 ) -> Measurement:
     """Every configured metric of every layer, plus its ``sigma_ratio``; a failing metric is skipped alone.
 
     ``frozen`` holds the per-layer sigma / t chosen at a first measurement
-    (``"median_init"``, ``"knee"``) and is completed here for new layers.
+    (``"median_init"``, ``"knee"``) and is completed here for new layers. ``previous``
+    holds each layer's features at the previous measurement (``cka_prev``'s reference)
+    and is updated here with this measurement's (None: ``cka_prev`` is not logged).
     """
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
@@ -144,12 +147,16 @@ def compute_measurement(
     for layer, z in features.items():
         if config.device is not None:
             z = z.to(config.device)
-        metrics = [m for m in config.metrics
-                   if METRICS[m].reference is None or groups.of(METRICS[m].reference) is not None]
+        refs = {"labels": groups.labels, "inputs": groups.inputs, "previous": None}
+        if previous is not None and "previous" in config.references():
+            refs["previous"] = previous.get(layer)
+            previous[layer] = z.detach().to("cpu", copy=True)  # the next measurement's reference
+        metrics = [m for m in config.metrics if METRICS[m].reference is None or refs[METRICS[m].reference] is not None]
         if not bool(torch.isfinite(z).all()):
             out.notes.append(f"DSEMonitor: layer {layer!r} has NaN/Inf features at epoch {step}; "
                              "logging NaN for its metrics (diverged training?).")
-            out.values.update({config.key(layer, m): float("nan") for m in metrics})
+            out.values.update({config.key(layer, k): float("nan") for m in metrics
+                               for k in logged_names(m, config.settings())})
             continue
         try:
             scale = layer_scale(config, layer, z, frozen)
@@ -163,11 +170,13 @@ def compute_measurement(
         out.values.update({config.key(layer, k): v for k, v in scale.frozen_now.items()})
         ratio = scale.median / scale.settings.sigma
         out.values[config.key(layer, "sigma_ratio")] = ratio
-        results, failures = _layer_metrics(z, metrics, groups, scale.settings)
+        results, failures = _layer_metrics(z, metrics, refs, scale.settings)
         for name, result in results.items():
             if name.startswith("_"):  # a base computed only for a derived metric
                 continue
-            out.values[config.key(layer, name)] = result.value
+            if result.note is not None:  # why a value is NaN or not logged (said once per run)
+                out.info.append(f"DSEMonitor: {name} of layer {layer!r}: {result.note}.")
+            out.values.update({config.key(layer, k): v for k, v in result.logged(name).items()})
             if result.eigenvalues is not None:
                 out.spectra[layer] = result.eigenvalues
             if result.fallback is not None:
@@ -187,7 +196,7 @@ def compute_measurement(
 
 
 def _layer_metrics(
-    z: torch.Tensor, metrics: list[str], groups: ReferenceGroups, settings: MetricSettings
+    z: torch.Tensor, metrics: list[str], refs: dict[str, Optional[torch.Tensor]], settings: MetricSettings
 ) -> tuple[dict[str, MetricResult], dict[str, str]]:
     """The metrics of one layer by name (a derived one reuses its base, computed once, kept as ``_<base>``)."""
     results: dict[str, MetricResult] = {}
@@ -200,9 +209,9 @@ def _layer_metrics(
                 if base is None:
                     base = METRICS[metric.derived_from].compute(z, None, settings)
                     results["_" + metric.derived_from] = base
-                results[name] = MetricResult(metric.derive(base))
+                results[name] = derive_result(metric, base, settings)
             else:
-                results[name] = metric.compute(z, groups.of(metric.reference), settings)
+                results[name] = metric.compute(z, refs.get(metric.reference), settings)
         except MemoryError as err:  # no approximate path could take it (t outside {1, 2})
             failures[name] = f"MemoryError: {err} Lower num_samples."
         except Exception as err:  # noqa: BLE001 - recorded, training goes on

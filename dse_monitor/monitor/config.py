@@ -17,7 +17,7 @@ from ..capture.pooling import Pooling, check_pooling
 from ..capture.forward import ForwardFn
 from ..functional._checks import check_int
 from ..functional.solver import check_solver
-from ..registry import METRICS, MetricSettings, metric_key
+from ..registry import METRIC_GROUPS, METRICS, MetricSettings, expand_metrics, metric_key
 
 BatchFn = Callable[[Any], Any]
 PROBES = ("val", "train")
@@ -59,10 +59,22 @@ def _check_layers(layers: Union[str, Sequence[str]]) -> list[str]:
 
 def _check_metrics(metrics: Union[str, Sequence[str]]) -> list[str]:
     chosen = [metrics] if isinstance(metrics, str) else list(metrics)
-    unknown = [m for m in chosen if m not in METRICS]
+    unknown = [m for m in chosen if m not in METRICS and m not in METRIC_GROUPS]
     if not chosen or unknown or len(set(chosen)) != len(chosen):
-        raise ValueError(f"metrics must be distinct names among {tuple(METRICS)}, got {metrics!r}")
-    return chosen
+        raise ValueError(f"metrics must be distinct names among {tuple(METRICS)} or a group "
+                         f"{tuple(METRIC_GROUPS)}, got {metrics!r}")
+    return expand_metrics(chosen)  # "health": rankme, alpha_req, knn_acc, cka_prev
+
+
+def _check_t_values(t_values: Any) -> tuple[float, ...]:
+    values = [t_values] if isinstance(t_values, (int, float)) else t_values
+    try:
+        ok = len(values) > 0 and all(not isinstance(t, bool) and t > 0 and math.isfinite(t) for t in values)
+    except TypeError:
+        ok = False
+    if not ok or len(set(values)) != len(values):
+        raise ValueError(f"t_values must be distinct positive diffusion times such as [1, 2, 4, 8], got {t_values!r}")
+    return tuple(float(t) for t in values)
 
 
 @dataclass(frozen=True)
@@ -95,6 +107,8 @@ class MonitorConfig:
     log_spectrum: bool
     save_raw: bool
     solver: str
+    knn_k: int
+    t_values: tuple[float, ...]
 
     @classmethod
     def build(cls, arguments: Mapping[str, Any]) -> "MonitorConfig":
@@ -108,7 +122,7 @@ class MonitorConfig:
         >>> DSEMonitorCore(metrics=["dse", "entropy"])
         Traceback (most recent call last):
         ...
-        ValueError: metrics must be distinct names among ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x', 'dse_norm'), got ['dse', 'entropy']
+        ValueError: metrics must be distinct names among ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x', 'dse_norm', 'rankme', 'alpha_req', 'alpha_req_r2', 'knn_acc', 'cka_prev', 'dse_t', 'spectral_gap') or a group ('health',), got ['dse', 'entropy']
         """
         given, names = set(arguments), set(_CHECKS)
         if given != names:
@@ -137,7 +151,7 @@ class MonitorConfig:
         """The settings of every metric, before :mod:`.policies` makes sigma and t numbers per layer."""
         return MetricSettings(
             sigma=self.sigma, t=self.t, seed=self.seed, dtype=self.dtype, solver=self.solver,
-            num_repetitions=self.num_repetitions,
+            num_repetitions=self.num_repetitions, knn_k=self.knn_k, t_values=self.t_values,
         )
 
     def key(self, layer: str, metric: str) -> str:
@@ -216,4 +230,6 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "log_spectrum": bool,
     "save_raw": bool,
     "solver": check_solver,
+    "knn_k": _int("knn_k", 1, allow_none=False),
+    "t_values": _check_t_values,
 }

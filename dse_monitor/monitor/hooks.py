@@ -85,7 +85,10 @@ class DSEMonitorCore:
             ends (giving both is an error).
         at_init: also measure before the first training step (logged at step 0).
         metrics: among ``"dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x"`` and
-            ``"dse_norm"`` (DSE / log2 N) (:mod:`dse_monitor.registry`).
+            ``"dse_norm"`` (DSE / log2 N) (:mod:`dse_monitor.registry`); the health metrics
+            ``"rankme"``, ``"alpha_req"`` (with ``alpha_req_r2``), ``"knn_acc"``, ``"cka_prev"``
+            (linear CKA with the previous measurement, kept in memory only), ``"dse_t"``,
+            ``"spectral_gap"``; ``"health"`` selects the first four.
         sigma: kernel bandwidth: a number (absolute, on raw distances: the paper's; compare
             runs only at one sigma), ``"sqrt_dim"``, ``"median"`` (recomputed every
             measurement: the curve is then not on one scale) or ``"median_init"`` (the
@@ -133,6 +136,8 @@ class DSEMonitorCore:
             ``"lanczos"``. A probe too large for an exact solve in the free memory warns
             once and is measured with the streamed approximate solver. The spectrum
             histogram needs the exact path.
+        knn_k: neighbours of ``knn_acc`` (leave-one-out kNN accuracy on the probe labels).
+        t_values: diffusion times of ``dse_t``, logged as ``dse_t<t>`` (from DSE's spectrum).
 
     Example:
         >>> from dse_monitor import DSEMonitor   # or: from dse_monitor.pytorch_lightning import DSEMonitor
@@ -176,6 +181,8 @@ class DSEMonitorCore:
         log_spectrum: bool = True,
         save_raw: bool = False,
         solver: str = "auto",
+        knn_k: int = 10,
+        t_values: Sequence[float] = (1, 2, 4, 8),
     ) -> None:
         arguments = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         super().__init__()
@@ -197,6 +204,7 @@ class DSEMonitorCore:
     def _reset(self) -> None:
         """Forget the stored state (probe, groups, history) and the per-run objects."""
         self._state = MonitorState()
+        self._forget_previous()
         self._groups = ReferenceGroups()
         self._reporter.reset()
         self._last_global_step = 0
@@ -267,7 +275,12 @@ class DSEMonitorCore:
         if state.indices != self._state.indices:
             self._probe.forget_loader()
         self._state = state
+        self._forget_previous()
         self._groups = ReferenceGroups(state.label_groups, state.input_groups)
+
+    def _forget_previous(self) -> None:
+        # cka_prev's reference: each layer's features at the last measurement, in memory only (rank 0)
+        self._previous: dict[str, torch.Tensor] = {}
 
     def raw_dir(self, trainer: Any) -> str:
         """Where ``save_raw=True`` writes: ``<trainer.log_dir>/<prefix>_monitor`` (call it on every rank)."""
@@ -383,7 +396,8 @@ class DSEMonitorCore:
             try:
                 groups = make_groups(self.config, self._groups, features.labels, features.inputs,
                                      features.why_no_inputs)
-                measurement = compute_measurement(self.config, features.features, groups, step, self._state.frozen)
+                measurement = compute_measurement(self.config, features.features, groups, step, self._state.frozen,
+                                                  previous=self._previous)
                 payload = (measurement, groups, self._state.frozen)
             except Exception as err:  # rank 0 must still reach the broadcast below
                 self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "

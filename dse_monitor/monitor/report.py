@@ -3,7 +3,8 @@
 - notes of a measurement (a failed metric, NaN features, a grouping given up): every time;
 - a scale verdict (DSE pinned at 0 or log2 N by sigma): once per layer and direction;
 - a memory fallback to the streamed solver: once per run;
-- choices made (frozen sigma / t, the resolved layers): one ``logging`` info line.
+- choices made (frozen sigma / t, the resolved layers), why a metric is not logged: one
+  ``logging`` info line, each said once per run.
 """
 from __future__ import annotations
 
@@ -33,6 +34,7 @@ class Reporter:
     def reset(self) -> None:
         self.scale_warned: set[tuple[str, str]] = set()
         self.memory_warned = False
+        self.said: set[str] = set()  # info lines already said (a metric that does not apply says why once)
 
     @staticmethod
     def warn(trainer: Any, message: str) -> None:
@@ -52,7 +54,9 @@ class Reporter:
                 self.scale_warned.add((layer, direction))
                 self.warn(trainer, message)
         for line in measurement.info:
-            self.info(trainer, line)
+            if line not in self.said:
+                self.said.add(line)
+                self.info(trainer, line)
         if measurement.fallbacks and not self.memory_warned:
             self.memory_warned = True
             self.warn(trainer, measurement.fallbacks[0])

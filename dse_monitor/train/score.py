@@ -194,7 +194,7 @@ def _metrics(z: torch.Tensor, probe: Probe, settings: ScoreSettings, device: tor
         metric = METRICS[name]
         ref = groups.get(metric.reference) if metric.reference else None
         result = metric.compute(z, None if ref is None else ref.to(device), common)
-        values[name] = result.value
+        values.update(result.logged(name))  # several names (alpha_req_r2), or none where it does not apply
         if result.fallback:
             notes.append(f"{name}: {result.fallback}")
     return values, sigma, notes
