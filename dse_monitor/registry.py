@@ -61,7 +61,6 @@ from .functional import (
     diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
 )
-from .functional.spectrum import at_float32_floor
 
 __all__ = ["DEFAULT_METRICS", "DIAGNOSTICS", "HEALTH_METRICS", "METRICS", "METRIC_GROUPS", "Metric", "MetricKey",
            "MetricResult", "MetricSettings", "derive_result", "expand_metrics", "is_monitor_name", "logged_names",
@@ -228,19 +227,12 @@ def _spectrum(dse: MetricResult) -> torch.Tensor:
 
 @_applicable
 def _dse_t(dse: MetricResult, settings: Optional[MetricSettings] = None) -> MetricResult:
+    # DSE's float64 re-solve of a float32 spectrum at its rounding floor (nearly collapsed Z) also covers
+    # these: the floor's bias shrinks as t grows, and a smaller t at the floor puts DSE's own t there too.
     s = settings or MetricSettings()
-    lam = _spectrum(dse)
-    values = {_dse_t_name(t): float(v) for t, v in diffusion_entropy_at_times(lam, s.t_values).items()}
-    # A float32 spectrum whose small eigenvalues are rounding noise: DSE solved it again in float64 when
-    # that mattered at its own t, not at the others; those would be biased upwards, so they are NaN.
-    note = None
-    if s.dtype == torch.float32 and not at_float32_floor(lam.float(), s.t):
-        noisy = [t for t in s.t_values if at_float32_floor(lam.float(), t)]
-        values.update({_dse_t_name(t): float("nan") for t in noisy})
-        if noisy:
-            note = (f"at t = {', '.join(f'{t:g}' for t in noisy)} the float32 spectrum is at its rounding floor "
-                    "(nearly collapsed features); logging NaN there. Pass dtype='float64' to measure them")
-    return MetricResult(values[_dse_t_name(s.t_values[0])], values=values, note=note)
+    at = diffusion_entropy_at_times(_spectrum(dse), s.t_values)
+    values = {_dse_t_name(t): float(v) for t, v in at.items()}
+    return MetricResult(values[_dse_t_name(s.t_values[0])], values=values)
 
 
 @_applicable

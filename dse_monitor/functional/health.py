@@ -8,6 +8,7 @@ data (too few samples or dimensions, a single class, constant features) it raise
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -119,12 +120,14 @@ def knn_accuracy(z: Any, labels: Any, k: int = 10, *, chunk_entries: int = KNN_C
     """Leave-one-out accuracy of a k-nearest-neighbour majority vote over ``labels``.
 
     Each sample is classified by the labels of its k nearest other samples (Euclidean,
-    uniform weights); a tie in the vote goes to the smallest label, and among neighbours
-    equidistant at the k-th place the ones with the smaller index are taken. That is
-    what scikit-learn's ``KNeighborsClassifier(n_neighbors=k)`` fitted on the other
-    N - 1 samples predicts (its brute-force search, which it uses above 15 dimensions).
-    A duplicate of a sample counts as its neighbour at distance 0. Distances are
-    computed a chunk of rows at a time (at most ``chunk_entries`` of them held), never N x N.
+    uniform weights, a tied vote going to the smallest label): what scikit-learn's
+    ``KNeighborsClassifier(n_neighbors=k)`` fitted on the other N - 1 samples predicts
+    with its brute-force search (its choice above 15 dimensions), run on one thread.
+    Neighbours equidistant at the k-th place (duplicates, common in collapsed features)
+    are chosen as that search chooses them: by its max-heap over the samples in order
+    (:func:`_heap_neighbours`), not simply the smaller indices. A duplicate of a sample
+    is its neighbour at distance 0. Distances are computed a chunk of rows at a time (at
+    most ``chunk_entries`` held), never N x N.
 
     Raises:
         NotApplicable: fewer than k + 1 samples, or a single class.
@@ -151,17 +154,57 @@ def knn_accuracy(z: Any, labels: Any, k: int = 10, *, chunk_entries: int = KNN_C
     correct = 0
     for start in range(0, n, rows):
         q = x[start:start + rows]
+        here = torch.arange(start, start + q.shape[0], device=x.device)
         # squared distances as scikit-learn's brute search computes them (|q|^2 - 2 q.x + |x|^2)
-        d = norms[start:start + rows, None] - 2.0 * (q @ x.T) + norms[None, :]
-        d[torch.arange(q.shape[0]), torch.arange(start, start + q.shape[0])] = float("inf")  # leave one out
+        d = norms[here, None] - 2.0 * (q @ x.T) + norms[None, :]
+        d[torch.arange(q.shape[0]), here] = float("inf")  # leave one out
         kth = d.kthvalue(k, dim=1, keepdim=True).values
-        closer = d < kth
-        tied = d == kth  # equidistant at the k-th place: the smaller indices fill the remaining places
-        room = k - closer.sum(dim=1, keepdim=True)
-        chosen = closer | (tied & (tied.cumsum(dim=1) <= room))
+        # within rounding of the k-th distance: more than k candidates means a tie to break
+        tol = 1e-10 * (norms[here, None] + norms.max())
+        chosen = d <= kth + tol
         predicted = (chosen.to(torch.float64) @ votes_of).argmax(dim=1)  # first maximum: the smallest label
-        correct += int((predicted == codes[start:start + rows]).sum())
+        for row in torch.nonzero(chosen.sum(dim=1) > k).flatten().tolist():
+            neighbours = _heap_neighbours(x, start + row, k)
+            predicted[row] = votes_of[neighbours].sum(dim=0).argmax()
+        correct += int((predicted == codes[here]).sum())
     return torch.tensor(correct / n, dtype=torch.float64)
+
+
+def _heap_neighbours(x: torch.Tensor, i: int, k: int) -> torch.Tensor:
+    """The k neighbours of sample ``i`` among the others as scikit-learn's brute search picks them.
+
+    It pushes the others, in index order, on a max-heap of size k (``sklearn.utils._heap.heap_push``,
+    ported here): a candidate enters only if strictly closer than the heap's root, which it
+    replaces before sifting down. Among equidistant candidates the survivors depend on that
+    heap's layout, so it is replayed. Distances are exact differences, equal for duplicates.
+    """
+    d = ((x - x[i]) ** 2).sum(dim=1).tolist()
+    values, indices = [math.inf] * k, [-1] * k
+    for j, v in enumerate(d):
+        if j == i or v >= values[0]:
+            continue
+        cur = 0
+        while True:
+            left = 2 * cur + 1
+            right = left + 1
+            if left >= k:
+                break
+            if right >= k:
+                if not values[left] > v:
+                    break
+                swap = left
+            elif values[left] >= values[right]:
+                if not v < values[left]:
+                    break
+                swap = left
+            else:
+                if not v < values[right]:
+                    break
+                swap = right
+            values[cur], indices[cur] = values[swap], indices[swap]
+            cur = swap
+        values[cur], indices[cur] = v, j
+    return torch.tensor(indices, device=x.device)
 
 
 def linear_cka(x: Any, y: Any) -> torch.Tensor:
