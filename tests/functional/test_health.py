@@ -98,6 +98,15 @@ def test_rankme_is_the_svd_formula_and_reptrix_get_rank(digits_features, stage):
     assert 1 <= ours <= min(z.shape)
 
 
+def test_rankme_of_rank_deficient_features_is_the_svd_formula():
+    # rank 5 of 40: the Gram route's small singular values would be rounding, so these take the SVD
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(300, 5, generator=g, dtype=torch.float64) @ torch.randn(5, 40, generator=g, dtype=torch.float64)
+    s = np.linalg.svd(z.numpy(), compute_uv=False)
+    assert float(rankme(z)) == pytest.approx(float(get_rank(s)), rel=1e-10)
+    assert float(rankme(z)) < 5.1
+
+
 @pytest.mark.parametrize("stage", STAGES)
 def test_alpha_req_is_reptrix_get_alpha(digits_features, stage):
     z, _ = digits_features[stage]
