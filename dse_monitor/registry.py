@@ -48,19 +48,14 @@ import numpy as np
 import torch
 
 from .functional import (
-    NotApplicable,
-    alpha_req,
-    diffusion_entropy_at_times,
-    knn_accuracy,
-    linear_cka,
-    rankme,
-    spectral_gap,
     normalised_entropy,
     classic_shannon_entropy,
     classic_shannon_mutual_information,
     diffusion_spectral_entropy,
     diffusion_spectral_mutual_information,
 )
+from .functional.health import NotApplicable, alpha_req, diffusion_entropy_at_times, knn_accuracy, linear_cka
+from .functional.health import rankme, spectral_gap
 
 __all__ = ["DEFAULT_METRICS", "DIAGNOSTICS", "HEALTH_METRICS", "METRICS", "METRIC_GROUPS", "Metric", "MetricKey",
            "MetricResult", "MetricSettings", "derive_result", "expand_metrics", "is_monitor_name", "logged_names",
