@@ -37,7 +37,7 @@ from torch import nn
 
 from ..capture import FeatureCapture, eval_mode, resolve_layer, to_device, unpack_batch
 from ..functional import resolve_sigma
-from ..registry import DEFAULT_METRICS, METRICS, MetricSettings
+from ..registry import DEFAULT_METRICS, METRICS, MetricSettings, logged_names
 from .score_models import expand_models, load_model, parse_model
 from .score_probe import Probe, build_probe
 from .score_report import (
@@ -194,7 +194,8 @@ def _metrics(z: torch.Tensor, probe: Probe, settings: ScoreSettings, device: tor
         metric = METRICS[name]
         ref = groups.get(metric.reference) if metric.reference else None
         result = metric.compute(z, None if ref is None else ref.to(device), common)
-        values.update(result.logged(name))  # several names (alpha_req_r2), or none where it does not apply
+        # several names (alpha_req_r2); NaN where the metric does not apply, so that every row has its columns
+        values.update(result.logged(name) or dict.fromkeys(logged_names(name, common), float("nan")))
         if result.fallback:
             notes.append(f"{name}: {result.fallback}")
     return values, sigma, notes

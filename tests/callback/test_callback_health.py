@@ -207,3 +207,19 @@ def test_the_readme_early_stopping_gate_stops_a_collapsing_run_as_written(tmp_pa
     # `patience` measurements stopped the run, 96 epochs early
     assert all(a > b for a, b in zip(ranks[1:], ranks[2:])) and ranks[-1] < ranks[1] / 3
     assert scope["collapse"].stopped_epoch == trainer.current_epoch - 1 == 3 and trainer.current_epoch < 100
+
+
+def test_score_computes_the_health_metrics_through_the_registry():
+    from dse_monitor.functional import knn_accuracy, rankme
+    from dse_monitor.train.score import score
+
+    g = torch.Generator().manual_seed(0)
+    data = TensorDataset(torch.randn(60, 4, generator=g), torch.arange(60) % 3)
+    net = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    rows = score([("net", net)], data, metrics=["dse", "rankme", "alpha_req", "knn_acc"], x_size=None,
+                 num_samples=None, progress=False, dtype="float64")
+    with torch.no_grad():
+        z = net[1](net[0](data.tensors[0]))  # the penultimate features: the input of the last Linear
+    assert rows[0]["rankme"] == pytest.approx(float(rankme(z)), rel=1e-5)
+    assert rows[0]["knn_acc"] == float(knn_accuracy(z, data.tensors[1]))
+    assert math.isnan(rows[0]["alpha_req"]) and math.isnan(rows[0]["alpha_req_r2"])  # D = 8 < 110: no value
