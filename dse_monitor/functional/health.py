@@ -1,8 +1,8 @@
 """Representation-health metrics beside DSE: effective rank, spectral decay, kNN accuracy, CKA.
 
 All take features [N, D] (torch or numpy, any device) and compute in float64; each is
-at most one SVD or one pass of chunked distances, a small fraction of an exact DSE
-solve on the same N (``benchmarks/health.py``). Where a metric does not apply to the
+one D x D (or N x N, the smaller) Gram eigen-solve or one pass of chunked distances, a
+small fraction of an exact DSE solve on the same N (``benchmarks/health.py``). Where a metric does not apply to the
 data (too few samples or dimensions, a single class, constant features) it raises
 :class:`NotApplicable`, a ``ValueError`` whose message says why, never a plausible number.
 """
@@ -137,6 +137,9 @@ def alpha_req(z: Any) -> AlphaReq:
 def knn_accuracy(z: Any, labels: Any, k: int = 10, *, chunk_entries: int = KNN_CHUNK_ENTRIES) -> torch.Tensor:
     """Leave-one-out accuracy of a k-nearest-neighbour majority vote over ``labels``.
 
+    The kNN probe of representation learning (Wu et al., CVPR 2018; Caron et al., ICCV 2021),
+    here on the fixed probe itself: accuracy = (1/N) sum_i [vote_k(z_i) = y_i].
+
     Each sample is classified by the labels of its k nearest other samples (Euclidean,
     uniform weights, a tied vote going to the smallest label): what scikit-learn's
     ``KNeighborsClassifier(n_neighbors=k)`` fitted on the other N - 1 samples predicts
@@ -265,6 +268,8 @@ def linear_cka(x: Any, y: Any) -> torch.Tensor:
 def spectral_gap(eigenvalues: Any) -> torch.Tensor:
     """The spectral gap of a diffusion operator, ``1 - |lambda_2|``, from its spectrum.
 
+    The mixing rate of the random walk P = Q^-1 G (Coifman & Lafon, "Diffusion maps", 2006).
+
     ``lambda_2`` is the eigenvalue second largest in modulus (the largest is 1). A gap near
     0 means the diffusion mixes slowly: the points form nearly disconnected groups at the
     kernel's scale; near 1, one well-connected group.
@@ -283,7 +288,7 @@ def spectral_gap(eigenvalues: Any) -> torch.Tensor:
 
 
 def diffusion_entropy_at_times(eigenvalues: Any, t_values: Sequence[float]) -> dict[float, torch.Tensor]:
-    """DSE at each diffusion time of ``t_values`` from one spectrum (no further solve).
+    """DSE at each diffusion time of ``t_values`` from one spectrum (no further solve; Liao et al., 2023).
 
         DSE(t) = -sum_i a_i log2 a_i,   a_i = |lambda_i|^t / sum_j |lambda_j|^t
 
