@@ -21,9 +21,10 @@ $(VENV)/.installed-train: pyproject.toml
 $(VENV)/.installed-test: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet -e ".[train,test]"
-	# the kNN parity oracle: manylatents' metric files only (its ~30 dependencies are not needed;
-	# tests/functional/manylatents_oracle.py loads the files); its Requires-Python stops at 3.12
-	$(BIN)/pip install --quiet --no-deps --ignore-requires-python manylatents==0.1.8
+	# two oracles whose own dependencies are not needed: manylatents' metric files (the kNN kernel;
+	# ~30 dependencies; tests/functional/manylatents_oracle.py loads the files; its Requires-Python
+	# stops at 3.12) and ckatorch's torch-only core (linear CKA; its plotting pulls seaborn, pandas)
+	$(BIN)/pip install --quiet --no-deps --ignore-requires-python manylatents==0.1.8 ckatorch==1.0.3
 	touch $@ $(VENV)/.installed-train
 
 demo: $(VENV)/.installed-train

@@ -6,7 +6,8 @@ reference's variants (:mod:`.variants`), grouping of references (:mod:`.grouping
 mutual information (:mod:`.mutual_information`), the scale diagnostics (:mod:`.scale`) and the
 diffusion time from the data (:mod:`.diffusion_time`). The adaptive kNN kernel and density
 normalisation (:mod:`.knn`), its sparse operator (:mod:`.sparse_operator`) and the approximate
-solver for its indefinite spectrum (:mod:`.indefinite`).
+solver for its indefinite spectrum (:mod:`.indefinite`). The representation-health metrics
+beside DSE: RankMe, alpha-ReQ, kNN accuracy, linear CKA, the spectral gap (:mod:`.health`).
 
 Every value function returns a tensor; the rich results come from functions named for
 them: :func:`diffusion_spectral_entropy_details` (spectrum, path taken, bounds) and
@@ -21,6 +22,16 @@ from .entropy import (
     diffusion_spectral_entropy_details,
 )
 from .grouping import reference_groups
+from .health import (
+    AlphaReq,
+    NotApplicable,
+    alpha_req,
+    diffusion_entropy_at_times,
+    knn_accuracy,
+    linear_cka,
+    rankme,
+    spectral_gap,
+)
 from .kernel import diffusion_kernel, resolve_sigma, squared_distances
 from .lanczos import EntropyEstimate
 from .mutual_information import (
@@ -42,6 +53,14 @@ from .spectrum import entropy_of_spectrum
 from .variants import adjacency_spectral_entropy, matrix_entry_entropy
 
 __all__ = [
+    "AlphaReq",
+    "NotApplicable",
+    "alpha_req",
+    "diffusion_entropy_at_times",
+    "knn_accuracy",
+    "linear_cka",
+    "rankme",
+    "spectral_gap",
     "DiffusionEntropy",
     "MedianSigma",
     "diffusion_time_knee",

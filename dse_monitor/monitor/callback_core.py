@@ -99,7 +99,10 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
             ends (giving both is an error).
         at_init: also measure before the first training step (logged at step 0).
         metrics: among ``"dse", "dsmi_y", "dsmi_x", "cse", "csmi_y", "csmi_x"`` and
-            ``"dse_norm"`` (DSE / log2 N) (:mod:`dse_monitor.registry`).
+            ``"dse_norm"`` (DSE / log2 N) (:mod:`dse_monitor.registry`); the health metrics
+            ``"rankme"``, ``"alpha_req"`` (with ``alpha_req_r2``), ``"knn_acc"``, ``"cka_prev"``
+            (linear CKA with the previous measurement, kept in memory only), ``"dse_t"``,
+            ``"spectral_gap"``; ``"health"`` selects the first four.
         sigma: kernel bandwidth: a number (absolute, on raw distances: the paper's; compare
             runs only at one sigma), ``"sqrt_dim"``, ``"median"`` (recomputed every
             measurement: the curve is then not on one scale) or ``"median_init"`` (the
@@ -155,6 +158,8 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
         alpha: density normalisation in [0, 1] (0: none, the paper's). The paper's
             settings: gaussian, alpha 0, sigma 10, t 1; manylatents' defaults: knn,
             k 15, alpha 1, t 3.
+        knn_k: neighbours of ``knn_acc`` (leave-one-out kNN accuracy on the probe labels).
+        t_values: diffusion times of ``dse_t``, logged as ``dse_t<t>`` (from DSE's spectrum).
 
     Example:
         >>> from dse_monitor import DSEMonitor   # or: from dse_monitor.pytorch_lightning import DSEMonitor
@@ -202,6 +207,8 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
     kernel: _Setting[str] = _Setting()
     k: _Setting[int] = _Setting()
     alpha: _Setting[float] = _Setting()
+    knn_k: _Setting[int] = _Setting()
+    t_values: _Setting[tuple[float, ...]] = _Setting()
 
     def __init__(
         self,
@@ -234,6 +241,8 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
         kernel: str = _D.kernel,
         k: int = _D.k,
         alpha: float = _D.alpha,
+        knn_k: int = _D.knn_k,
+        t_values: Sequence[float] = _D.t_values,
     ) -> None:
         super().__init__()
         self.config = MonitorConfig(
@@ -243,6 +252,7 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
             batch_fn=batch_fn, forward_fn=forward_fn, batch_size=batch_size, cache_inputs=cache_inputs,
             reuse_validation=reuse_validation, device=device, dtype=dtype, prefix=prefix,
             log_spectrum=log_spectrum, save_raw=save_raw, solver=solver, kernel=kernel, k=k, alpha=alpha,
+            knn_k=knn_k, t_values=t_values,
         )
         self._probe = ProbeSet(self.config)
         self._reporter = Reporter(type(self)._rank_zero_info, self.config.sigma)

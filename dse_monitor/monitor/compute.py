@@ -24,7 +24,7 @@ import torch
 
 from ..capture.layer_sets import identical_layers
 from ..functional import reference_groups, scale_diagnosis, scale_warning
-from ..registry import METRICS, MetricResult, MetricSettings, parse_key
+from ..registry import METRICS, MetricResult, MetricSettings, logged_names, parse_key
 from .config import FALLBACK_CLUSTERS, MonitorConfig
 from .policies import Frozen, layer_scale
 
@@ -44,7 +44,7 @@ class ReferenceGroups:
     notes: list[str] = field(default_factory=list)
 
     def of(self, reference: Optional[str]) -> Optional[torch.Tensor]:
-        return None if reference is None else (self.labels if reference == "labels" else self.inputs)
+        return {"labels": self.labels, "inputs": self.inputs}.get(reference)
 
     def still_needed(self, config: MonitorConfig) -> tuple[bool, bool]:
         """(labels, inputs) that the next probe pass must still collect."""
@@ -156,13 +156,16 @@ def compute_measurement(
     step: int,
     frozen: Optional[Frozen] = None,
     bad_inputs: Optional[torch.Tensor] = None,
+    previous: Optional[dict[str, torch.Tensor]] = None,
 ) -> Measurement:
     """Every configured metric of every layer, plus its ``sigma_ratio``; a failing metric is skipped alone.
 
     ``frozen`` holds the per-layer sigma / t chosen at a first measurement
     (``"median_init"``, ``"knee"``) and is completed here for new layers. ``bad_inputs``
     (``[N]`` 0/1, from the probe pass): samples whose inputs hold NaN/Inf, named instead
-    of blaming the training when a layer's features are not finite.
+    of blaming the training when a layer's features are not finite. ``previous``
+    holds each layer's features at the previous measurement (``cka_prev``'s reference)
+    and is updated here with this measurement's (None: ``cka_prev`` is not logged).
     """
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
@@ -173,12 +176,16 @@ def compute_measurement(
         if config.device is not None:
             z = z.to(config.device)
         out.shapes[layer] = (int(z.shape[0]), int(z.shape[1]) if z.ndim > 1 else 0)
-        metrics = [m for m in config.metrics
-                   if METRICS[m].reference is None or groups.of(METRICS[m].reference) is not None]
+        refs = {"labels": groups.labels, "inputs": groups.inputs, "previous": None}
+        if previous is not None and "previous" in config.references():
+            refs["previous"] = previous.get(layer)
+            previous[layer] = z.detach().to("cpu", copy=True)  # the next measurement's reference
+        metrics = [m for m in config.metrics if METRICS[m].reference is None or refs[METRICS[m].reference] is not None]
         if not bool(torch.isfinite(z).all()):
             out.notes.append(f"DSEMonitor: layer {layer!r} has NaN/Inf features at epoch {step}; "
                              f"logging NaN for its metrics ({_nonfinite_cause(bad_inputs)}).")
-            out.values.update({config.key(layer, m): float("nan") for m in metrics})
+            out.values.update({config.key(layer, k): float("nan") for m in metrics
+                               for k in logged_names(m, config.settings())})
             continue
         try:
             scale = layer_scale(config, layer, z, frozen)
@@ -195,12 +202,14 @@ def compute_measurement(
         ratio = scale.median / scale.settings.sigma
         if gaussian:
             out.values[config.key(layer, "sigma_ratio")] = ratio
-        results, failures = _layer_metrics(z, metrics, groups, scale.settings)
+        results, failures = _layer_metrics(z, metrics, refs, scale.settings)
         for name in metrics:
             result = results.get(name)
             if result is None:  # failed: in failures
                 continue
-            out.values[config.key(layer, name)] = result.value
+            if result.note is not None:  # why a value is NaN or not logged (said once per run)
+                out.info.append(f"DSEMonitor: {name} of layer {layer!r}: {result.note}.")
+            out.values.update({config.key(layer, k): v for k, v in result.logged(name).items()})
             if result.eigenvalues is not None:
                 out.spectra[layer] = result.eigenvalues
             if result.fallback is not None:
@@ -225,7 +234,7 @@ def compute_measurement(
 
 
 def _layer_metrics(
-    z: torch.Tensor, metrics: list[str], groups: ReferenceGroups, settings: MetricSettings
+    z: torch.Tensor, metrics: list[str], refs: dict[str, Optional[torch.Tensor]], settings: MetricSettings
 ) -> tuple[dict[str, MetricResult], dict[str, str]]:
     """The metrics of one layer by name, plus the bases that derived ones computed (each computed once)."""
     results: dict[str, MetricResult] = {}
@@ -235,7 +244,7 @@ def _layer_metrics(
             continue
         metric = METRICS[name]
         try:
-            results[name] = metric.compute(z, groups.of(metric.reference), settings, results)
+            results[name] = metric.compute(z, refs.get(metric.reference), settings, results)
         except MemoryError as err:  # no approximate path could take it (t outside {1, 2})
             failures[name] = f"MemoryError: {err} Lower num_samples."
         except Exception as err:  # noqa: BLE001 - recorded, training goes on

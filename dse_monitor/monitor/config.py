@@ -14,7 +14,7 @@ Example:
     >>> MonitorConfig(metrics=["dse", "entropy"])
     Traceback (most recent call last):
     ...
-    ValueError: metrics must be distinct names among ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x', 'dse_norm'), got ['dse', 'entropy']
+    ValueError: metrics must be distinct names among ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x', 'dse_norm', 'rankme', 'alpha_req', 'alpha_req_r2', 'knn_acc', 'cka_prev', 'dse_t', 'spectral_gap') or a group ('health',), got ['dse', 'entropy']
 """
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ from ..functional._checks import check_int
 from ..functional.diffusion_time import T_MAX
 from ..functional.knn import DEFAULT_K, check_alpha, check_kernel
 from ..functional.solver import check_solver
-from ..registry import DEFAULT_METRICS, METRICS, MetricSettings, metric_key
+from ..registry import DEFAULT_METRICS, METRIC_GROUPS, METRICS, MetricSettings, expand_metrics, metric_key
 
 BatchFn = Callable[[Any], Any]
 PROBES = ("val", "train")
@@ -136,6 +136,8 @@ class MonitorConfig:
     kernel: str = "gaussian"
     k: int = DEFAULT_K
     alpha: float = 0.0
+    knn_k: int = 10
+    t_values: Sequence[float] = (1, 2, 4, 8)
 
     def __post_init__(self) -> None:
         if self.every_n_epochs is not None and self.every_n_train_steps is not None:
@@ -165,7 +167,8 @@ class MonitorConfig:
         """The settings of every metric, before :mod:`.policies` makes sigma and t numbers per layer."""
         return MetricSettings(
             sigma=self.sigma, t=self.t, seed=self.seed, dtype=self.dtype, solver=self.solver,
-            num_repetitions=self.num_repetitions, kernel=self.kernel, k=self.k, alpha=self.alpha,
+            num_repetitions=self.num_repetitions, kernel=self.kernel, k=self.k, alpha=self.alpha, knn_k=self.knn_k,
+            t_values=self.t_values,
         )
 
     def key(self, layer: str, metric: str) -> str:
@@ -185,10 +188,22 @@ def _check_layers(layers: Union[str, Sequence[str]]) -> list[str]:
 
 def _check_metrics(metrics: Union[str, Sequence[str]]) -> list[str]:
     chosen = [metrics] if isinstance(metrics, str) else list(metrics)
-    unknown = [m for m in chosen if m not in METRICS]
+    unknown = [m for m in chosen if m not in METRICS and m not in METRIC_GROUPS]
     if not chosen or unknown or len(set(chosen)) != len(chosen):
-        raise ValueError(f"metrics must be distinct names among {tuple(METRICS)}, got {metrics!r}")
-    return chosen
+        raise ValueError(f"metrics must be distinct names among {tuple(METRICS)} or a group "
+                         f"{tuple(METRIC_GROUPS)}, got {metrics!r}")
+    return expand_metrics(chosen)  # "health": rankme, alpha_req, knn_acc, cka_prev
+
+
+def _check_t_values(t_values: Any) -> tuple[float, ...]:
+    values = [t_values] if isinstance(t_values, (int, float)) else t_values
+    try:
+        ok = len(values) > 0 and all(not isinstance(t, bool) and t > 0 and math.isfinite(t) for t in values)
+    except TypeError:
+        ok = False
+    if not ok or len(set(values)) != len(values):
+        raise ValueError(f"t_values must be distinct positive diffusion times such as [1, 2, 4, 8], got {t_values!r}")
+    return tuple(float(t) for t in values)
 
 
 def _check_probe(probe: Any) -> Any:
@@ -254,4 +269,6 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "kernel": check_kernel,
     "k": _int("k", 1, allow_none=False),
     "alpha": check_alpha,
+    "knn_k": _int("knn_k", 1, allow_none=False),
+    "t_values": _check_t_values,
 }

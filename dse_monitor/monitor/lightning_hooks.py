@@ -27,6 +27,7 @@ class LightningHooks(MonitorParts):
     def _reset(self) -> None:
         """Forget the stored state (probe, groups, history) and the per-run objects."""
         self._state = MonitorState()
+        self._previous = {}  # cka_prev's reference: each layer's last features, in memory only (rank 0)
         self._groups = ReferenceGroups()
         self._reporter.reset()
         self._last_global_step = 0
@@ -50,6 +51,7 @@ class LightningHooks(MonitorParts):
         if state.indices != self._state.indices:
             self._probe.forget_loader()
         self._state = state
+        self._previous = {}  # not checkpointed: cka_prev is not logged at the first measurement after a resume
         self._groups = ReferenceGroups(state.label_groups, state.input_groups)
 
     # ------------------------------------------------------------------ hooks

@@ -5,9 +5,10 @@
   except the paper's own start (below);
 - identical layers measured once: one info line per pair;
 - a memory fallback to the streamed solver: once per run;
-- choices made (frozen sigma / t, the resolved layers, the validation-reuse check): one
-  info line, on rank zero, through the Lightning distribution's ``rank_zero_info`` (so it
-  shows where Lightning's own "GPU available" lines do), else ``logging`` ("dse_monitor").
+- choices made (frozen sigma / t, the resolved layers, the validation-reuse check), why a
+  metric is not logged: one info line (each line of a measurement once per run), on rank
+  zero, through the Lightning distribution's ``rank_zero_info`` (so it shows where
+  Lightning's own "GPU available" lines do), else ``logging`` ("dse_monitor").
 
 The paper's start. With an absolute sigma (the paper's 10, the default) a network at
 initialisation often has its features within sigma of each other, so DSE starts near 0:
@@ -68,6 +69,7 @@ class Reporter:
         #: ``(kind, message)`` of everything said on rank zero, kind "warning" or "info".
         self.said: list[tuple[str, str]] = []
         self.sent = 0
+        self.info_said: set[str] = set()  # a measurement's info lines (a metric that does not apply) said once
 
     def unsent(self) -> list[tuple[str, str]]:
         """What was said since the last call (for the TensorBoard text of the run's messages)."""
@@ -110,7 +112,9 @@ class Reporter:
                 self.info(trainer, f"DSEMonitor: layers {original!r} and {duplicate!r} give identical pooled "
                                    f"features; measured once, logged under both names.")
         for line in measurement.info:
-            self.info(trainer, line)
+            if line not in self.info_said:
+                self.info_said.add(line)
+                self.info(trainer, line)
         if measurement.fallbacks and not self.memory_warned:
             self.memory_warned = True
             self.warn(trainer, measurement.fallbacks[0])

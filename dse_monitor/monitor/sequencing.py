@@ -43,6 +43,7 @@ class MonitorParts:
     _reuse: ValidationReuse
     _sinks: Sinks
     _last_global_step: int
+    _previous: dict[str, torch.Tensor]
 
 
 class MeasurementSequence(MonitorParts):
@@ -85,7 +86,8 @@ class MeasurementSequence(MonitorParts):
         payload = None
         if trainer.is_global_zero:
             try:
-                measurement = measure_features(self.config, features, self._groups, step, self._state.frozen)
+                measurement = measure_features(self.config, features, self._groups, step, self._state.frozen,
+                                               previous=self._previous)
                 payload = (measurement, measurement.groups, self._state.frozen)
             except Exception as err:  # rank 0 must still reach the broadcast below
                 self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "

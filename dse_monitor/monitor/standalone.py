@@ -55,11 +55,14 @@ def measure_features(
     known: ReferenceGroups,
     step: int = 0,
     frozen: Optional[Frozen] = None,
+    previous: Optional[dict[str, torch.Tensor]] = None,
 ) -> Measurement:
     """The compute step: complete the reference groups ``known`` from the collected labels and
-    inputs, then every metric of every layer (pure; the callback runs it on rank zero)."""
+    inputs, then every metric of every layer (pure; the callback runs it on rank zero).
+    ``previous``: each layer's features at the previous measurement (``cka_prev``), updated here."""
     groups = make_groups(config, known, features.labels, features.inputs, features.why_no_inputs)
-    return compute_measurement(config, features.features, groups, step, frozen, bad_inputs=features.bad_inputs)
+    return compute_measurement(config, features.features, groups, step, frozen, bad_inputs=features.bad_inputs,
+                               previous=previous)
 
 
 def measure(

@@ -9,6 +9,9 @@ titled as in the paper::
       DSE(Z)       dse/<layer>/dse        (one line per layer)
       DSMI(Z;Y)    dse/<layer>/dsmi_y
       DSMI(Z;X)    dse/<layer>/dsmi_x
+    Health (the representation-health metrics, when chosen)
+      RankMe(Z)    dse/<layer>/rankme$
+      ...
 
 Colours: TensorBoard's custom-scalars charts colour a line by its *run* (the frontend
 parses the run out of "tag (run)"; the layout proto has no colour field), so the layers of
@@ -24,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..registry import title
+from ..registry import HEALTH_METRICS, title
 from .heatmap import heatmap_figure
 
 
@@ -34,9 +37,28 @@ def scalar_layout(prefix: str, layers: Sequence[str], metrics: Sequence[str]) ->
 
     >>> scalar_layout("dse", ["penultimate"], ["dse", "dsmi_y"])
     {'DSE monitor (dse)': {'DSE(Z)': ['Multiline', ['dse/penultimate/dse']], 'DSMI(Z;Y)': ['Multiline', ['dse/penultimate/dsmi_y']]}}
+
+    The health metrics get their own section, ``Health (<prefix>)``, with anchored tag
+    patterns (TensorBoard matches a chart's tags as regular expressions from the start):
+
+    >>> scalar_layout("dse", ["penultimate"], ["dse", "rankme"])["Health (dse)"]
+    {'RankMe(Z)': ['Multiline', ['dse/penultimate/rankme$']]}
     """
-    charts = {title(m): ["Multiline", [f"{prefix}/{layer}/{m}" for layer in layers]] for m in metrics}
-    return {f"DSE monitor ({prefix})": charts}
+    charts = {title(m): ["Multiline", [f"{prefix}/{layer}/{m}" for layer in layers]]
+              for m in metrics if m not in HEALTH_METRICS}
+    layout = {f"DSE monitor ({prefix})": charts} if charts else {}
+    health = {title(name): ["Multiline", [f"{prefix}/{layer}/{pattern}$" for layer in layers]]
+              for m in metrics if m in HEALTH_METRICS for name, pattern in _HEALTH_CHARTS.get(m, ((m, m),))}
+    if health:
+        layout[f"Health ({prefix})"] = health
+    return layout
+
+
+#: Health metrics charted under other names than their own: (title's name, tag pattern).
+_HEALTH_CHARTS = {
+    "alpha_req": (("alpha_req", "alpha_req"), ("alpha_req_r2", "alpha_req_r2")),
+    "dse_t": (("dse_t", r"dse_t[0-9.e+-]+"),),  # one chart, a line per t and layer
+}
 
 
 _LAYOUTS: "weakref.WeakKeyDictionary[Any, dict]" = weakref.WeakKeyDictionary()

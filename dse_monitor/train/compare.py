@@ -376,7 +376,7 @@ def plot(curves: dict[str, dict[Any, dict[int, tuple[float, float, int]]]], grou
         layer = f" — {'/'.join(parts[1:-1])}" if len(parts) >= 3 and parts[1:-1] != ["penultimate"] else ""
         ax.set_title(TITLES.get(metric, tag) + layer)
         ax.set_xlabel("global step" if x == "step" else "epoch")
-        ax.set_ylabel("bits" if metric in MONITOR_METRICS else ("accuracy" if "acc" in metric else metric))
+        ax.set_ylabel(METRICS[metric].unit if metric in METRICS else ("accuracy" if "acc" in metric else metric))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     axes[0][0].legend(title=group_by, fontsize=8, title_fontsize=8)

@@ -38,7 +38,7 @@ from torch import nn
 from ..monitor import Measurement, MonitorConfig, ReferenceGroups, measure
 from ..monitor.collect import MissingLabelsError
 from ..monitor.config import check_sigma, check_t
-from ..registry import DEFAULT_METRICS
+from ..registry import DEFAULT_METRICS, logged_names
 from .score_models import expand_models, load_model, parse_model
 from .score_probe import Probe, ProbeAccuracy, build_probe
 from .score_report import (
@@ -104,6 +104,12 @@ class ScoreSettings:
            **settings: Any) -> "ScoreSettings":
         """The settings of ``score``: the penultimate layer, its defaults (sqrt(D), float64), the rest as given."""
         return cls(split, MonitorConfig(layers="penultimate", sigma=sigma, dtype=dtype, **settings))
+
+    @property
+    def columns(self) -> list[str]:
+        """The names each model's row holds: every logged name of every metric (``alpha_req_r2``, ``dse_t<t>``)."""
+        settings = self.config.settings()
+        return [name for metric in self.config.metrics for name in logged_names(metric, settings)]
 
     def record(self) -> dict[str, str]:
         """The settings as the strings written to (and compared in) ``scores.csv``."""
@@ -185,7 +191,7 @@ def _score_one(spec_text: str, module: nn.Module | None, probe: Probe, settings:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    layer, values, notes = _values(measurement, settings.config.metrics)
+    layer, values, notes = _values(measurement, settings.columns)
     n, dim = measurement.shapes[layer]
     row: dict[str, Any] = {"model": spec_text, "kind": kind, "accuracy": acc,
                            "accuracy_source": "probe" if acc is not None else "none", **values,
@@ -276,7 +282,7 @@ def score(
     settings = ScoreSettings.of(split, num_samples=num_samples, seed=seed, sigma=sigma, t=t, n_clusters=n_clusters,
                                 x_size=x_size, metrics=metrics, dtype=dtype, num_repetitions=num_repetitions,
                                 batch_size=batch_size)
-    metrics = settings.config.metrics
+    metrics = settings.columns
     items = _model_items(models)
     given_acc = read_accuracy_file(accuracy) if isinstance(accuracy, (str, Path)) else dict(accuracy or {})
     device = torch.device(device) if device is not None else _default_device()

@@ -10,7 +10,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import dse_monitor as dm
 from dse_monitor.monitor import DSEMonitorCore, MonitorConfig
-from dse_monitor.registry import METRICS, MetricSettings
+from dse_monitor.registry import METRICS, logged_names, MetricSettings
 
 
 class DictImages(Dataset):
@@ -42,7 +42,9 @@ def test_tuple_and_dict_batches_and_config_or_keywords_give_the_same_measurement
     config = MonitorConfig(metrics=list(METRICS), sigma="median", num_samples=50, x_size=4, batch_size=16)
     m = dm.measure(net, data, config)
     assert m.shapes == {"penultimate": (50, 10)} and not m.failures
-    assert set(m.of_layer("penultimate")) == {*METRICS, "sigma_ratio"}
+    logged = {name for metric in METRICS for name in logged_names(metric, config.settings())}
+    not_applicable = {"cka_prev", "alpha_req", "alpha_req_r2"}  # a first measurement; D = 10 < 110
+    assert set(m.of_layer("penultimate")) == logged - not_applicable | {"sigma_ratio"}
     values = m.of_layer("penultimate")
     assert values["dse_norm"] == pytest.approx(values["dse"] / math.log2(50), abs=1e-12)
     as_dicts = dm.measure(net, DataLoader(DictImages(data), batch_size=16), metrics=list(METRICS), sigma="median",
@@ -86,8 +88,10 @@ def test_every_registry_metric_computes_through_one_interface():
     settings = MetricSettings(sigma=2.0, solver="exact")
     computed = {}
     for name, metric in METRICS.items():
-        computed[name] = metric.compute(z, None if metric.reference is None else labels, settings, computed)
-        assert math.isfinite(computed[name].value), name
+        ref = {None: None, "previous": z.flip(0)}.get(metric.reference, labels)  # cka_prev: other features
+        computed[name] = result = metric.compute(z, ref, settings, computed)
+        # a value, or (alpha_req on D = 3 < 110) nothing logged, and why
+        assert math.isfinite(result.value) or (result.values == {} and result.note), name
     assert computed["dse_norm"].value == computed["dse"].value / math.log2(40)
     alone = {}
     METRICS["dse_norm"].compute(z, None, settings, alone)

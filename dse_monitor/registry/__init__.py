@@ -16,6 +16,14 @@ csmi_x     CSMI(Z;X)    inputs     the same, on clusters of the probe inputs
 dse_norm   DSE(Z)/log2N none       derived from ``dse``: DSE / log2 N, in [0, 1]
 =========  ===========  =========  ==============================================
 
+The representation-health metrics (:data:`HEALTH_METRICS`, :mod:`dse_monitor.functional.health`):
+``rankme``, ``alpha_req`` (also logs ``alpha_req_r2``), ``knn_acc`` (labels, ``knn_k``
+neighbours), ``cka_prev`` (linear CKA with the same layer's previous measurement) and,
+from DSE's spectrum at no extra solve, ``dse_t`` (``dse_t<t>`` for each t of ``t_values``)
+and ``spectral_gap``; ``metrics="health"`` selects the first four. Where one does not
+apply (e.g. ``alpha_req`` with min(N, D) < 110) its result has ``values == {}`` and a
+``note`` saying why: nothing is logged.
+
 Diagnostics (:data:`DIAGNOSTICS`) are named here too but produced by the monitor
 itself: ``sigma_ratio`` (median pairwise distance / sigma, every measurement), and the
 values frozen at a layer's first measurement, ``sigma`` (``sigma="median_init"``) and
@@ -23,7 +31,7 @@ values frozen at a layer's first measurement, ``sigma`` (``sigma="median_init"``
 
 Example:
     >>> [m.name for m in METRICS.values() if m.reference == "labels"]
-    ['dsmi_y', 'csmi_y']
+    ['dsmi_y', 'csmi_y', 'knn_acc']
     >>> METRICS["dsmi_x"].title
     'DSMI(Z;X)'
     >>> z = torch.eye(4) * 100
@@ -32,53 +40,36 @@ Example:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from typing import Callable, Literal, Optional, Union
+from typing import Callable, Literal, Optional, Sequence, Union
 
-import numpy as np
 import torch
 
-from .functional import (
-    normalised_entropy,
-    classic_shannon_entropy,
-    classic_shannon_mutual_information,
-    diffusion_spectral_entropy_details,
-    diffusion_spectral_mutual_information_terms,
+from .computations import (
+    MetricResult,
+    MetricSettings,
+    _alpha_req,
+    _alpha_req_r2,
+    _cka_prev,
+    _cse,
+    _csmi,
+    _dse,
+    _dse_norm,
+    _dse_t,
+    _dse_t_name,
+    _dsmi,
+    _knn_acc,
+    _rankme,
+    _spectral_gap,
 )
 
-__all__ = ["DEFAULT_METRICS", "DIAGNOSTICS", "METRICS", "Metric", "MetricKey", "MetricResult", "MetricSettings",
-           "is_monitor_name", "metric_key", "metric_names", "parse_key", "title"]
+__all__ = ["DEFAULT_METRICS", "DIAGNOSTICS", "HEALTH_METRICS", "METRICS", "METRIC_GROUPS", "Metric", "MetricKey",
+           "MetricResult", "MetricSettings", "derive_result", "expand_metrics", "is_monitor_name", "logged_names",
+           "metric_key", "metric_names", "parse_key", "title"]
 
-Reference = Optional[Literal["labels", "inputs"]]
-
-
-@dataclass(frozen=True)
-class MetricSettings:
-    """How every metric of one measurement is computed (a resolved numeric sigma or a policy name)."""
-
-    sigma: Union[float, str] = 10.0
-    t: float = 1.0
-    seed: int = 0
-    dtype: Optional[torch.dtype] = None
-    solver: str = "auto"
-    num_repetitions: int = 5
-    #: An exact solve that does not fit in memory streams instead of failing (the monitor's choice).
-    memory_fallback: bool = True
-    #: The diffusion kernel: "gaussian" (sigma) or "knn" (k neighbours); alpha: density normalisation.
-    kernel: str = "gaussian"
-    k: int = 15
-    alpha: float = 0.0
-
-
-@dataclass(frozen=True)
-class MetricResult:
-    """One metric of one layer: the value in bits, the DSE spectrum (exact path), why a fallback was taken."""
-
-    value: float
-    eigenvalues: Optional[np.ndarray] = None
-    fallback: Optional[str] = None
-    #: Points the value was computed on (DSE: after the ``max_n`` subsample).
-    n: Optional[int] = None
+#: ``"previous"``: the same layer's features at the previous measurement (``cka_prev``).
+Reference = Optional[Literal["labels", "inputs", "previous"]]
 
 
 Compute = Callable[[torch.Tensor, Optional[torch.Tensor], MetricSettings], MetricResult]
@@ -99,7 +90,12 @@ class Metric:
     fn: Optional[Compute]
     description: str
     derived_from: Optional[str] = None
-    derive: Optional[Callable[[MetricResult], float]] = None
+    #: ``derive(base_result, settings)`` -> a number or a :class:`MetricResult`.
+    derive: Optional[Callable[..., Union[float, MetricResult]]] = None
+    #: Unit of the value (the y-axis of the charts).
+    unit: str = "bits"
+    #: The names this metric logs when not just its own (given the settings).
+    names: Optional[Callable[[MetricSettings], tuple[str, ...]]] = None
 
     def __post_init__(self) -> None:
         if (self.fn is None) == (self.derived_from is None) or (self.derived_from is None) != (self.derive is None):
@@ -122,44 +118,7 @@ class Metric:
         base = computed.get(self.derived_from)
         if base is None:
             base = computed[self.derived_from] = METRICS[self.derived_from].compute(z, groups, settings, computed)
-        return MetricResult(self.derive(base))  # type: ignore[misc]  # set with derived_from (__post_init__)
-
-
-def _dse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
-    res = diffusion_spectral_entropy_details(
-        z, s.sigma, s.t, seed=s.seed, dtype=s.dtype, solver=s.solver, memory_fallback=s.memory_fallback,
-        kernel=s.kernel, k=s.k, alpha=s.alpha,
-    )
-    lam = None if res.eigenvalues is None else res.eigenvalues.detach().cpu().double().numpy()
-    return MetricResult(float(res.value), lam, res.fallback, res.n)
-
-
-def _dsmi(z: torch.Tensor, groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
-    terms = diffusion_spectral_mutual_information_terms(
-        z, groups=groups, sigma=s.sigma, t=s.t, num_repetitions=s.num_repetitions, seed=s.seed, dtype=s.dtype,
-        solver=s.solver, memory_fallback=s.memory_fallback, kernel=s.kernel, k=s.k, alpha=s.alpha,
-    )
-    return MetricResult(float(terms.value), None, terms.fallback)
-
-
-def _dse_norm(dse: MetricResult) -> float:
-    return normalised_entropy(dse.value, dse.n) if dse.n and dse.n > 1 else 0.0
-
-
-#: The binning baselines bin in float64 whatever ``MetricSettings.dtype`` says: binning is cheap, and a
-#: sample on a bin edge must fall on the side the reference puts it.
-BINNING_DTYPE = torch.float64
-
-
-def _cse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
-    return MetricResult(float(classic_shannon_entropy(z, dtype=BINNING_DTYPE)))
-
-
-def _csmi(z: torch.Tensor, groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
-    value = classic_shannon_mutual_information(
-        z, groups=groups, num_repetitions=s.num_repetitions, seed=s.seed, dtype=BINNING_DTYPE
-    )
-    return MetricResult(float(value))
+        return derive_result(self, base, settings)
 
 
 _ENTRIES = (
@@ -171,12 +130,31 @@ _ENTRIES = (
     Metric("csmi_x", "CSMI(Z;X)", "inputs", _csmi, "binning mutual information with input clusters"),
     Metric("dse_norm", "DSE(Z) / log2 N", None, None, "DSE normalised to [0, 1] by its maximum log2 N",
            derived_from="dse", derive=_dse_norm),
+    Metric("rankme", "RankMe(Z)", None, _rankme, "effective rank of the features, in [1, min(N, D)]",
+           unit="effective rank"),
+    Metric("alpha_req", "alpha-ReQ(Z)", None, _alpha_req, "power-law decay exponent of the covariance spectrum",
+           unit="decay exponent", names=lambda s: ("alpha_req", "alpha_req_r2")),
+    Metric("alpha_req_r2", "alpha-ReQ fit R^2", None, None, "R^2 of alpha-ReQ's fit over eigenvalues 11..100",
+           derived_from="alpha_req", derive=_alpha_req_r2, unit="R^2"),
+    Metric("knn_acc", "kNN accuracy(Z;Y)", "labels", _knn_acc, "leave-one-out kNN accuracy on the probe labels",
+           unit="accuracy"),
+    Metric("cka_prev", "CKA(Z, Z_prev)", "previous", _cka_prev, "linear CKA with the previous measurement",
+           unit="CKA"),
+    Metric("dse_t", "DSE(Z) at t", None, None, "DSE at each t of t_values, from DSE's spectrum",
+           derived_from="dse", derive=_dse_t, names=lambda s: tuple(_dse_t_name(t) for t in s.t_values)),
+    Metric("spectral_gap", "spectral gap 1 - |lambda_2|", None, None, "1 - |lambda_2| of the diffusion operator",
+           derived_from="dse", derive=_spectral_gap, unit="gap"),
 )
 
 #: Every metric by name, in the order of the logs and the charts.
 METRICS: dict[str, Metric] = {m.name: m for m in _ENTRIES}
 #: What the monitor measures unless told otherwise (the paper's three curves).
 DEFAULT_METRICS = ("dse", "dsmi_y", "dsmi_x")
+#: The representation-health metrics (the "Health" section of the TensorBoard layout).
+HEALTH_METRICS = ("rankme", "alpha_req", "alpha_req_r2", "knn_acc", "cka_prev", "dse_t", "spectral_gap")
+#: Names that select several metrics at once in ``metrics=``.
+METRIC_GROUPS = {"health": ("rankme", "alpha_req", "knn_acc", "cka_prev")}
+_DSE_T = re.compile(r"dse_t(\d+(\.\d+)?(e[+-]?\d+)?)")
 #: Names the monitor logs beside the metrics, with their chart titles.
 DIAGNOSTICS = {
     "sigma_ratio": "median distance / sigma",
@@ -188,19 +166,51 @@ DIAGNOSTICS = {
 def metric_names() -> tuple[str, ...]:
     """The metric names, in registry order.
 
-    >>> metric_names()
+    >>> metric_names()[:7]
     ('dse', 'dsmi_y', 'dsmi_x', 'cse', 'csmi_y', 'csmi_x', 'dse_norm')
     """
     return tuple(METRICS)
 
 
+def expand_metrics(names: Sequence[str]) -> list[str]:
+    """``names`` with each group (:data:`METRIC_GROUPS`) replaced by its members, each metric once.
+
+    >>> expand_metrics(["dse", "health"])
+    ['dse', 'rankme', 'alpha_req', 'knn_acc', 'cka_prev']
+    """
+    out: list[str] = []
+    for name in names:
+        out.extend(m for m in METRIC_GROUPS.get(name, (name,)) if m not in out)
+    return out
+
+
+def logged_names(name: str, settings: MetricSettings) -> tuple[str, ...]:
+    """The names under which the metric ``name`` is logged.
+
+    >>> logged_names("dse_t", MetricSettings(t_values=(1, 2.5))), logged_names("dse", MetricSettings())
+    (('dse_t1', 'dse_t2.5'), ('dse',))
+    """
+    metric = METRICS[name]
+    return metric.names(settings) if metric.names is not None else (name,)
+
+
+def derive_result(metric: Metric, base: MetricResult, settings: MetricSettings) -> MetricResult:
+    """A derived metric's result from its base's (a base that does not apply makes it not apply either)."""
+    if base.values == {}:
+        return base
+    out = metric.derive(base, settings)
+    return out if isinstance(out, MetricResult) else MetricResult(float(out), note=base.note)
+
+
 def title(name: str) -> str:
     """The chart title of a metric (or the name itself for other scalars, e.g. ``val_acc``).
 
-    >>> title("dsmi_y"), title("val_acc")
-    ('DSMI(Z;Y)', 'val_acc')
+    >>> title("dsmi_y"), title("val_acc"), title("dse_t4")
+    ('DSMI(Z;Y)', 'val_acc', 'DSE(Z) at t=4')
     """
     metric = METRICS.get(name)
+    if metric is None and _DSE_T.fullmatch(name):
+        return f"{METRICS['dse_t'].title}={name[len('dse_t'):]}"
     return metric.title if metric is not None else DIAGNOSTICS.get(name, name)
 
 
@@ -209,8 +219,10 @@ def is_monitor_name(name: str) -> bool:
 
     >>> is_monitor_name("dsmi_x"), is_monitor_name("sigma_ratio"), is_monitor_name("val_acc")
     (True, True, False)
+    >>> is_monitor_name("dse_t2"), is_monitor_name("dse_tx")
+    (True, False)
     """
-    return name in METRICS or name in DIAGNOSTICS
+    return name in METRICS or name in DIAGNOSTICS or _DSE_T.fullmatch(name) is not None
 
 
 @dataclass(frozen=True)
