@@ -26,9 +26,9 @@ $(VENV)/.installed-test: pyproject.toml
 demo: $(VENV)/.installed-train
 	$(BIN)/dse-monitor fit --config configs/digits.yaml
 
-# pytest's exit status 5 (no tests collected) is not a failure here
+# the suite always has tests: pytest's "no tests collected" (exit 5) fails this too
 test: $(VENV)/.installed-test
-	$(BIN)/python -m pytest -q || test $$? -eq 5
+	$(BIN)/python -m pytest -q
 
 $(OLDEST)/.installed: $(VENV)/.installed-test .ci/oldest_lightning.py
 	rm -rf $(OLDEST)
@@ -40,7 +40,7 @@ $(OLDEST)/.installed: $(VENV)/.installed-test .ci/oldest_lightning.py
 
 test-oldest: $(OLDEST)/.installed
 	$(OLDEST)/bin/python -c "import lightning, pytorch_lightning; print('oldest: lightning', lightning.__version__, '/ pytorch-lightning', pytorch_lightning.__version__)"
-	$(OLDEST)/bin/python -m pytest -q tests/callback || test $$? -eq 5
+	$(OLDEST)/bin/python -m pytest -q tests/callback
 
 bench: $(VENV)/.installed-test
 	$(BIN)/python benchmarks/run.py

@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="CSV with model and accuracy columns (e.g. published top-1), used over the probe accuracy")
     p.add_argument("--device", default=None, help="cpu or cuda (default cuda when available)")
     p.add_argument("--batch-size", type=int, default=None, help="probe batch size (default the data's)")
+    p.add_argument("--group-by", default=None,
+                   help="colour the points of scores.png by this hyperparameter of each checkpoint's run "
+                        "(dotted, as in `dse-monitor compare`, e.g. data.label_noise)")
     p.add_argument("--model-class", default=None,
                    help="LightningModule class of the checkpoints (default dse_monitor.train.model.ImageClassifier)")
     return p
@@ -131,6 +134,8 @@ def score_main(argv: Sequence[str]) -> int:
             print(f"dse-monitor score: {err}", file=sys.stderr)
             return 2
     out = Path(args.out)
+    if args.group_by is not None:
+        _redraw_grouped(out, metrics, args.group_by)
     print(f"dse-monitor score: {len(rows)} of the given models are in {out / 'scores.csv'}; "
           f"{out / 'correlation.csv'} and {out / 'scores.png'} cover every model there")
     if rows.failed:
@@ -140,3 +145,11 @@ def score_main(argv: Sequence[str]) -> int:
             print(f"  {name}: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _redraw_grouped(out: Path, metrics: Sequence[str], group_by: str) -> None:
+    """``scores.png`` of every model in ``scores.csv``, the points coloured by ``group_by``."""
+    from .score_report import ScoresFile, correlations, write_scatter
+
+    every = ScoresFile(out / "scores.csv").read()
+    write_scatter(every, correlations(every, metrics), metrics, out / "scores.png", group_by=group_by)
