@@ -136,8 +136,11 @@ def score_main(argv: Sequence[str]) -> int:
     out = Path(args.out)
     if args.group_by is not None:
         _redraw_grouped(out, metrics, args.group_by)
-    print(f"dse-monitor score: {len(rows)} of the given models are in {out / 'scores.csv'}; "
-          f"{out / 'correlation.csv'} and {out / 'scores.png'} cover every model there")
+    if rows:
+        print(f"dse-monitor score: {len(rows)} of the given models are in {out / 'scores.csv'}; "
+              f"{out / 'correlation.csv'} and {out / 'scores.png'} cover every model there")
+    else:
+        print(f"dse-monitor score: no model could be scored; {out / 'failures.csv'} says why")
     if rows.failed:
         print(f"dse-monitor score: {len(rows.failed)} model(s) failed (listed in {out / 'failures.csv'}; "
               "a rerun retries them):", file=sys.stderr)
