@@ -75,7 +75,7 @@ def info_plane(root: str | os.PathLike, group_by: str | None, layer: str | None 
 def layer_heatmap(root: str | os.PathLike, metrics: Sequence[str], group_by: str | None, epoch: int | None = None,
                   out: str | os.PathLike | None = None, csv_path: str | os.PathLike | None = None,
                   say: Any = print) -> dict[str, Any]:
-    """Layers x measurements at one epoch (default: the last), one panel per group; PNG and CSV.
+    """Layers (rows) x metrics (columns) at one epoch (default: the last), one panel per group; PNG and CSV.
 
     A cell is the mean over the group's runs of ``<prefix>/<layer>/<metric>`` at ``epoch``.
     """
@@ -105,13 +105,14 @@ def layer_heatmap(root: str | os.PathLike, metrics: Sequence[str], group_by: str
     write_csv(csv_file, ["group_by", "group", "layer", "metric", "epoch", "mean", "std", "n_runs"],
               [[group_by, *row] for row in rows])
     panels = [f"{group_by} = {value}" if group_by else f"{len(runs)} run(s)" for value in grids]
-    draw_layer_heatmap(grids, panels, layers, names, png,
-                       f"{root.name}: layers x metrics at epoch {epoch}{f' by {group_by}' if group_by else ''}")
+    title_ = f"{_suptitle(root, runs, group_by)}: layers x metrics at epoch {epoch}"
+    draw_layer_heatmap(grids, panels, layers, names, png, title_)
     say(format_columns([group_by or "group", "layer", *[title(m) for m in names]],
                        [[str(value), lay, *[num(v) for v in grid[i]]]
                         for value, grid in grids.items() for i, lay in enumerate(layers)]))
     say(f"figure: {png}\ncells: {csv_file}")
-    return {"grids": grids, "layers": layers, "metrics": names, "epoch": epoch, "png": png, "csv": csv_file}
+    return {"grids": grids, "layers": layers, "metrics": names, "epoch": epoch, "png": png, "csv": csv_file,
+            "title": title_, "panels": panels}
 
 
 # ---------------------------------------------------------------------------- correlation
