@@ -138,27 +138,28 @@ def draw_layer_heatmap(grids: dict[Any, np.ndarray], panel_titles: Sequence[str]
 
 
 def draw_scores(points: dict[str, list[tuple[float, float, str, Any]]], subtitles: dict[str, str],
-                group_by: str | None, path: Path, label: Any = str) -> None:
-    """``scores.png``: one scatter panel per metric (accuracy on y), three a row; the points
-    coloured by their ``group_by`` value (one legend), or named by ``label`` when few and ungrouped.
+                legend: str, path: Path, label: Any = str) -> None:
+    """``scores.png``: one scatter panel per metric (accuracy on y), three a row; the points coloured by
+    their group (one legend titled ``legend``); points of no group (None) grey, named by ``label`` when few.
 
-    ``points[metric]`` holds ``(metric value, accuracy, model name, group value)``.
+    ``points[metric]`` holds ``(metric value, accuracy, model name, group or None)``.
     """
     fig, axes = _grid(len(points), 4.4, 3.8)
-    groups = sorted({str(p[3]) for pts in points.values() for p in pts})
-    colors = dict(zip(groups, group_colors(len(groups))))
+    groups = sorted({p[3] for pts in points.values() for p in pts if p[3] is not None}, key=str)
+    colors = {**dict(zip(groups, group_colors(len(groups)))), None: "0.4"}
     for ax, (metric, pts) in zip(axes, points.items()):
-        for value in groups:
-            mine = [p for p in pts if str(p[3]) == value]
+        for value in [*groups, None]:
+            mine = [p for p in pts if p[3] == value]
             ax.scatter([p[0] for p in mine], [p[1] for p in mine], s=24, color=colors[value], alpha=0.85,
-                       label=value if group_by else None, edgecolors="none")
-        if group_by is None and len(pts) <= 12:  # few models and no groups: name them
-            for x, y, name, _ in pts:
+                       label=None if value is None else str(value), edgecolors="none")
+        loose = [p for p in pts if p[3] is None]
+        if len(loose) <= 12:  # models outside runs (timm:NAME, ...): name them
+            for x, y, name, _ in loose:
                 ax.annotate(label(name), (x, y), fontsize=6, xytext=(3, 3), textcoords="offset points")
         ax.set_title(subtitles[metric], fontsize=9)
         ax.set_xlabel(f"{title(metric)} (bits)")
         ax.set_ylabel("accuracy")
         ax.grid(alpha=0.3)
-    if group_by is not None and groups:
-        axes[0].legend(title=group_by, fontsize=7, title_fontsize=7)
+    if groups:
+        axes[0].legend(title=legend, fontsize=7, title_fontsize=7, ncol=1 if len(groups) <= 8 else 2)
     save(fig, path, dpi=110)

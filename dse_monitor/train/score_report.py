@@ -244,20 +244,24 @@ def format_correlations(table: Sequence[dict[str, Any]]) -> str:
 
 
 def group_of(model: str, group_by: str | None) -> Any:
-    """The ``group_by`` hyperparameter of the run a checkpoint was saved in (read as ``compare`` reads it:
-    the run folder's ``config.yaml`` / ``hparams.yaml``); ``"n/a"`` for other models.
+    """The group of a model's point in ``scores.png``: the ``group_by`` hyperparameter of the run a
+    checkpoint was saved in (read as ``compare`` reads it: the run folder's ``config.yaml`` /
+    ``hparams.yaml``; ``"n/a"`` for other models), or without ``group_by`` the run's name
+    (the sweep's folder above ``lightning_logs``; None for other models).
 
-    >>> group_of("timm:resnet18", "model.init_std"), group_of("a.ckpt", None)
+    >>> group_of("timm:resnet18", "model.init_std"), group_of("timm:resnet18", None)
     ('n/a', None)
+    >>> group_of("runs/lr=0.1_seed=1/lightning_logs/version_0/checkpoints/epoch=3-step=48.ckpt", None)
+    'lr=0.1_seed=1'
     """
-    if group_by is None:
-        return None
     path = Path(model)
-    folder = path.parent.parent if path.parent.name == "checkpoints" else path.parent
-    if path.suffix != ".ckpt" or not folder.is_dir():
-        return "n/a"
+    if path.suffix != ".ckpt" or path.parent.name != "checkpoints":
+        return None if group_by is None else "n/a"
+    version = path.parent.parent  # where Lightning saved config.yaml / hparams.yaml
+    if group_by is None:
+        return version.parent.parent.name if version.parent.name == "lightning_logs" else version.name
     try:
-        return Run(folder, folder.name, read_hparams(folder)).get(group_by)
+        return Run(version, version.name, read_hparams(version)).get(group_by)
     except KeyError:
         return "n/a"
 
@@ -265,7 +269,7 @@ def group_of(model: str, group_by: str | None) -> Any:
 def write_scatter(rows: Sequence[dict[str, Any]], table: Sequence[dict[str, Any]], metrics: Sequence[str],
                   path: Path, group_by: str | None = None) -> None:
     """``scores.png``: one scatter per metric (three a row), accuracy on y, the rank correlation in each title;
-    the points coloured by ``group_by`` (see :func:`group_of`), else named when few."""
+    the points coloured by ``group_by`` (see :func:`group_of`: else by run), models outside runs named."""
     from .plots import draw_scores
 
     by_metric = {e["metric"]: e for e in table}
@@ -277,4 +281,4 @@ def write_scatter(rows: Sequence[dict[str, Any]], table: Sequence[dict[str, Any]
         p = "" if math.isnan(e["spearman_p"]) else f" (p={e['spearman_p']:.2g})"
         subtitles[metric] = f"{title(metric)}: Spearman {num(e['spearman'], 2)}{p}, n={e['n']}"
     path.parent.mkdir(parents=True, exist_ok=True)
-    draw_scores(points, subtitles, group_by, path, label=lambda name: short_model(name, 24))
+    draw_scores(points, subtitles, group_by or "run", path, label=lambda name: short_model(name, 24))
