@@ -33,11 +33,16 @@ Handler = Callable[[argparse.Namespace, list], int]
 
 
 def add_command(commands: Any, name: str, handler: Handler, help: str, passthrough: bool = False,
-                **kwargs: Any) -> argparse.ArgumentParser:
-    """Register a subcommand. ``passthrough``: it parses its own arguments (they all reach ``handler``),
-    else ``handler`` gets the parsed options and the unparsed rest."""
+                extra: bool = False, **kwargs: Any) -> argparse.ArgumentParser:
+    """Register a subcommand; add its options to the returned parser.
+
+    ``handler(args, rest)`` runs it and returns the exit status. ``passthrough``: the
+    command parses its own arguments (all of them are ``rest``); ``extra``: it takes
+    further arguments beyond its options (``rest``); else an unknown argument is a usage
+    error. ``args.parser`` is the subcommand's parser (for ``args.parser.error``).
+    """
     parser = commands.add_parser(name, help=help, add_help=not passthrough, allow_abbrev=False, **kwargs)
-    parser.set_defaults(handler=handler, parser=parser)
+    parser.set_defaults(handler=handler, parser=parser, takes_rest=passthrough or extra)
     return parser
 
 
@@ -54,8 +59,6 @@ def _sweep(args: argparse.Namespace, extra: list) -> int:
 
 
 def _compare(args: argparse.Namespace, extra: list) -> int:
-    if extra:
-        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     metrics = [m.strip() for spec in (args.metric or ["dse,dsmi_y,dsmi_x"]) for m in spec.split(",") if m.strip()]
     from .analyses import correlate, info_plane, layer_heatmap
     from .compare import compare
@@ -119,7 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
                      "[--model.init_std 0.01 --trainer.max_epochs 5 ...]")
     add_command(commands, "validate", _fit, passthrough=True, help="LightningCLI's validate")
     add_command(commands, "test", _fit, passthrough=True, help="LightningCLI's test")
-    sweep = add_command(commands, "sweep", _sweep,
+    sweep = add_command(commands, "sweep", _sweep, extra=True,
                         help="a grid of fits into one log root: --config C --grid model.init_std=0.01,0.1 --seeds 1,2",
                         description="Run `dse-monitor fit` over a grid of values and seeds, one run after another, "
                                     "into one log root. Further --key value arguments are passed to every run.")
@@ -146,6 +149,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         parser.print_help()
         return 0 if args.help else 2
+    if extra and not args.takes_rest:
+        args.parser.error(f"unrecognized arguments: {' '.join(extra)}")
     return args.handler(args, extra)
 
 
