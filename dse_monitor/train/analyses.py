@@ -19,7 +19,8 @@ import numpy as np
 
 from ..registry import METRICS, title
 from .plots import draw_info_plane, draw_layer_heatmap
-from .runs import group_runs, layers_of, load_runs, monitor_key, resolve_tags, sort_key
+from .compare import group_runs, load_runs, resolve_tags, sort_key
+from .runs import layers_of, monitor_key
 from .stats import correlation, mean_std_n
 from .tables import format_columns, mean_std, num, output_paths, write_csv
 

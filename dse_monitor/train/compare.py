@@ -1,7 +1,9 @@
 """``dse-monitor compare``: the runs under a log root grouped by a hyperparameter, mean +/- std
 over seeds per epoch, drawn (one panel per metric), tabulated and written as CSV.
 
-Reading the runs is :mod:`~dse_monitor.train.runs`; the figures :mod:`~dse_monitor.train.plots`;
+Here: selecting the runs (readable, with the hyperparameter, newest of identical configs, not
+stopped early), grouping and aggregating them. Reading one run is :mod:`~dse_monitor.train.runs`;
+the figures :mod:`~dse_monitor.train.plots`;
 the other views (information plane, layer heat map, correlation) :mod:`~dse_monitor.train.analyses`.
 ``--x step`` plots against the global step that ends each epoch instead of the epoch.
 """
@@ -10,16 +12,105 @@ from __future__ import annotations
 import os
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterable, Sequence
 
 from ..registry import title
 from .plots import Curves, plot_curves
-from .runs import Run, by_step, find_runs, flatten, group_runs, load_runs, monitor_key, read_run, resolve_tags
+from .runs import Run, by_step, find_runs, flatten, monitor_key, read_run
 from .stats import mean_std_n
 from .tables import format_columns, mean_std, output_paths, write_csv
 
-# Run, find_runs, flatten, read_run, load_runs, by_step: re-exported, where the readers of runs used to be
-__all__ = ["Run", "aggregate", "by_step", "compare", "find_runs", "flatten", "format_table", "load_runs", "read_run"]
+# Run, find_runs, flatten, read_run, by_step: re-exported, where the readers of runs used to be
+__all__ = ["Run", "aggregate", "by_step", "compare", "find_runs", "flatten", "format_table", "group_runs", "load_runs",
+           "read_run", "resolve_tags", "sort_key"]
+
+
+# ------------------------------------------------------------------------- selecting runs
+def resolve_tags(runs: Sequence[Run], metrics: Sequence[str]) -> list[str]:
+    """Metric names (``dse``) or full tags (``dse/penultimate/dse``) -> tags present in the runs."""
+    present = sorted({t for r in runs for t in r.curves})
+    out: list[str] = []
+    for m in metrics:
+        if m in present:
+            hits = [m]
+        else:
+            hits = [t for t in present if (k := monitor_key(t)) is not None and k.name == m]
+        if not hits:
+            raise ValueError(f"no run has the metric {m!r}; scalars found: {', '.join(present) or 'none'}")
+        out.extend(h for h in hits if h not in out)
+    return out
+
+
+def sort_key(value: Any) -> tuple[int, Any]:
+    """Group values in order: numbers by value, then the rest as text.
+
+    >>> sorted(["b", 10, "2", None], key=sort_key)
+    ['2', 10, None, 'b']
+    """
+    try:
+        return (0, float(value))
+    except (TypeError, ValueError):
+        return (1, str(value))
+
+
+def load_runs(root: Path, group_by: str | None, say: Any = print) -> list[Run]:
+    """The readable runs under ``root`` that have ``group_by``, newest of identical configs; others named."""
+    paths = find_runs(root)
+    if not paths:
+        raise FileNotFoundError(f"no TensorBoard event files under {root}")
+    runs = _select_runs(paths, root, group_by, say)
+    if not runs:
+        raise ValueError(f"no readable run under {root} has the hyperparameter {group_by!r}")
+    return _drop_duplicates(runs, say)
+
+
+def _select_runs(paths: Iterable[Path], root: Path, group_by: str | None, say: Any) -> list[Run]:
+    runs: list[Run] = []
+    for p in paths:
+        try:
+            run = read_run(p, root)
+        except Exception as err:  # noqa: BLE001 - an unreadable run is reported, not fatal
+            name = str(p.relative_to(root)) if p != root else p.name
+            say(f"skipped {name}: unreadable ({err})")
+            continue
+        try:
+            run.get(group_by)
+        except KeyError:
+            say(f"skipped {run.name}: no hyperparameter {group_by!r} (no config.yaml / hparams.yaml with it)")
+            continue
+        runs.append(run)
+    return runs
+
+
+def _drop_duplicates(runs: list[Run], say: Any) -> list[Run]:
+    """Runs with identical hyperparameters (a sweep re-run into the same root): the newest counts."""
+    def newest(r: Run) -> float:
+        return max((f.stat().st_mtime for f in r.path.glob("events.out.tfevents.*")), default=0.0)
+
+    by_config: dict[str, list[Run]] = {}
+    for r in runs:
+        if not r.hparams:
+            by_config[f"__{r.path}"] = [r]
+            continue
+        by_config.setdefault(repr(sorted((k, repr(v)) for k, v in r.hparams.items())), []).append(r)
+    kept = []
+    for group in by_config.values():
+        group.sort(key=newest)
+        for old in group[:-1]:
+            say(f"skipped {old.name}: same hyperparameters as the newer {group[-1].name}")
+        kept.append(group[-1])
+    return sorted(kept, key=lambda r: r.name)
+
+
+def group_runs(runs: Sequence[Run], group_by: str | None) -> dict[Any, list[Run]]:
+    """``{value of group_by: its runs}``, the values in :func:`sort_key` order."""
+    out: dict[Any, list[Run]] = {}
+    for r in runs:
+        out.setdefault(r.get(group_by), []).append(r)
+    return {k: out[k] for k in sorted(out, key=sort_key)}
+
+
+# ---------------------------------------------------------------------------- aggregating
 
 
 def aggregate(runs: Sequence[Run], tag: str, group_by: str | None) -> dict[Any, dict[int, tuple[float, float, int]]]:
