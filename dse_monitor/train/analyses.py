@@ -2,7 +2,7 @@
 
 - :func:`info_plane` (``--plot info-plane``): DSMI(Z;X) against DSMI(Z;Y), one
   trajectory per group (mean over seeds at each epoch), epochs marked along it.
-- :func:`layer_heatmap` (``--plot layers``): layers x measurements at one epoch, one
+- :func:`layer_heatmap` (``--plot layers``): layers x metrics at one epoch, one
   panel per group, for runs whose monitor logged several layers.
 - :func:`correlate` (``--correlate val_acc``): Pearson and Spearman coefficients (with
   p-values) of each metric against an accuracy over all (run, epoch) points, and per group.
