@@ -23,8 +23,14 @@ $(VENV)/.installed-test: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[train,test]"
 	touch $@ $(VENV)/.installed-train
 
+# The demo keeps every epoch's weights (about 11 MB each) so that its run can be scored
+# (README, "Score many models"): a ModelCheckpoint appended (+=) to the config's callbacks.
+DEMO_CHECKPOINTS := --trainer.enable_checkpointing true --trainer.callbacks+='{"class_path": \
+	"lightning.pytorch.callbacks.ModelCheckpoint", "init_args": {"save_top_k": -1, "every_n_epochs": 1, \
+	"save_weights_only": true}}'
+
 demo: $(VENV)/.installed-train
-	$(BIN)/dse-monitor fit --config configs/digits.yaml
+	$(BIN)/dse-monitor fit --config configs/digits.yaml $(DEMO_CHECKPOINTS)
 
 # the suite always has tests: pytest's "no tests collected" (exit 5) fails this too
 test: $(VENV)/.installed-test
