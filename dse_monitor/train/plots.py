@@ -47,7 +47,7 @@ def save(fig: Any, path: Path, dpi: int = 120) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         fig.tight_layout()
-        fig.savefig(path, dpi=dpi)
+        fig.savefig(path, dpi=dpi, bbox_inches="tight")  # no label cut at the edge
     plt.close(fig)
 
 
@@ -118,17 +118,20 @@ def draw_info_plane(trajectories: dict[Any, list[tuple[int, float, float]]], gro
 
 def draw_layer_heatmap(grids: dict[Any, np.ndarray], panel_titles: Sequence[str], layers: Sequence[str],
                        metrics: Sequence[str], path: Path, suptitle: str) -> None:
-    """One panel per group: a layers (rows) x metrics (columns) grid, each cell's value written in it."""
+    """One panel per group: a layers (rows) x metrics (columns) grid, each cell's value written in it,
+    one colour scale (bits) for every panel so that the groups compare."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(grids), squeeze=False,
-                             figsize=(1.6 + 1.3 * max(2, len(metrics)) * len(grids), 1.4 + 0.5 * len(layers)))
+                             figsize=((2.6 + 1.3 * max(2, len(metrics))) * len(grids), 1.6 + 0.5 * len(layers)))
+    cells = np.concatenate([g[np.isfinite(g)] for g in grids.values()] + [np.zeros(0)])
+    scale = {"vmin": float(cells.min()), "vmax": float(cells.max())} if cells.size else {}
     for ax, grid, panel in zip(axes[0], grids.values(), panel_titles):
-        im = ax.imshow(grid, cmap="viridis", aspect="auto")
+        im = ax.imshow(grid, cmap="viridis", aspect="auto", **scale)
         ax.set_xticks(range(len(metrics)), [title(m) for m in metrics], rotation=30, fontsize=8)
         ax.set_yticks(range(len(layers)), layers, fontsize=8)
         for (i, j), v in np.ndenumerate(grid):
-            if not np.isnan(v):
-                ax.text(j, i, num(v), ha="center", va="center", fontsize=7, color="w")
+            if not np.isnan(v):  # dark text on the bright end of viridis, white on the dark
+                ax.text(j, i, num(v), ha="center", va="center", fontsize=7, color="k" if im.norm(v) > 0.6 else "w")
         ax.set_xlabel("metric")
         ax.set_ylabel("layer")
         ax.set_title(panel, fontsize=9)
