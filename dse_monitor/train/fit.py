@@ -179,7 +179,7 @@ def run_fit(args: Sequence[str], debug: bool = False) -> int:
     subclass = _names_a_model_class(args)
     cli_cls = _cli_class("model.init_args" if subclass else "model")
     debug = debug or bool(os.environ.get(DEBUG_ENV))
-    argv, sys.argv = sys.argv, [sys.argv[0], *args]  # LightningCLI reads them (it warns when also given args)
+    argv, sys.argv = sys.argv, ["dse-monitor", *args]  # LightningCLI reads them (it warns when also given args)
     try:
         cli_cls(pl.LightningModule if subclass else ImageClassifier, ImageDataModule,
                 subclass_mode_model=subclass, save_config_kwargs={"overwrite": True},
