@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
-import sys
 from types import ModuleType
 from typing import Iterable
 
@@ -22,6 +21,8 @@ TRAIN_MODULES = {
     "matplotlib": "matplotlib",
     "jsonargparse": "jsonargparse",
     "yaml": "pyyaml",
+    "scipy": "scipy",
+    "tqdm": "tqdm",
 }
 
 
@@ -71,12 +72,3 @@ def import_distribution(module: str, pip_line: str, needed_by: str, instead: str
         raise MissingExtraError(f"{needed_by} needs the {module!r} package, not installed here: {pip_line}{hint}",
                                 name=module) from error
 
-
-def cli_main() -> int:
-    """The ``dse-monitor`` command: :func:`dse_monitor.train.cli.main`, or one line naming the missing extra."""
-    try:
-        from .train.cli import main
-    except MissingExtraError as error:
-        print(f"dse-monitor: {error}", file=sys.stderr)
-        return 1
-    return main()

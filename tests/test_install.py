@@ -3,10 +3,11 @@ extra is named with its ``pip install`` line (in fresh interpreters that block t
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
-from importlib.metadata import entry_points, requires
+from importlib.metadata import requires
 from pathlib import Path
 
 from packaging.requirements import Requirement
@@ -81,15 +82,28 @@ def test_the_main_job_without_its_extra_names_the_pip_line(tmp_path):
 
 
 def test_the_command_without_the_extra_prints_one_line_and_fails(tmp_path):
-    (script,) = entry_points(group="console_scripts", name="dse-monitor")
-    assert script.value == "dse_monitor._extras:cli_main"
-    command = Path(sys.executable).with_name("dse-monitor")
-    done = _run([str(command), "fit", "--config", str(REPO / "configs" / "digits.yaml")], tmp_path, blocked=("timm",))
+    # the console script runs dse_monitor.__main__:main, as `python -m dse_monitor` does
+    scripts = re.search(r"\[project.scripts\]\n(.*?)\n\n", (REPO / "pyproject.toml").read_text(), re.S).group(1)
+    assert re.match(r'dse-monitor = "dse_monitor.__main__:main"', scripts)
+    done = _run([sys.executable, "-m", "dse_monitor", "fit", "--config", str(REPO / "configs" / "digits.yaml")],
+                tmp_path, blocked=("timm",))
     assert done.returncode == 1
     assert done.stderr == ('dse-monitor: the main job (dse_monitor.train, the dse-monitor command) needs timm, '
                            'not installed here: pip install "dse-monitor[train]"\n')
 
 
+def test_the_package_face_imports_the_main_job_only_on_demand(tmp_path):
+    done = _python("""
+        import sys
+        import dse_monitor, dse_monitor._extras, dse_monitor.callback, dse_monitor.monitor, dse_monitor.capture
+        print(sorted(m for m in sys.modules if m.startswith("dse_monitor.train")))
+        dse_monitor.score
+        print("dse_monitor.train.score" in sys.modules)
+    """, tmp_path, blocked=())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["[]", "True"]
+
+
 def test_the_install_itself_is_light():
     core = {Requirement(line).name for line in requires("dse-monitor") if "extra ==" not in line}
-    assert core == {"torch", "numpy", "scikit-learn", "scipy", "tensorboard"}
+    assert core == {"torch", "numpy", "scikit-learn", "scipy", "tensorboard", "pillow"}  # pillow: the heat map

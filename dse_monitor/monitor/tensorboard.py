@@ -27,7 +27,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..registry import HEALTH_METRICS, title
+from ..registry import HEALTH_METRICS, title, unit
 from .heatmap import heatmap_figure
 
 
@@ -100,18 +100,9 @@ def write_heatmaps(writer: Any, config: Any, layers: Sequence[str], state: Any, 
         table = [[state.history[k].get(config.key(layer, metric), float("nan")) for k in keys] for layer in layers]
         if all(math.isnan(v) for row in table for v in row):
             continue
-        image = heatmap_figure(table, layers, keys, title=title(metric), unit=unit(metric),
+        image = heatmap_figure(table, layers, keys, title=title(metric), unit=unit(metric) or "",
                                axis="step" if by_step else "epoch")
         writer.add_image(f"{config.prefix}/heatmap/{metric}", image, global_step=step, dataformats="CHW")
-
-
-def unit(metric: str) -> str:
-    """What a metric's values count: bits, except the ratios.
-
-    >>> unit("dse"), unit("dse_norm")
-    ('bits', 'fraction')
-    """
-    return {"dse_norm": "fraction", "sigma_ratio": "ratio"}.get(metric, "bits")
 
 
 def settings_table(config: Any, layers: Sequence[str], state: Any) -> dict[str, str]:

@@ -66,7 +66,7 @@ from .computations import (
 
 __all__ = ["DEFAULT_METRICS", "DIAGNOSTICS", "HEALTH_METRICS", "METRICS", "METRIC_GROUPS", "Metric", "MetricKey",
            "MetricResult", "MetricSettings", "derive_result", "expand_metrics", "is_monitor_name", "logged_names",
-           "metric_key", "metric_names", "parse_key", "title"]
+           "metric_key", "metric_names", "parse_key", "title", "unit"]
 
 #: ``"previous"``: the same layer's features at the previous measurement (``cka_prev``).
 Reference = Optional[Literal["labels", "inputs", "previous"]]
@@ -129,7 +129,7 @@ _ENTRIES = (
     Metric("csmi_y", "CSMI(Z;Y)", "labels", _csmi, "binning mutual information with the labels"),
     Metric("csmi_x", "CSMI(Z;X)", "inputs", _csmi, "binning mutual information with input clusters"),
     Metric("dse_norm", "DSE(Z) / log2 N", None, None, "DSE normalised to [0, 1] by its maximum log2 N",
-           derived_from="dse", derive=_dse_norm),
+           derived_from="dse", derive=_dse_norm, unit="fraction"),
     Metric("rankme", "RankMe(Z)", None, _rankme, "effective rank of the features, in [1, min(N, D)]",
            unit="effective rank"),
     Metric("alpha_req", "alpha-ReQ(Z)", None, _alpha_req, "power-law decay exponent of the covariance spectrum",
@@ -161,6 +161,9 @@ DIAGNOSTICS = {
     "sigma": "sigma (frozen at the first measurement)",
     "t": "t (frozen at the first measurement)",
 }
+
+
+_DIAGNOSTIC_UNITS = {"sigma_ratio": "ratio", "sigma": "distance", "t": "diffusion time"}
 
 
 def metric_names() -> tuple[str, ...]:
@@ -212,6 +215,17 @@ def title(name: str) -> str:
     if metric is None and _DSE_T.fullmatch(name):
         return f"{METRICS['dse_t'].title}={name[len('dse_t'):]}"
     return metric.title if metric is not None else DIAGNOSTICS.get(name, name)
+
+
+def unit(name: str) -> Optional[str]:
+    """The unit of a metric's or diagnostic's values (a chart's y-axis), None for other names.
+
+    >>> unit("dsmi_y"), unit("dse_norm"), unit("rankme"), unit("dse_t4"), unit("sigma_ratio"), unit("val_acc")
+    ('bits', 'fraction', 'effective rank', 'bits', 'ratio', None)
+    """
+    if name not in METRICS and _DSE_T.fullmatch(name):
+        return METRICS["dse_t"].unit
+    return METRICS[name].unit if name in METRICS else _DIAGNOSTIC_UNITS.get(name)
 
 
 def is_monitor_name(name: str) -> bool:

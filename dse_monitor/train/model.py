@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-__all__ = ["ImageClassifier", "paper_init_", "warmup_cosine_factor", "warmup_cosine_schedule"]
+__all__ = ["ImageClassifier", "build_backbone", "paper_init_", "warmup_cosine_factor", "warmup_cosine_schedule"]
 
 
 def paper_init_(model: nn.Module, std: float, linear_std: float = 1e-3) -> nn.Module:
@@ -128,6 +128,24 @@ def create_backbone(
     return _create(name, num_classes, in_chans, img_size, False, **kwargs)
 
 
+def build_backbone(name: str, num_classes: int, in_chans: int, img_size: int | None, init_std: float | None,
+                   pretrained: bool, backbone_kwargs: dict[str, Any] | None) -> nn.Module:
+    """The backbone of the main job's LightningModules: :func:`create_backbone`, then the paper's
+    initialisation when ``init_std`` is given (:func:`paper_init_`).
+
+    ``backbone_kwargs`` as a YAML config gives them (``channels`` a list: timm wants a tuple).
+    """
+    if pretrained and init_std is not None:
+        raise ValueError("init_std re-initialises every layer: it cannot be combined with pretrained=True")
+    kwargs = dict(backbone_kwargs or {})
+    if isinstance(kwargs.get("channels"), list):
+        kwargs["channels"] = tuple(kwargs["channels"])
+    backbone = create_backbone(name, num_classes, in_chans, img_size, pretrained, **kwargs)
+    if init_std is not None:
+        paper_init_(backbone, init_std)
+    return backbone
+
+
 def _create(name: str, num_classes: int, in_chans: int, img_size: int | None, pretrained: bool,
             **kwargs: Any) -> nn.Module:
     if img_size is not None:
@@ -190,18 +208,12 @@ class ImageClassifier(pl.LightningModule):
         dse_sigma: float = 10.0,
     ) -> None:
         super().__init__()
-        if pretrained and init_std is not None:
-            raise ValueError("init_std re-initialises every layer: it cannot be combined with pretrained=True")
+        self.backbone = build_backbone(backbone, num_classes, in_chans, img_size, init_std, pretrained,
+                                       backbone_kwargs)
         self.save_hyperparameters()
         from ..loss import DSELoss
 
         self.dse_loss = DSELoss(sigma=dse_sigma) if dse_weight else None
-        kwargs = dict(backbone_kwargs or {})
-        if "channels" in kwargs and isinstance(kwargs["channels"], list):
-            kwargs["channels"] = tuple(kwargs["channels"])
-        self.backbone = create_backbone(backbone, num_classes, in_chans, img_size, pretrained, **kwargs)
-        if init_std is not None:
-            paper_init_(self.backbone, init_std)
         self.criterion = nn.CrossEntropyLoss()
         self.train_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")

@@ -29,7 +29,7 @@ import numpy as np
 
 from ..monitor.tensorboard import parse_messages, parse_settings
 from ..registry import METRICS, is_monitor_name, parse_key
-from .compare import Run, find_runs, read_run
+from .runs import Run, find_runs, read_run
 from .report_figures import heatmap, layer_curves, layers_compared, sigma_ratio, spectrum_picture
 
 __all__ = ["main", "report"]

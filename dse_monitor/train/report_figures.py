@@ -16,16 +16,16 @@ import numpy as np
 
 from ..functional.scale import HIGH_RATIO, LOW_RATIO
 from ..monitor.heatmap import heatmap_figure
-from ..monitor.tensorboard import unit
-from ..registry import title
-from .compare import Run, _pyplot
+from ..registry import title, unit
+from .plots import pyplot
+from .runs import Run
 
 __all__ = ["heatmap", "layer_curves", "layers_compared", "sigma_ratio", "spectrum_picture"]
 
 def _png_of_figure(fig: Any) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight", metadata={"Software": None})
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return _img(buffer.getvalue())
 
 
@@ -34,7 +34,7 @@ def _img(png: bytes, alt: str = "") -> str:
 
 
 def layer_curves(run: Run, prefix: str, layer: str, metrics: list[str]) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     panels = [(f"{prefix}/{layer}/{m}", f"{title(m)} ({unit(m)})") for m in metrics]
     panels += [(tag, tag) for tag in sorted(run.curves) if tag.startswith("val_")]
     cols = min(4, len(panels))
@@ -56,7 +56,7 @@ def layer_curves(run: Run, prefix: str, layer: str, metrics: list[str]) -> str:
 
 def layers_compared(run: Run, prefix: str, layers: list[str], metrics: list[str]) -> str:
     """One panel per metric, one colour per layer (TensorBoard's custom scalars colour by run only)."""
-    plt = _pyplot()
+    plt = pyplot()
     cols = min(3, len(metrics))
     rows = -(-len(metrics) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(4.4 * cols, 2.9 * rows), squeeze=False)
@@ -92,7 +92,7 @@ def heatmap(run: Run, prefix: str, layers: list[str], metric: str) -> Optional[s
 
 
 def spectrum_picture(columns: dict[int, tuple], layer: str) -> str:
-    plt = _pyplot()
+    plt = pyplot()
     epochs = sorted(columns)
     lo = min(float(np.min(v)) for v, _ in columns.values())
     hi = max(float(np.max(v)) for v, _ in columns.values())
@@ -119,7 +119,7 @@ def sigma_ratio(run: Run, prefix: str, layers: list[str]) -> Optional[str]:
     curves = {l: run.curves[f"{prefix}/{l}/sigma_ratio"] for l in layers if f"{prefix}/{l}/sigma_ratio" in run.curves}
     if not curves:
         return None
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.2))
     ax.axhspan(LOW_RATIO, HIGH_RATIO, color="green", alpha=0.12, label=f"sigma on the features' scale "
                f"({LOW_RATIO:.2g} to {HIGH_RATIO:g})")

@@ -5,9 +5,10 @@ from typing import Any, Sequence
 
 import lightning.pytorch as pl
 
-from .tables import ACCURACIES
+__all__ = ["ACCURACIES", "EpochScalars"]
 
-__all__ = ["EpochScalars"]
+#: Scalars of the LightningModules shown beside the monitor's curves.
+ACCURACIES = ("val_acc", "probe_acc")
 
 
 class EpochScalars(pl.Callback):

@@ -98,6 +98,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="CSV with model and accuracy columns (e.g. published top-1), used over the probe accuracy")
     p.add_argument("--device", default=None, help="cpu or cuda (default cuda when available)")
     p.add_argument("--batch-size", type=int, default=None, help="probe batch size (default the data's)")
+    p.add_argument("--group-by", default=None,
+                   help="colour the points of scores.png by this hyperparameter of each checkpoint's run "
+                        "(dotted, as in `dse-monitor compare`, e.g. data.label_noise)")
     p.add_argument("--model-class", default=None,
                    help="LightningModule class of the checkpoints (default dse_monitor.train.model.ImageClassifier)")
     return p
@@ -131,8 +134,13 @@ def score_main(argv: Sequence[str]) -> int:
             print(f"dse-monitor score: {err}", file=sys.stderr)
             return 2
     out = Path(args.out)
-    print(f"dse-monitor score: {len(rows)} of the given models are in {out / 'scores.csv'}; "
-          f"{out / 'correlation.csv'} and {out / 'scores.png'} cover every model there")
+    if args.group_by is not None:
+        _redraw_grouped(out, metrics, args.group_by)
+    if rows:
+        print(f"dse-monitor score: {len(rows)} of the given models are in {out / 'scores.csv'}; "
+              f"{out / 'correlation.csv'} and {out / 'scores.png'} cover every model there")
+    else:
+        print(f"dse-monitor score: no model could be scored; {out / 'failures.csv'} says why")
     if rows.failed:
         print(f"dse-monitor score: {len(rows.failed)} model(s) failed (listed in {out / 'failures.csv'}; "
               "a rerun retries them):", file=sys.stderr)
@@ -140,3 +148,11 @@ def score_main(argv: Sequence[str]) -> int:
             print(f"  {name}: {error}", file=sys.stderr)
         return 1
     return 0
+
+
+def _redraw_grouped(out: Path, metrics: Sequence[str], group_by: str) -> None:
+    """``scores.png`` of every model in ``scores.csv``, the points coloured by ``group_by``."""
+    from .score_report import ScoresFile, correlations, write_scatter
+
+    every = ScoresFile(out / "scores.csv").read()
+    write_scatter(every, correlations(every, metrics), metrics, out / "scores.png", group_by=group_by)

@@ -1,5 +1,6 @@
 """The outputs of ``dse-monitor score``: ``scores.csv`` (appended, resumable), the correlation of each
-metric with accuracy (``correlation.csv``, a printed table) and ``scores.png`` (one scatter per metric)."""
+metric with accuracy (``correlation.csv``, a printed table), ``failures.csv`` and ``scores.png``
+(one scatter panel per metric, the points coloured by a hyperparameter of their runs)."""
 from __future__ import annotations
 
 import csv
@@ -7,11 +8,13 @@ import json
 import math
 import os
 import re
-import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..registry import title
+from .runs import Run, read_hparams
+from .stats import correlation
+from .tables import format_columns, format_line, num, write_csv
 
 __all__ = [
     "ScoresFile",
@@ -21,6 +24,7 @@ __all__ = [
     "format_correlations",
     "format_header",
     "format_row",
+    "group_of",
     "read_accuracy_file",
     "short_model",
     "write_correlations",
@@ -141,18 +145,19 @@ def read_accuracy_file(path: str | Path) -> dict[str, float]:
     return out
 
 
-def _finite_pairs(rows: Sequence[dict[str, Any]], metric: str) -> tuple[list[float], list[float]]:
-    xs, ys = [], []
+def _finite_pairs(rows: Sequence[dict[str, Any]], metric: str) -> list[tuple[float, float, dict[str, Any]]]:
+    """``(metric value, accuracy, row)`` of the rows where both are finite numbers."""
+    pairs = []
     for row in rows:
         x, y = row.get(metric), row.get("accuracy")
         if isinstance(x, (int, float)) and isinstance(y, (int, float)) and math.isfinite(x) and math.isfinite(y):
-            xs.append(float(x))
-            ys.append(float(y))
-    return xs, ys
+            pairs.append((float(x), float(y), row))
+    return pairs
 
 
 def correlations(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list[dict[str, Any]]:
-    """Pearson and Spearman coefficients (with p-values, :mod:`scipy.stats`) of each metric against accuracy.
+    """Pearson and Spearman coefficients (with p-values: :func:`~dse_monitor.train.stats.correlation`) of each
+    metric against accuracy.
 
     Rows without an accuracy are left out; fewer than 3 rows, or a constant column, give NaN.
 
@@ -161,28 +166,19 @@ def correlations(rows: Sequence[dict[str, Any]], metrics: Sequence[str]) -> list
     >>> c["n"], round(c["pearson"], 3), round(c["spearman"], 3)
     (5, 0.959, 1.0)
     """
-    from scipy import stats
-
     table = []
     for metric in metrics:
-        xs, ys = _finite_pairs(rows, metric)
-        entry: dict[str, Any] = {"metric": metric, "title": title(metric), "n": len(xs)}
-        if len(xs) >= 3 and len(set(xs)) > 1 and len(set(ys)) > 1:
-            pearson, spearman = stats.pearsonr(xs, ys), stats.spearmanr(xs, ys)
-            entry.update(pearson=float(pearson.statistic), pearson_p=float(pearson.pvalue),
-                         spearman=float(spearman.statistic), spearman_p=float(spearman.pvalue))
-        else:
-            entry.update(pearson=math.nan, pearson_p=math.nan, spearman=math.nan, spearman_p=math.nan)
-        table.append(entry)
+        pairs = _finite_pairs(rows, metric)
+        r, r_p, rho, rho_p = correlation([p[0] for p in pairs], [p[1] for p in pairs])
+        table.append({"metric": metric, "title": title(metric), "n": len(pairs), "pearson": r, "pearson_p": r_p,
+                      "spearman": rho, "spearman_p": rho_p})
     return table
 
 
 def write_correlations(table: Sequence[dict[str, Any]], path: Path) -> None:
+    """``correlation.csv``: one row per metric (its folder created)."""
     columns = ["metric", "title", "n", "pearson", "pearson_p", "spearman", "spearman_p"]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(table)
+    write_csv(path, columns, [[e[c] for c in columns] for e in table])
 
 
 def write_failures(failed: dict[str, str], path: Path) -> None:
@@ -191,16 +187,7 @@ def write_failures(failed: dict[str, str], path: Path) -> None:
         if path.is_file():
             path.unlink()
         return
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "error"])
-        writer.writerows(failed.items())
-
-
-def _cell(value: Any, width: int) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "-".rjust(width)
-    return (f"{value:.3f}" if isinstance(value, float) else str(value)).rjust(width)
+    write_csv(path, ["model", "error"], failed.items())
 
 
 def short_model(name: str, width: int = MODEL_WIDTH) -> str:
@@ -215,24 +202,27 @@ def short_model(name: str, width: int = MODEL_WIDTH) -> str:
     return name if len(name) <= width else "..." + name[-(width - 3):]
 
 
+def _widths(metrics: Sequence[str]) -> list[int]:
+    return [MODEL_WIDTH, 8, *(max(9, len(title(m))) for m in metrics)]
+
+
 def format_header(metrics: Sequence[str]) -> str:
-    """The header line of the terminal table.
+    """The header line of the terminal table (printed before the first model finishes).
 
     >>> format_header(["dse", "dsmi_y"]).split()
     ['model', 'accuracy', 'DSE(Z)', 'DSMI(Z;Y)']
     """
-    cells = [title(m).rjust(max(9, len(title(m)))) for m in metrics]
-    return "  ".join(["model".ljust(MODEL_WIDTH), "accuracy", *cells])
+    return format_line(["model", "accuracy", *(title(m) for m in metrics)], _widths(metrics), left=1)
 
 
 def format_row(row: dict[str, Any], metrics: Sequence[str]) -> str:
-    """One line of the terminal table (``-``: not available).
+    """One line of the terminal table (``-``: not available), printed as each model finishes.
 
     >>> format_row({"model": "a.ckpt", "accuracy": 0.5, "dse": 3.25}, ["dse"]).split()
     ['a.ckpt', '0.500', '3.250']
     """
-    cells = [_cell(row.get(m), max(9, len(title(m)))) for m in metrics]
-    return "  ".join([short_model(str(row["model"])).ljust(MODEL_WIDTH), _cell(row.get("accuracy"), 8), *cells])
+    cells = [short_model(str(row["model"])), num(row.get("accuracy")), *(num(row.get(m)) for m in metrics)]
+    return format_line(cells, _widths(metrics), left=1)
 
 
 def format_correlations(table: Sequence[dict[str, Any]]) -> str:
@@ -241,48 +231,54 @@ def format_correlations(table: Sequence[dict[str, Any]]) -> str:
     >>> print(format_correlations([{"metric": "dse", "title": "DSE(Z)", "n": 4, "pearson": 0.5,
     ...     "pearson_p": 0.5, "spearman": 0.4, "spearman_p": 0.6}]))
     correlation with accuracy (n models):
-    metric        n  pearson  p-value  spearman  p-value
-    DSE(Z)        4    0.500      0.5     0.400      0.6
+    metric  n  pearson  p-value  spearman  p-value
+    DSE(Z)  4    0.500      0.5     0.400      0.6
     """
-    lines = ["correlation with accuracy (n models):",
-             f"{'metric':<10}  {'n':>3}  {'pearson':>7}  {'p-value':>7}  {'spearman':>8}  {'p-value':>7}"]
-    for e in table:
-        def num(v: float, fmt: str) -> str:
-            return "nan" if v is None or math.isnan(v) else format(v, fmt)
+    def p(v: float) -> str:
+        return "nan" if math.isnan(v) else f"{v:.2g}"
 
-        lines.append(f"{e['title']:<10}  {e['n']:>3}  {num(e['pearson'], '.3f'):>7}  {num(e['pearson_p'], '.2g'):>7}"
-                     f"  {num(e['spearman'], '.3f'):>8}  {num(e['spearman_p'], '.2g'):>7}")
-    return "\n".join(lines)
+    rows = [[e["title"], e["n"], num(e["pearson"]), p(e["pearson_p"]), num(e["spearman"]), p(e["spearman_p"])]
+            for e in table]
+    return "correlation with accuracy (n models):\n" + format_columns(
+        ["metric", "n", "pearson", "p-value", "spearman", "p-value"], rows, left=1)
+
+
+def group_of(model: str, group_by: str | None) -> Any:
+    """The group of a model's point in ``scores.png``: the ``group_by`` hyperparameter of the run a
+    checkpoint was saved in (read as ``compare`` reads it: the run folder's ``config.yaml`` /
+    ``hparams.yaml``; ``"n/a"`` for other models), or without ``group_by`` the run's name
+    (the sweep's folder above ``lightning_logs``; None for other models).
+
+    >>> group_of("timm:resnet18", "model.init_std"), group_of("timm:resnet18", None)
+    ('n/a', None)
+    >>> group_of("runs/lr=0.1_seed=1/lightning_logs/version_0/checkpoints/epoch=3-step=48.ckpt", None)
+    'lr=0.1_seed=1'
+    """
+    path = Path(model)
+    if path.suffix != ".ckpt" or path.parent.name != "checkpoints":
+        return None if group_by is None else "n/a"
+    version = path.parent.parent  # where Lightning saved config.yaml / hparams.yaml
+    if group_by is None:
+        return version.parent.parent.name if version.parent.name == "lightning_logs" else version.name
+    try:
+        return Run(version, version.name, read_hparams(version)).get(group_by)
+    except KeyError:
+        return "n/a"
 
 
 def write_scatter(rows: Sequence[dict[str, Any]], table: Sequence[dict[str, Any]], metrics: Sequence[str],
-                  path: Path) -> None:
-    """``scores.png``: one scatter per metric, accuracy on y, the rank correlation in the title."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+                  path: Path, group_by: str | None = None) -> None:
+    """``scores.png``: one scatter per metric (three a row), accuracy on y, the rank correlation in each title;
+    the points coloured by ``group_by`` (see :func:`group_of`: else by run), models outside runs named."""
+    from .plots import draw_scores
 
     by_metric = {e["metric"]: e for e in table}
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.8), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        pairs = [(r.get(metric), r.get("accuracy"), str(r["model"])) for r in rows]
-        pairs = [(x, y, m) for x, y, m in pairs if isinstance(x, (int, float)) and isinstance(y, (int, float))
-                 and math.isfinite(x) and math.isfinite(y)]
-        ax.scatter([p[0] for p in pairs], [p[1] for p in pairs], s=22)
-        if len(pairs) <= 12:  # few models: name them
-            for x, y, m in pairs:
-                ax.annotate(short_model(m, 24), (x, y), fontsize=6,
-                            xytext=(3, 3), textcoords="offset points")
+    points, subtitles = {}, {}
+    for metric in metrics:
+        points[metric] = [(x, y, str(row["model"]), group_of(str(row["model"]), group_by))
+                          for x, y, row in _finite_pairs(rows, metric)]
         e = by_metric[metric]
-        rho = "nan" if math.isnan(e["spearman"]) else f"{e['spearman']:.2f}"
         p = "" if math.isnan(e["spearman_p"]) else f" (p={e['spearman_p']:.2g})"
-        ax.set_title(f"{title(metric)}: Spearman {rho}{p}, n={e['n']}", fontsize=9)
-        ax.set_xlabel(f"{title(metric)} (bits)")
-        ax.set_ylabel("accuracy")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        fig.savefig(path, dpi=110)
-    plt.close(fig)
+        subtitles[metric] = f"{title(metric)}: Spearman {num(e['spearman'], 2)}{p}, n={e['n']}"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    draw_scores(points, subtitles, group_by or "run", path, label=lambda name: short_model(name, 24))

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .model import create_backbone, paper_init_, warmup_cosine_schedule, warmup_steps_of
+from .model import build_backbone, warmup_cosine_schedule, warmup_steps_of
 
 __all__ = ["SimCLRModule", "linear_probe_accuracy", "nt_xent_loss"]
 
@@ -130,19 +130,12 @@ class SimCLRModule(pl.LightningModule):
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        if pretrained and init_std is not None:
-            raise ValueError("init_std re-initialises every layer: it cannot be combined with pretrained=True")
         if temperature <= 0:
             raise ValueError(f"temperature must be positive, got {temperature}")
         if linear_probe_every_n_epochs < 0:
             raise ValueError("linear_probe_every_n_epochs must be >= 0 (0: no probe)")
+        self.backbone = build_backbone(backbone, 0, in_chans, img_size, init_std, pretrained, backbone_kwargs)
         self.save_hyperparameters()
-        kwargs = dict(backbone_kwargs or {})
-        if "channels" in kwargs and isinstance(kwargs["channels"], list):
-            kwargs["channels"] = tuple(kwargs["channels"])
-        self.backbone = create_backbone(backbone, 0, in_chans, img_size, pretrained, **kwargs)
-        if init_std is not None:
-            paper_init_(self.backbone, init_std)
         width = int(self.backbone.num_features)
         if projection_hidden_dim:
             self.projector = nn.Sequential(nn.Linear(width, projection_hidden_dim), nn.ReLU(inplace=True),

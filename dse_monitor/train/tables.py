@@ -1,32 +1,28 @@
-"""The text tables of ``dse-monitor fit`` (the closing table) and ``compare`` (one formatter).
-
-The closing table of ``fit`` is built from what the run measured in memory: the
-:class:`~dse_monitor.DSEMonitor` callbacks' ``history`` and the validation scalars that
-:class:`~dse_monitor.train.scalars.EpochScalars` records after each validation.
-"""
+"""The one text-table formatter of the main job (``fit``'s closing table, ``compare``, ``score``)
+and the one CSV writer of its studies."""
 from __future__ import annotations
 
+import csv
 import math
-from typing import Any, Sequence
+import os
+from pathlib import Path
+from typing import Any, Iterable, Sequence
 
-from ..registry import METRICS, is_monitor_name
-
-__all__ = ["format_columns", "format_run_table", "is_monitor_tag", "mean_std", "num", "run_curves", "run_table"]
-
-#: Scalars of the LightningModules shown beside the monitor's curves.
-ACCURACIES = ("val_acc", "probe_acc")
+__all__ = ["format_columns", "format_line", "mean_std", "num", "output_paths", "write_csv"]
 
 
-def num(v: float) -> str:
-    """Three decimals, without the ``-0.000`` of tiny negative estimates.
+def num(v: float | None, digits: int = 3) -> str:
+    """``digits`` decimals, without the ``-0.000`` of tiny negative estimates; ``-`` for a missing value.
 
-    >>> num(-1e-9), num(2.71828), num(float("nan"))
-    ('0.000', '2.718', 'nan')
+    >>> num(-1e-9), num(2.71828), num(float("nan")), num(None)
+    ('0.000', '2.718', 'nan', '-')
     """
+    if v is None:
+        return "-"
     if math.isnan(v):
         return "nan"
-    text = f"{v:.3f}"
-    return "0.000" if text == "-0.000" else text
+    text = f"{v:.{digits}f}"
+    return text[1:] if float(text) == 0 and text.startswith("-") else text
 
 
 def mean_std(mean: float, std: float, n: int) -> str:
@@ -40,8 +36,18 @@ def mean_std(mean: float, std: float, n: int) -> str:
     return num(mean) if n <= 1 else f"{num(mean)}±{num(std)}"
 
 
-def format_columns(header: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:
-    """Right-aligned columns, each as wide as its widest cell, two spaces apart.
+def format_line(cells: Sequence[Any], widths: Sequence[int], left: int = 0, indent: str = "") -> str:
+    """One line of a table: the first ``left`` cells left-aligned, the others right-aligned, two spaces apart.
+
+    >>> format_line(["a.ckpt", "0.5"], [8, 5], left=1)
+    'a.ckpt      0.5'
+    """
+    return indent + "  ".join(str(c).ljust(w) if i < left else str(c).rjust(w)
+                              for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+
+
+def format_columns(header: Sequence[str], rows: Sequence[Sequence[Any]], indent: str = "", left: int = 0) -> str:
+    """Columns as wide as their widest cell, two spaces apart (right-aligned but the first ``left``).
 
     >>> print(format_columns(["epoch", "DSE(Z)"], [["0", "8.400"], ["1", "5.250"]]))
     epoch  DSE(Z)
@@ -49,79 +55,28 @@ def format_columns(header: Sequence[str], rows: Sequence[Sequence[str]], indent:
         1   5.250
     """
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    return "\n".join(indent + "  ".join(str(c).rjust(w) for c, w in zip(r, widths)) for r in [header, *rows])
+    return "\n".join(format_line(r, widths, left, indent) for r in [header, *rows])
 
 
-def is_monitor_tag(tag: str) -> bool:
-    """Whether a logged tag is one of the monitor's: ``<prefix>/<layer>/<metric>``.
+def write_csv(path: str | os.PathLike, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+    """Write ``header`` and ``rows`` to ``path`` (its folder created); floats as ``repr`` (no digits lost)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        writer.writerows([repr(float(c)) if isinstance(c, float) else c for c in row] for row in rows)
+    return path
 
-    >>> is_monitor_tag("dse/penultimate/dsmi_y"), is_monitor_tag("val_acc")
-    (True, False)
+
+def output_paths(out: str | os.PathLike | None, csv_path: str | os.PathLike | None,
+                 default: Path) -> tuple[Path, Path]:
+    """``(figure, its CSV)``: ``out`` (else ``default``) and ``csv_path`` (else the figure's with ``.csv``).
+
+    >>> import tempfile
+    >>> [p.name for p in output_paths(None, None, Path(tempfile.gettempdir()) / "layers.png")]
+    ['layers.png', 'layers.csv']
     """
-    parts = tag.split("/")
-    return len(parts) >= 3 and is_monitor_name(parts[-1])
-
-
-def format_run_table(curves: dict[str, dict[int, float]]) -> str:
-    """Epoch-by-epoch table of the monitor's curves and the accuracies (``val_acc``, ``probe_acc``).
-
-    Example:
-        >>> print(format_run_table({"dse/penultimate/dse": {0: 8.4, 1: 5.25}, "val_acc": {1: 0.9}}))
-        epoch  DSE(Z)  val_acc
-            0   8.400        -
-            1   5.250    0.900
-    """
-    order = {m: i for i, m in enumerate(METRICS)}
-    tags = sorted((t for t in curves if is_monitor_tag(t) and t.split("/")[-1] in METRICS),  # no diagnostics
-                  key=lambda t: ("/".join(t.split("/")[:-1]), order[t.split("/")[-1]]))
-    layers = {"/".join(t.split("/")[1:-1]) for t in tags}
-    names = []
-    for t in tags:
-        title = METRICS[t.split("/")[-1]].title
-        names.append(title if len(layers) <= 1 else f"{title}@{'/'.join(t.split('/')[1:-1])}")
-    for acc in ACCURACIES:
-        if acc in curves:
-            tags.append(acc)
-            names.append(acc)
-    if not tags:
-        return ""
-    epochs = sorted({e for t in tags for e in curves[t]})
-    rows = [[str(e)] + ["-" if curves[t].get(e) is None else num(curves[t][e]) for t in tags] for e in epochs]
-    return format_columns(["epoch", *names], rows)
-
-
-def run_curves(trainer: Any) -> dict[str, dict[int, float]]:
-    """``{tag: {completed epochs: value}}`` from the monitors' ``history`` and :class:`EpochScalars`.
-
-    A history entry is ``{"<prefix>/<layer>/<metric>": value}`` keyed by completed epochs
-    (by global step with a step cadence); the monitor's ``positions`` give each entry's
-    epoch, and an entry that carries its own ``"epoch"`` is placed at that epoch.
-    """
-    from .scalars import EpochScalars
-
-    curves: dict[str, dict[int, float]] = {}
-    for cb in trainer.callbacks:
-        if isinstance(cb, EpochScalars):
-            for name, series in cb.history.items():
-                curves.setdefault(name, {}).update(series)
-            continue
-        history = getattr(cb, "history", None)
-        if not isinstance(history, dict):
-            continue
-        positions = getattr(cb, "positions", None) or {}
-        for step, values in history.items():
-            if not isinstance(values, dict):
-                continue
-            epoch = int(positions.get(step, {}).get("epoch", values.get("epoch", step)))
-            for k, v in values.items():
-                if is_monitor_tag(k):
-                    curves.setdefault(k, {})[epoch] = float(v)
-    return curves
-
-
-def run_table(trainer: Any) -> str:
-    """The end-of-run table of ``dse-monitor fit`` (empty when nothing was measured)."""
-    curves = run_curves(trainer)
-    if not any(is_monitor_tag(t) for t in curves):
-        return ""
-    return "DSE/DSMI in bits by completed epoch (0 = at initialisation):\n" + format_run_table(curves)
+    png = Path(out) if out is not None else default
+    png.parent.mkdir(parents=True, exist_ok=True)
+    return png, Path(csv_path) if csv_path is not None else png.with_suffix(".csv")

@@ -7,6 +7,7 @@ import csv
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -64,8 +65,7 @@ def test_closing_table_without_a_tensorboard_logger_comes_from_the_monitor_histo
 
 
 def _console(*args: str) -> list[str]:
-    script = Path(sys.executable).with_name("dse-monitor")
-    return [str(script), *args] if script.exists() else [sys.executable, "-m", "dse_monitor.train.cli", *args]
+    return [sys.executable, "-m", "dse_monitor", *args]  # what the dse-monitor script runs
 
 
 def test_overview_names_the_subcommands(capsys):
@@ -118,6 +118,25 @@ def test_closing_table_takes_the_accuracy_from_the_run_and_the_epoch_an_entry_ca
     trainer = pl.Trainer(logger=False, callbacks=[monitor, scalars], enable_progress_bar=False)
     lines = run_table(trainer).splitlines()
     assert lines[1:] == ["epoch  DSE(Z)  val_acc", "    0   8.250        -", "    1   5.500    0.750"]
+
+
+def test_closing_table_of_many_layers_and_metrics_keeps_lines_under_120_columns():
+    from dse_monitor.registry import METRICS
+
+    layers = ["backbone.layer2", "backbone.layer3", "backbone.layer4", "penultimate"]
+    curves = {f"dse/{lay}/{m}": {0: 8.49, 1: -0.0001, 20: 12.345} for lay in layers for m in METRICS}
+    curves.update({"dse/penultimate/sigma_ratio": {0: 0.5}, "val_acc": {1: 0.5, 20: 0.99}, "probe_acc": {20: 0.9}})
+    lines = format_run_table(curves).splitlines()
+    assert max(len(line) for line in lines) < 120
+    assert [line for line in lines if not line.startswith(" ")] == layers  # one block per layer, in order
+    # each layer's columns, wrapped onto several tables that each lead with the epochs
+    per_layer = [b for b in re.split(r"^(?! )", "\n".join(lines), flags=re.M) if b.strip()]
+    assert len(per_layer) == len(layers)
+    for block in per_layer:
+        headers = [re.split(r"\s{2,}", line.strip()) for line in block.splitlines() if line.strip().startswith("epoch")]
+        assert all(h[0] == "epoch" for h in headers) and len(headers) > 1
+        assert [c for h in headers for c in h[1:]] == [*(m.title for m in METRICS.values()), "val_acc", "probe_acc"]
+    assert "sigma_ratio" not in "\n".join(lines) and "-0.000" not in "\n".join(lines)
 
 
 def test_recorded_accuracies_are_only_those_logged_in_each_validation(tmp_path):

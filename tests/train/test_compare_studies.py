@@ -120,6 +120,23 @@ def test_layers_heat_map_has_one_row_per_layer(root, tmp_path):
         assert im.format == "PNG"
 
 
+def test_without_group_by_the_heat_map_is_one_panel_of_every_run_titled_by_its_axes(root, tmp_path):
+    from dse_monitor.train.analyses import layer_heatmap
+
+    out = layer_heatmap(root, ["dse", "dsmi_y"], None, out=tmp_path / "all.png", say=lambda *_: None)
+    assert list(out["grids"]) == ["all runs"] and out["panels"] == ["4 run(s)"]  # no "model.init_std = None"
+    assert "layers x metrics at epoch 2" in out["title"] and "by" not in out["title"].split(":")[0]
+    assert out["grids"]["all runs"].shape == (len(LAYERS), 2)
+
+
+def test_the_closing_table_of_a_two_layer_run_is_one_block_per_layer(root):
+    from dse_monitor.train.summary import format_run_table
+
+    lines = format_run_table(next(iter(_runs(root).values())).curves).splitlines()
+    assert {line for line in lines if not line.startswith(" ")} == {"backbone.layer3", "penultimate"}
+    assert sum(line.split() == ["epoch", "DSE(Z)", "DSMI(Z;Y)", "DSMI(Z;X)", "val_acc"] for line in lines) == 2
+
+
 def test_x_step_plots_at_the_global_steps_where_lightning_logged_validation(root, tmp_path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 

@@ -103,9 +103,9 @@ def test_score_checkpoints_rows_accuracy_correlation_png_and_rerun(trained, tmp_
         assert f"{pearson.statistic:.3f}" in line and f"{spearman.statistic:.3f}" in line
     assert "model" in printed and "DSMI(Z;Y)" in printed and Path(ckpts[0]).name in printed
 
-    # the PNG: one panel per metric, drawn (not blank)
+    # the PNG: one panel per metric, three a row, drawn (not blank)
     png = Image.open(out / "scores.png").convert("L")
-    assert png.size[0] > 3 * png.size[1] and np.asarray(png).std() > 10
+    assert png.size[0] < 3 * png.size[1] and np.asarray(png).std() > 10  # a grid (three a row), not one long row
 
     # a rerun skips every model and leaves the files as they were
     before = (out / "scores.csv").read_bytes()
