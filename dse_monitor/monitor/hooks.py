@@ -110,11 +110,18 @@ class DSEMonitorCore:
         forward_fn: callable ``(module, batch) -> Any`` that runs the forward pass
             itself (it gets the raw batch on the device); default: as described above.
         batch_size: probe batch size (default: the source loader's, else 64).
-        cache_inputs: keep this rank's probe batches in memory after the first pass, so
-            that later measurements skip loading them: ``"auto"`` when they take at most
-            256 MiB and two loads of the first batch are equal (deterministic
-            transforms), ``True`` whatever their size (with random transforms: the
-            first draw is the fixed probe), ``False`` never. Each pass gets copies.
+        cache_inputs: keep this rank's probe batches after the first pass, so that later
+            measurements skip loading them: ``"auto"`` when two loads of the first batch
+            are equal (deterministic transforms) and they fit, on the model's CUDA device
+            within 25% of its free memory (once training has run), else in pinned host
+            memory within 25% of the available RAM (split among the host's processes;
+            on the CPU: host memory); ``True`` whatever their size (with random
+            transforms: the first draw is the fixed probe), ``False`` never. Each pass
+            gets copies; the dtype is kept (:mod:`dse_monitor.capture.cache`).
+        probe_loader_kwargs: DataLoader arguments of the probe's loader (``num_workers``,
+            ``pin_memory``, ``persistent_workers``, ...); default: a DataLoader probe
+            lends its own, a Dataset probe takes those of the trainer's validation (else
+            training) loader.
         reuse_validation: with ``probe="val"``, read the layers during the epoch's
             validation pass (same weights, same samples in order) instead of running the
             probe again; checked once per fit against the probe's own pass and used only
@@ -169,6 +176,7 @@ class DSEMonitorCore:
         forward_fn: Optional[ForwardFn] = None,
         batch_size: Optional[int] = None,
         cache_inputs: Union[bool, str] = "auto",
+        probe_loader_kwargs: Optional[dict[str, Any]] = None,
         reuse_validation: bool = True,
         device: Union[str, torch.device, None] = None,
         dtype: Union[str, torch.dtype, None] = "float32",
@@ -365,16 +373,16 @@ class DSEMonitorCore:
             if not self._probe.layers:  # called without on_fit_start (e.g. by hand)
                 self._prepare(trainer, pl_module)
             want_labels, want_inputs = self._groups.still_needed(self.config)
-            reused = None if want_labels or want_inputs else self._reuse.take(position.global_step)
             info = lambda m: self._reporter.info(trainer, m)  # noqa: E731
+            reused = None if want_labels or want_inputs else self._reuse.take(trainer, position.global_step, info)
             if reused is not None and self._reuse.verified and self._reuse.spot_check(
-                    reused, self._probe.first_batch(trainer, pl_module, self._state.indices), info):
+                    trainer, reused, self._probe.spot_features(trainer, pl_module), info):
                 features = reused
             else:
                 features = self._probe.run(trainer, pl_module, self._state.indices, step,
                                            want_labels=want_labels, want_inputs=want_inputs)
                 if reused is not None and features is not None and not self._reuse.verified:
-                    self._reuse.verify(reused, features, info)
+                    self._reuse.verify(trainer, reused, features, info)
         if features is None:
             self.last_duration_s = time.perf_counter() - start
             return None

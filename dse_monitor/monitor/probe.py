@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader
 
-from ..capture.cache import CACHE_LIMIT_BYTES, BatchRecorder, CachedBatches, holds_arrays, same_batches
+from ..capture.cache import (BatchRecorder, CacheBudget, CachedBatches, batch_nbytes, describe_budget, holds_arrays,
+                             plan_cache, same_batches)
 from ..capture.compiled import eager
 from ..capture.forward import split_batch
 from ..capture.hooks import FeatureCapture, eval_mode
 from ..capture.layer_sets import describe_layers, resolve_layers
 from ..capture.layers import Layer, LayerNotFoundError
-from ..capture.probe import choose_indices, first_dataloader, map_tensors, probe_loader, source_dataset
+from ..capture.probe import (choose_indices, first_dataloader, map_tensors, probe_loader, source_dataset,
+                             tensor_leaves)
 from .collect import ProbeFeatures, collect_features, forward_as_validation
 from .report import DSEMonitorWarning
 from .config import MonitorConfig
@@ -73,7 +75,12 @@ class ProbeSet:
         self.loader: Optional[DataLoader] = None
         #: This rank's batches kept in memory after the first pass (``cache_inputs``), or None.
         self.cached: Optional[CachedBatches] = None
-        self._cache_decided = False
+        self._cache_decided = self._promote_pending = False
+        self._sample_bytes = 0.0
+        #: The shares of device memory and host RAM the kept batches may take (tests lower them).
+        self.budget = CacheBudget()
+        #: The first samples of this rank's last own pass (on the model's device) and their probe positions.
+        self.spot: Optional[tuple[Any, torch.Tensor]] = None
         self._info: Warn = _ignore  # set by prepare(); module level so that ddp_spawn can pickle it
         self.capture: Optional[FeatureCapture] = None
 
@@ -89,7 +96,8 @@ class ProbeSet:
 
     def forget_loader(self) -> None:
         """Drop this rank's loader and kept batches (the indices changed, or the fit ended)."""
-        self.loader, self.cached, self._cache_decided = None, None, False
+        self.loader, self.cached, self.spot = None, None, None
+        self._cache_decided = self._promote_pending = False
 
     def remove_hooks(self) -> None:
         """Hooks never outlive a probe pass (a context manager removes them); this is a no-op
@@ -107,16 +115,7 @@ class ProbeSet:
         rank skipping alone cannot leave the others waiting.
         """
         try:
-            batches: Any = self.cached if self.cached is not None else self.shard_loader(trainer, indices)
-            recorder = None
-            if self.cached is None and not self._cache_decided and self.config.cache_inputs:
-                limit = None if self.config.cache_inputs is True else CACHE_LIMIT_BYTES
-                batches = recorder = BatchRecorder(batches, limit)
-            self.capture = FeatureCapture(self.layers, self.config.pooling)
-            local = collect_features(trainer, pl_module, batches, self.layers, self.config, self.capture,
-                                     want_labels=want_labels, want_inputs=want_inputs)
-            if recorder is not None:
-                self._keep(recorder)
+            local: Optional[ProbeFeatures] = self._own_pass(trainer, pl_module, indices, want_labels, want_inputs)
         except Exception as err:  # never kill the run for a measurement
             local = None
             warnings.warn(
@@ -130,19 +129,94 @@ class ProbeSet:
             ok = trainer.strategy.reduce_boolean_decision(ok, all=True)
         return self.gather(trainer, local, len(indices)) if ok else None
 
-    def first_batch(self, trainer: Any, pl_module: Any, indices: list[int]) -> Optional[ProbeFeatures]:
-        """This rank's features of its first ``SPOT_ROWS`` probe samples (the checks of :mod:`.reuse`),
-        or None on failure (e.g. a batch whose tensors do not all lead with the sample dimension)."""
+    def _own_pass(self, trainer: Any, pl_module: Any, indices: list[int], want_labels: bool,
+                  want_inputs: bool) -> ProbeFeatures:
+        self._promote(trainer, pl_module)
+        batches: Any = self.cached if self.cached is not None else self.shard_loader(trainer, indices)
+        recorder = self._recorder(trainer, pl_module, indices)
+        if recorder is not None:
+            recorder.loader, batches = batches, recorder
         try:
-            if self.cached is not None:
-                batch = next(iter(CachedBatches(self.cached.batches[:1])))
-            else:
-                batch = next(iter(self.shard_loader(trainer, indices)))
-            batches = [map_tensors(batch, lambda t: t[:SPOT_ROWS] if t.ndim else t)]
-            return collect_features(trainer, pl_module, batches, self.layers, self.config,
-                                    FeatureCapture(self.layers, self.config.pooling), want_labels=False, want_inputs=False)
+            local = self._collect(trainer, pl_module, batches, indices, want_labels, want_inputs)
+        except torch.cuda.OutOfMemoryError:
+            if recorder is None or recorder.tier.where != "device":
+                raise
+            recorder.drop()  # the kept batches took the room: give them up and load as without a cache
+            self._cache_decided, recorder = True, None
+            self._info("DSEMonitor: out of device memory while keeping the probe batches on the device; they "
+                       "are dropped and loaded at every measurement.")
+            local = self._collect(trainer, pl_module, self.shard_loader(trainer, indices), indices,
+                                  want_labels, want_inputs)
+        if recorder is not None:
+            self._keep(recorder)
+        return local
+
+    def _collect(self, trainer: Any, pl_module: Any, batches: Any, indices: list[int], want_labels: bool,
+                 want_inputs: bool) -> ProbeFeatures:
+        self.capture = FeatureCapture(self.layers, self.config.pooling)
+        return collect_features(trainer, pl_module, self._keeping_spot(batches, trainer, pl_module, len(indices)),
+                                self.layers, self.config, self.capture, want_labels=want_labels,
+                                want_inputs=want_inputs)
+
+    def _keeping_spot(self, batches: Any, trainer: Any, pl_module: Any, n: int) -> Iterator[Any]:
+        """Yield ``batches``, keeping a device copy of the first ``SPOT_ROWS`` samples (before the model
+        runs them: it may write into its inputs) and their probe positions, for the checks of :mod:`.reuse`."""
+        for i, batch in enumerate(batches):
+            if i == 0:
+                spot = map_tensors(batch, lambda t: t[:SPOT_ROWS].to(pl_module.device, copy=True) if t.ndim else t)
+                first = trainer.global_rank * math.ceil(n / trainer.world_size)
+                rows = min([SPOT_ROWS, n - first] + [len(t) for t in tensor_leaves(spot) if t.ndim])
+                self.spot = (spot, torch.arange(first, first + max(rows, 0)))
+            yield batch
+
+    def spot_features(self, trainer: Any, pl_module: Any) -> Optional[tuple[ProbeFeatures, torch.Tensor]]:
+        """The features of the samples kept by the last own pass (at most ``SPOT_ROWS``, run again now) and
+        their probe positions; no loader is started. None when none are kept or the pass fails."""
+        if self.spot is None:
+            return None
+        try:
+            spot, positions = self.spot
+            batch = map_tensors(spot, lambda t: t.clone())
+            features = collect_features(trainer, pl_module, [batch], self.layers, self.config,
+                                        FeatureCapture(self.layers, self.config.pooling),
+                                        want_labels=False, want_inputs=False)
+            return ProbeFeatures({n: z[: len(positions)] for n, z in features.features.items()}), positions
         except Exception:
             return None
+
+    # ------------------------------------------------------------------ kept batches
+    def _recorder(self, trainer: Any, pl_module: Any, indices: list[int]) -> Optional[BatchRecorder]:
+        """A recorder in the cheapest tier that fits (see :mod:`dse_monitor.capture.cache`), or None."""
+        if self.cached is not None or self._cache_decided or not self.config.cache_inputs:
+            return None
+        device = pl_module.device
+        # before training has run, free device memory does not show what training needs
+        on_device = device.type != "cuda" or trainer.global_step > 0
+        estimate = int(self._sample_bytes * math.ceil(len(indices) / trainer.world_size))
+        processes = int(getattr(trainer, "num_devices", 1) or 1)
+        tier = plan_cache(estimate, device, self.budget, unlimited=self.config.cache_inputs is True,
+                          device_allowed=on_device, host_processes=processes)
+        if tier is None and on_device:
+            self._cache_decided = True
+            self._info(f"DSEMonitor: the probe batches take about {estimate / 2**30:.2f} GiB per rank, over the "
+                       f"cache budgets ({describe_budget(device, self.budget, processes)}); they are loaded at every "
+                       f"measurement (cache_inputs=True keeps them in {'pinned ' * (device.type == 'cuda')}host "
+                       f"memory: {estimate / 2**30:.2f} GiB).")
+        self._promote_pending = tier is not None and tier.where == "pinned" and not on_device
+        return None if tier is None else BatchRecorder(None, tier.limit_bytes, tier)
+
+    def _promote(self, trainer: Any, pl_module: Any) -> None:
+        """Once training has run: move batches kept in pinned memory to the device when they fit there."""
+        if not (self._promote_pending and self.cached is not None and trainer.global_step > 0):
+            return
+        self._promote_pending = False
+        tier = plan_cache(self.cached.nbytes, pl_module.device, self.budget)
+        if tier is not None and tier.where == "device":
+            try:
+                self.cached = self.cached.moved(tier)
+                self._info("DSEMonitor: the kept probe batches moved to the device.")
+            except Exception:  # e.g. out of device memory: they stay in pinned memory
+                pass
 
     def _keep(self, recorder: BatchRecorder) -> None:
         """After the first full pass: keep its batches when they fit and the split is deterministic."""
@@ -151,12 +225,19 @@ class ProbeSet:
             self.cached = self._checked_cache(recorder)
         except Exception as err:  # the features of this pass stand; only the cache is given up
             self._info(f"DSEMonitor: the probe batches are not kept ({type(err).__name__}: {err}).")
+        if self.cached is not None:
+            self.loader = None  # not read again: let its workers go
 
     def _checked_cache(self, recorder: BatchRecorder) -> Optional[CachedBatches]:
         mib = recorder.nbytes / 2**20
+        if recorder.error is not None:
+            self._info(f"DSEMonitor: keeping the probe batches failed ({type(recorder.error).__name__}: "
+                       f"{recorder.error}); they are loaded at every measurement.")
+            return None
         if recorder.batches is None:
-            self._info(f"DSEMonitor: the probe batches take over {CACHE_LIMIT_BYTES / 2**20:.0f} MiB; they are "
-                       "loaded at every measurement (cache_inputs=True keeps them whatever their size).")
+            self._info(f"DSEMonitor: the probe batches take over {recorder.limit_bytes / 2**20:.0f} MiB, the cache "
+                       "budget; they are loaded at every measurement (cache_inputs=True keeps them whatever "
+                       "their size).")
             return None
         if self.config.cache_inputs == "auto" and any(holds_arrays(b) for b in recorder.batches):
             self._info("DSEMonitor: the probe batches hold numpy arrays, which the cache can neither compare nor "
@@ -170,8 +251,9 @@ class ProbeSet:
                            "probe split?); the probe is loaded at every measurement (cache_inputs=True keeps "
                            "the first draw as a fixed probe).")
                 return None
-        cached = CachedBatches(recorder.batches)
-        self._info(f"DSEMonitor: keeping the probe batches in memory ({len(cached)} batch"
+        cached = CachedBatches(recorder.batches, recorder.tier)
+        where = {"device": "on the device", "pinned": "in pinned host memory", "host": "in host memory"}
+        self._info(f"DSEMonitor: keeping the probe batches {where[recorder.tier.where]} ({len(cached)} batch"
                    f"{'es' if len(cached) != 1 else ''}, {mib:.1f} MiB) for the next measurements.")
         return cached
 
@@ -202,6 +284,7 @@ class ProbeSet:
         self.forget_loader()
         peek = probe_loader(self.source, state.indices[: min(len(state.indices), 8)], batch_size=8)
         raw = next(iter(peek))
+        self._sample_bytes = batch_nbytes(raw) / min(len(state.indices), 8)  # sizes the cache before the pass
         with eager(pl_module) as module:
             batch = split_batch(raw, module, cfg.batch_fn)
             self._check_labels(batch.labels, batch.why_no_labels)
@@ -250,8 +333,27 @@ class ProbeSet:
             share = math.ceil(len(indices) / world)
             mine = indices[rank * share : (rank + 1) * share]
             mine = mine + [indices[0]] * (share - len(mine))  # equal shapes for all_gather
-            self.loader = probe_loader(self.source, mine, self.config.batch_size)
+            self.loader = probe_loader(self.source, mine, self.config.batch_size, self._loader_kwargs(trainer))
         return self.loader
+
+    def _loader_kwargs(self, trainer: Any) -> dict[str, Any]:
+        """``probe_loader_kwargs``; else, for a Dataset probe, the workers of the trainer's val (else train) loader."""
+        if self.config.probe_loader_kwargs is not None:
+            return self.config.probe_loader_kwargs
+        if isinstance(self.source, DataLoader):
+            return {}  # it lends its own
+        for loaders in (getattr(trainer, "val_dataloaders", None), getattr(trainer, "train_dataloader", None)):
+            try:
+                loader = first_dataloader(loaders)
+            except Exception:
+                continue
+            if isinstance(loader, DataLoader):
+                kwargs: dict[str, Any] = dict(num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+                if loader.num_workers > 0:
+                    kwargs.update(persistent_workers=loader.persistent_workers,
+                                  multiprocessing_context=loader.multiprocessing_context)
+                return kwargs
+        return {}
 
     @staticmethod
     def gather(trainer: Any, local: ProbeFeatures, n: int) -> ProbeFeatures:

@@ -27,8 +27,10 @@ def _model():
 
 def _run(root, **kw):
     monitor = DSEMonitor(num_samples=41, batch_size=8, metrics=METRICS, sigma=1.0, save_raw=True)  # 41: uneven shares
-    # a second monitor whose probe pass fails on rank 1 alone at step 1 (call 3: peek, step 0, step 1)
-    flaky = DSEMonitor(num_samples=16, batch_size=8, metrics="dse", prefix="flaky", batch_fn=FailsOnRank1(3))
+    # a second monitor whose probe pass fails on rank 1 alone at step 1 (call 3: peek, step 0, step 1; no
+    # validation reuse, whose hooks would call batch_fn too)
+    flaky = DSEMonitor(num_samples=16, batch_size=8, metrics="dse", prefix="flaky", batch_fn=FailsOnRank1(3),
+                       reuse_validation=False)
     # every optimizer step: each rank must decide identically, or the gather would hang
     steps = DSEMonitor(num_samples=16, batch_size=8, metrics="dse", prefix="steps", every_n_train_steps=1)
     logger = CSVLogger(str(root), name="csv")

@@ -156,13 +156,13 @@ def test_probe_batches_are_kept_only_when_two_loads_agree(tmp_path, caplog):
     data = make_data(64, 16, seed=2)
     monitor, _ = _fit(tmp_path, LitClassifier, epochs=1, probe=data, num_samples=40)
     assert monitor._probe.cached is None  # released after fit
-    assert "keeping the probe batches in memory (1 batch" in caplog.text  # 40 samples, one batch of 64
+    assert "keeping the probe batches in host memory (1 batch" in caplog.text  # 40 samples, one batch of 64
     caplog.clear()
     noisy, _ = _fit(tmp_path, LitClassifier, epochs=1, probe=NoisyImages(data), num_samples=40)
     assert "two loads of the first probe batch differ" in caplog.text and len(noisy.history) == 2
     caplog.clear()  # asked for: the first draw is kept as the fixed probe
     kept, _ = _fit(tmp_path, LitClassifier, epochs=1, probe=NoisyImages(data), num_samples=40, cache_inputs=True)
-    assert "keeping the probe batches in memory (1 batch" in caplog.text and len(kept.history) == 2
+    assert "keeping the probe batches in host memory (1 batch" in caplog.text and len(kept.history) == 2
     assert "two loads" not in caplog.text
     with pytest.raises(ValueError, match="cache_inputs must be True, False or 'auto'"):
         DSEMonitor(cache_inputs="yes")
