@@ -77,7 +77,7 @@ def _agree(trainer: Any, ok: bool) -> bool:
 def visit_order(sampler: Any, trainer: Any) -> Optional[list[int]]:
     """The dataset indices this rank's validation visits, in order, when the sampler says them
     (sequential, or distributed with ``shuffle=False``); None for any other sampler."""
-    if isinstance(sampler, SequentialSampler) and trainer.world_size == 1:
+    if isinstance(sampler, SequentialSampler):  # under DDP: every rank validates the whole split
         return list(range(len(sampler)))
     if type(sampler) is DistributedSampler and not sampler.shuffle and sampler.num_replicas == trainer.world_size \
             and sampler.rank == trainer.global_rank:
