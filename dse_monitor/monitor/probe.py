@@ -18,8 +18,7 @@ from typing import Any, Callable, Iterator, Optional
 import torch
 from torch.utils.data import DataLoader
 
-from ..capture.cache import (BatchRecorder, CacheBudget, CachedBatches, batch_nbytes, describe_budget, holds_arrays,
-                             plan_cache, same_batches)
+from ..capture.cache import batch_nbytes
 from ..capture.compiled import eager
 from ..capture.forward import split_batch
 from ..capture.hooks import FeatureCapture, eval_mode
@@ -30,6 +29,7 @@ from ..capture.probe import (choose_indices, first_dataloader, map_tensors, prob
 from .collect import ProbeFeatures, collect_features, forward_as_validation
 from .report import DSEMonitorWarning
 from .config import MonitorConfig
+from .kept import KeptBatches
 from .state import MonitorState
 
 Warn = Callable[[str], None]
@@ -73,15 +73,10 @@ class ProbeSet:
         self.source: Any = None
         self.layers: list[Layer] = []
         self.loader: Optional[DataLoader] = None
-        #: This rank's batches kept in memory after the first pass (``cache_inputs``), or None.
-        self.cached: Optional[CachedBatches] = None
-        self._cache_decided = self._promote_pending = False
-        self._sample_bytes = 0.0
-        #: The shares of device memory and host RAM the kept batches may take (tests lower them).
-        self.budget = CacheBudget()
+        #: This rank's batches kept after the first pass (``cache_inputs``).
+        self.kept = KeptBatches(config.cache_inputs)
         #: The first samples of this rank's last own pass (on the model's device) and their probe positions.
         self.spot: Optional[tuple[Any, torch.Tensor]] = None
-        self._info: Warn = _ignore  # set by prepare(); module level so that ddp_spawn can pickle it
         self.capture: Optional[FeatureCapture] = None
 
     @property
@@ -91,13 +86,14 @@ class ProbeSet:
 
     def release(self) -> None:
         """Drop the per-run objects (they reference the data and the model)."""
-        self.source, self.layers, self.capture, self._info = None, [], None, _ignore
+        self.source, self.layers, self.capture = None, [], None
+        self.kept.info = _ignore  # module level, so that ddp_spawn can pickle it
         self.forget_loader()
 
     def forget_loader(self) -> None:
         """Drop this rank's loader and kept batches (the indices changed, or the fit ended)."""
-        self.loader, self.cached, self.spot = None, None, None
-        self._cache_decided = self._promote_pending = False
+        self.loader, self.spot = None, None
+        self.kept.forget()
 
     def remove_hooks(self) -> None:
         """Hooks never outlive a probe pass (a context manager removes them); this is a no-op
@@ -131,9 +127,10 @@ class ProbeSet:
 
     def _own_pass(self, trainer: Any, pl_module: Any, indices: list[int], want_labels: bool,
                   want_inputs: bool) -> ProbeFeatures:
-        self._promote(trainer, pl_module)
-        batches: Any = self.cached if self.cached is not None else self.shard_loader(trainer, indices)
-        recorder = self._recorder(trainer, pl_module, indices)
+        kept = self.kept
+        kept.promote(trainer, pl_module.device)
+        batches: Any = kept.cached if kept.cached is not None else self.shard_loader(trainer, indices)
+        recorder = kept.recorder(trainer, pl_module.device, indices)
         if recorder is not None:
             recorder.loader, batches = batches, recorder
         try:
@@ -141,14 +138,12 @@ class ProbeSet:
         except torch.cuda.OutOfMemoryError:
             if recorder is None or recorder.tier.where != "device":
                 raise
-            recorder.drop()  # the kept batches took the room: give them up and load as without a cache
-            self._cache_decided, recorder = True, None
-            self._info("DSEMonitor: out of device memory while keeping the probe batches on the device; they "
-                       "are dropped and loaded at every measurement.")
+            kept.give_up(recorder)  # the kept batches took the room: load as without a cache
+            recorder = None
             local = self._collect(trainer, pl_module, self.shard_loader(trainer, indices), indices,
                                   want_labels, want_inputs)
-        if recorder is not None:
-            self._keep(recorder)
+        if recorder is not None and kept.keep(recorder, self.loader):
+            self.loader = None  # not read again: let its workers go
         return local
 
     def _collect(self, trainer: Any, pl_module: Any, batches: Any, indices: list[int], want_labels: bool,
@@ -184,79 +179,6 @@ class ProbeSet:
         except Exception:
             return None
 
-    # ------------------------------------------------------------------ kept batches
-    def _recorder(self, trainer: Any, pl_module: Any, indices: list[int]) -> Optional[BatchRecorder]:
-        """A recorder in the cheapest tier that fits (see :mod:`dse_monitor.capture.cache`), or None."""
-        if self.cached is not None or self._cache_decided or not self.config.cache_inputs:
-            return None
-        device = pl_module.device
-        # before training has run, free device memory does not show what training needs
-        on_device = device.type != "cuda" or trainer.global_step > 0
-        estimate = int(self._sample_bytes * math.ceil(len(indices) / trainer.world_size))
-        processes = int(getattr(trainer, "num_devices", 1) or 1)
-        tier = plan_cache(estimate, device, self.budget, unlimited=self.config.cache_inputs is True,
-                          device_allowed=on_device, host_processes=processes)
-        if tier is None and on_device:
-            self._cache_decided = True
-            self._info(f"DSEMonitor: the probe batches take about {estimate / 2**30:.2f} GiB per rank, over the "
-                       f"cache budgets ({describe_budget(device, self.budget, processes)}); they are loaded at every "
-                       f"measurement (cache_inputs=True keeps them in {'pinned ' * (device.type == 'cuda')}host "
-                       f"memory: {estimate / 2**30:.2f} GiB).")
-        self._promote_pending = tier is not None and tier.where == "pinned" and not on_device
-        return None if tier is None else BatchRecorder(None, tier.limit_bytes, tier)
-
-    def _promote(self, trainer: Any, pl_module: Any) -> None:
-        """Once training has run: move batches kept in pinned memory to the device when they fit there."""
-        if not (self._promote_pending and self.cached is not None and trainer.global_step > 0):
-            return
-        self._promote_pending = False
-        tier = plan_cache(self.cached.nbytes, pl_module.device, self.budget)
-        if tier is not None and tier.where == "device":
-            try:
-                self.cached = self.cached.moved(tier)
-                self._info("DSEMonitor: the kept probe batches moved to the device.")
-            except Exception:  # e.g. out of device memory: they stay in pinned memory
-                pass
-
-    def _keep(self, recorder: BatchRecorder) -> None:
-        """After the first full pass: keep its batches when they fit and the split is deterministic."""
-        self._cache_decided = True
-        try:
-            self.cached = self._checked_cache(recorder)
-        except Exception as err:  # the features of this pass stand; only the cache is given up
-            self._info(f"DSEMonitor: the probe batches are not kept ({type(err).__name__}: {err}).")
-        if self.cached is not None:
-            self.loader = None  # not read again: let its workers go
-
-    def _checked_cache(self, recorder: BatchRecorder) -> Optional[CachedBatches]:
-        mib = recorder.nbytes / 2**20
-        if recorder.error is not None:
-            self._info(f"DSEMonitor: keeping the probe batches failed ({type(recorder.error).__name__}: "
-                       f"{recorder.error}); they are loaded at every measurement.")
-            return None
-        if recorder.batches is None:
-            self._info(f"DSEMonitor: the probe batches take over {recorder.limit_bytes / 2**20:.0f} MiB, the cache "
-                       "budget; they are loaded at every measurement (cache_inputs=True keeps them whatever "
-                       "their size).")
-            return None
-        if self.config.cache_inputs == "auto" and any(holds_arrays(b) for b in recorder.batches):
-            self._info("DSEMonitor: the probe batches hold numpy arrays, which the cache can neither compare nor "
-                       "copy; they are loaded at every measurement (cache_inputs=True keeps them).")
-            return None
-        if self.config.cache_inputs == "auto" and recorder.batches and self.loader is not None:
-            # A second load of the first batch must give the same tensors: random transforms on the
-            # probe split would make each measurement see other inputs, and a cache would hide that.
-            if not same_batches(next(iter(self.loader)), recorder.batches[0]):
-                self._info("DSEMonitor: two loads of the first probe batch differ (random transforms on the "
-                           "probe split?); the probe is loaded at every measurement (cache_inputs=True keeps "
-                           "the first draw as a fixed probe).")
-                return None
-        cached = CachedBatches(recorder.batches, recorder.tier)
-        where = {"device": "on the device", "pinned": "in pinned host memory", "host": "in host memory"}
-        self._info(f"DSEMonitor: keeping the probe batches {where[recorder.tier.where]} ({len(cached)} batch"
-                   f"{'es' if len(cached) != 1 else ''}, {mib:.1f} MiB) for the next measurements.")
-        return cached
-
     # ------------------------------------------------------------------ preflight
     def prepare(self, trainer: Any, pl_module: Any, state: MonitorState, warn: Warn, info: Warn) -> None:
         """Choose (or check the stored) indices, resolve the layers and run one peek batch.
@@ -266,7 +188,7 @@ class ProbeSet:
         resolved layers (globs, ``"blocks"``) are listed in one ``info`` line.
         """
         cfg = self.config
-        self._info = info
+        self.kept.info = info
         self.source = resolve_source(trainer, cfg.probe)
         n_total = len(source_dataset(self.source))
         if n_total < 2:
@@ -284,7 +206,7 @@ class ProbeSet:
         self.forget_loader()
         peek = probe_loader(self.source, state.indices[: min(len(state.indices), 8)], batch_size=8)
         raw = next(iter(peek))
-        self._sample_bytes = batch_nbytes(raw) / min(len(state.indices), 8)  # sizes the cache before the pass
+        self.kept.sample_bytes = batch_nbytes(raw) / min(len(state.indices), 8)  # sizes the cache before the pass
         with eager(pl_module) as module:
             batch = split_batch(raw, module, cfg.batch_fn)
             self._check_labels(batch.labels, batch.why_no_labels)

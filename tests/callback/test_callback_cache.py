@@ -18,7 +18,7 @@ class KeptDtype(L.Callback):
     """What the monitor keeps, seen at the end of the first epoch (listed after the monitor)."""
 
     def on_train_epoch_end(self, trainer, pl_module):
-        cached = trainer.callbacks[0]._probe.cached
+        cached = trainer.callbacks[0]._probe.kept.cached
         self.kept = None if cached is None else (cached.tier.where, cached.batches[0][0].dtype, cached.nbytes)
 
 
@@ -26,7 +26,7 @@ def _fit(tmp_path, probe, epochs=2, budget=None, **kw):
     L.seed_everything(0)
     monitor = DSEMonitor(probe=probe, num_samples=None, metrics=["dse", "dsmi_y"], sigma=1.0, **kw)
     if budget is not None:
-        monitor._probe.budget = budget
+        monitor._probe.kept.budget = budget
     log, kept = ReadLog(), KeptDtype()
     model = LitClassifier(net=PooledNet(), n_train=32, n_val=32, size=8)
     L.Trainer(callbacks=[monitor, log, kept], **trainer_kwargs(tmp_path, max_epochs=epochs)).fit(model)

@@ -173,7 +173,7 @@ def test_probe_batches_are_kept_only_when_two_loads_agree(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="dse_monitor")
     data = make_data(64, 16, seed=2)
     monitor, _ = _fit(tmp_path, LitClassifier, epochs=1, probe=data, num_samples=40)
-    assert monitor._probe.cached is None  # released after fit
+    assert monitor._probe.kept.cached is None  # released after fit
     assert "keeping the probe batches in host memory (1 batch" in caplog.text  # 40 samples, one batch of 64
     caplog.clear()
     noisy, _ = _fit(tmp_path, LitClassifier, epochs=1, probe=NoisyImages(data), num_samples=40)
