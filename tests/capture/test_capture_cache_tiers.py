@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -52,3 +53,19 @@ def test_kept_batches_keep_their_dtype_and_replays_are_copies():
     assert torch.cat([x for x, _ in cached]).tolist() == list(range(6))
     moved = cached.moved(Tier("host", None, CPU))  # another tier: a copy, the batches are equal
     assert [b[0].tolist() for b in moved] == [[0, 1, 2, 3], [4, 5]] and moved.batches[0][0] is not cached.batches[0][0]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the device and pinned tiers need CUDA")
+def test_with_cuda_the_device_tier_comes_first_then_pinned_memory_and_replays_are_copies():
+    gpu = torch.device("cuda", torch.cuda.current_device())
+    assert plan_cache(2**20, gpu).where == "device"
+    assert plan_cache(2**20, gpu, device_allowed=False).where == "pinned"  # before training has run
+    assert plan_cache(2**20, gpu, CacheBudget(device_share=1e-12)).where == "pinned"
+    x = torch.arange(8, dtype=torch.int16)
+    for where in ("device", "pinned"):
+        tier = Tier(where, None, gpu)
+        kept = tier.keep(x)
+        assert kept.dtype == torch.int16 and (kept.is_pinned() if where == "pinned" else kept.device == gpu)
+        replay = tier.replay(kept)
+        replay.zero_()  # the model writes into its inputs: the kept copy stays
+        assert replay.device == gpu and kept.cpu().tolist() == list(range(8))
