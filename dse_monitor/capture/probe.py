@@ -56,11 +56,13 @@ def source_dataset(source: Dataset | DataLoader) -> Dataset:
     return dataset
 
 
-def probe_loader(source: Dataset | DataLoader, indices: Sequence[int], batch_size: int | None = None) -> DataLoader:
+def probe_loader(source: Dataset | DataLoader, indices: Sequence[int], batch_size: int | None = None,
+                 overrides: Mapping[str, Any] | None = None) -> DataLoader:
     """A loader over ``indices`` of ``source``'s dataset, in that order, never shuffled.
 
     A DataLoader source lends its batch size, collate function and workers (with their
-    ``worker_init_fn``: datasets that open files or connections per worker need it).
+    ``worker_init_fn``: datasets that open files or connections per worker need it);
+    ``overrides`` (DataLoader arguments such as ``num_workers``) replace what it lends.
 
     >>> from torch.utils.data import TensorDataset
     >>> ds = TensorDataset(torch.arange(10.0), torch.arange(10))
@@ -74,7 +76,11 @@ def probe_loader(source: Dataset | DataLoader, indices: Sequence[int], batch_siz
         if source.num_workers > 0:
             kwargs["multiprocessing_context"] = source.multiprocessing_context
             kwargs["worker_init_fn"] = source.worker_init_fn
+            kwargs["persistent_workers"] = source.persistent_workers
         batch_size = batch_size or source.batch_size
+    kwargs.update(overrides or {})
+    if not kwargs.get("num_workers"):  # arguments that DataLoader refuses without workers
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("persistent_workers", "multiprocessing_context")}
     return DataLoader(Subset(dataset, list(indices)), batch_size=batch_size or 64, shuffle=False, **kwargs)
 
 

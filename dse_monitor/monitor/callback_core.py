@@ -128,11 +128,18 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
         forward_fn: callable ``(module, batch) -> Any`` that runs the forward pass
             itself (it gets the raw batch on the device); default: as described above.
         batch_size: probe batch size (default: the source loader's, else 64).
-        cache_inputs: keep this rank's probe batches in memory after the first pass, so
-            that later measurements skip loading them: ``"auto"`` when they take at most
-            256 MiB and two loads of the first batch are equal (deterministic
-            transforms), ``True`` whatever their size (with random transforms: the
-            first draw is the fixed probe), ``False`` never. Each pass gets copies.
+        cache_inputs: keep this rank's probe batches after the first pass, so that later
+            measurements skip loading them: ``"auto"`` when two loads of the first batch
+            are equal (deterministic transforms) and they fit, on the model's CUDA device
+            within 25% of its free memory (once training has run), else in pinned host
+            memory within 25% of the available RAM (split among the host's processes;
+            on the CPU: host memory); ``True`` whatever their size (with random
+            transforms: the first draw is the fixed probe), ``False`` never. Each pass
+            gets copies; the dtype is kept (:mod:`dse_monitor.capture.cache`).
+        probe_loader_kwargs: DataLoader arguments of the probe's loader (``num_workers``,
+            ``pin_memory``, ``persistent_workers``, ...); default: a DataLoader probe
+            lends its own, a Dataset probe takes those of the trainer's validation (else
+            training) loader.
         reuse_validation: with ``probe="val"``, read the layers during the epoch's
             validation pass (same weights, same samples in order) instead of running the
             probe again; checked once per fit against the probe's own pass and used only
@@ -197,6 +204,7 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
     forward_fn: _Setting[Optional[ForwardFn]] = _Setting()
     batch_size: _Setting[Optional[int]] = _Setting()
     cache_inputs: _Setting[Union[bool, str]] = _Setting()
+    probe_loader_kwargs: _Setting[Optional[dict[str, Any]]] = _Setting()
     reuse_validation: _Setting[bool] = _Setting()
     device: _Setting[Optional[torch.device]] = _Setting()
     dtype: _Setting[Optional[torch.dtype]] = _Setting()
@@ -231,6 +239,7 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
         forward_fn: Optional[ForwardFn] = _D.forward_fn,
         batch_size: Optional[int] = _D.batch_size,
         cache_inputs: Union[bool, str] = _D.cache_inputs,
+        probe_loader_kwargs: Optional[dict[str, Any]] = _D.probe_loader_kwargs,
         reuse_validation: bool = _D.reuse_validation,
         device: Union[str, torch.device, None] = _D.device,
         dtype: Union[str, torch.dtype, None] = _D.dtype,
@@ -250,6 +259,7 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
             every_n_train_steps=every_n_train_steps, at_init=at_init, metrics=metrics, sigma=sigma, t=t,
             t_max=t_max, num_repetitions=num_repetitions, n_clusters=n_clusters, x_size=x_size, pooling=pooling,
             batch_fn=batch_fn, forward_fn=forward_fn, batch_size=batch_size, cache_inputs=cache_inputs,
+            probe_loader_kwargs=probe_loader_kwargs,
             reuse_validation=reuse_validation, device=device, dtype=dtype, prefix=prefix,
             log_spectrum=log_spectrum, save_raw=save_raw, solver=solver, kernel=kernel, k=k, alpha=alpha,
             knn_k=knn_k, t_values=t_values,

@@ -126,6 +126,7 @@ class MonitorConfig:
     forward_fn: Optional[ForwardFn] = None
     batch_size: Optional[int] = None
     cache_inputs: Union[bool, str] = "auto"
+    probe_loader_kwargs: Optional[dict[str, Any]] = None
     reuse_validation: bool = True
     device: Union[str, torch.device, None] = None
     dtype: Union[str, torch.dtype, None] = "float32"
@@ -225,7 +226,25 @@ def _check_cache(cache: Any) -> Union[bool, str]:
     if cache is True or cache is False or cache == "auto":
         return cache
     raise ValueError(f"cache_inputs must be True, False or 'auto' (keep the probe batches when they are "
-                     f"deterministic and take at most 256 MiB), got {cache!r}")
+                     f"deterministic and take at most 25% of the device's free memory, else of the available "
+                     f"RAM), got {cache!r}")
+
+
+#: What probe_loader_kwargs may set: how the probe is loaded, never which samples or in what order.
+LOADER_ARGS = ("num_workers", "pin_memory", "persistent_workers", "prefetch_factor", "multiprocessing_context",
+               "worker_init_fn", "collate_fn", "timeout", "pin_memory_device", "in_order")
+
+
+def _check_loader_kwargs(kwargs: Any) -> Optional[dict[str, Any]]:
+    if kwargs is None:
+        return None
+    if not isinstance(kwargs, Mapping) or not set(kwargs) <= set(LOADER_ARGS):
+        raise ValueError(f"probe_loader_kwargs must be None or a dict of DataLoader arguments among {LOADER_ARGS} "
+                         f"(the probe's samples, order and batch_size are the monitor's), got {kwargs!r}")
+    workers = check_int(kwargs.get("num_workers", 0), "probe_loader_kwargs['num_workers']", 0)
+    if kwargs.get("persistent_workers") and not workers:
+        raise ValueError(f"probe_loader_kwargs={kwargs!r}: persistent_workers=True needs num_workers > 0")
+    return dict(kwargs)
 
 
 def _check_prefix(prefix: Any) -> str:
@@ -259,6 +278,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "forward_fn": _check_callable("forward_fn", "forward_fn(module, batch)"),
     "batch_size": _int("batch_size", 1),
     "cache_inputs": _check_cache,
+    "probe_loader_kwargs": _check_loader_kwargs,
     "reuse_validation": bool,
     "device": lambda d: torch.device(d) if d is not None else None,
     "dtype": parse_dtype,

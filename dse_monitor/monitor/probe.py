@@ -13,19 +13,21 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import torch
 from torch.utils.data import DataLoader
 
-from ..capture.cache import CACHE_LIMIT_BYTES, BatchRecorder, CachedBatches, holds_arrays, same_batches
+from ..capture.cache import batch_nbytes
 from ..capture.hooks import FeatureCapture
 from ..capture.layer_sets import describe_layers
 from ..capture.layers import Layer
-from ..capture.probe import choose_indices, first_dataloader, map_tensors, probe_loader, source_dataset
+from ..capture.probe import (choose_indices, first_dataloader, map_tensors, probe_loader, source_dataset,
+                             tensor_leaves)
 from .collect import ProbeFeatures, collect_features, preflight
 from .report import DSEMonitorWarning
 from .config import MonitorConfig
+from .kept import KeptBatches
 from .state import MonitorState
 
 Warn = Callable[[str], None]
@@ -69,10 +71,10 @@ class ProbeSet:
         self.source: Any = None
         self.layers: list[Layer] = []
         self.loader: Optional[DataLoader] = None
-        #: This rank's batches kept in memory after the first pass (``cache_inputs``), or None.
-        self.cached: Optional[CachedBatches] = None
-        self._cache_decided = False
-        self._info: Warn = _ignore  # set by prepare(); module level so that ddp_spawn can pickle it
+        #: This rank's batches kept after the first pass (``cache_inputs``).
+        self.kept = KeptBatches(config.cache_inputs)
+        #: The first samples of this rank's last own pass (on the model's device) and their probe positions.
+        self.spot: Optional[tuple[Any, torch.Tensor]] = None
         self.capture: Optional[FeatureCapture] = None
 
     @property
@@ -82,12 +84,14 @@ class ProbeSet:
 
     def release(self) -> None:
         """Drop the per-run objects (they reference the data and the model)."""
-        self.source, self.layers, self.capture, self._info = None, [], None, _ignore
+        self.source, self.layers, self.capture = None, [], None
+        self.kept.info = _ignore  # module level, so that ddp_spawn can pickle it
         self.forget_loader()
 
     def forget_loader(self) -> None:
         """Drop this rank's loader and kept batches (the indices changed, or the fit ended)."""
-        self.loader, self.cached, self._cache_decided = None, None, False
+        self.loader, self.spot = None, None
+        self.kept.forget()
 
     def remove_hooks(self) -> None:
         """Hooks never outlive a probe pass (a context manager removes them); this is a no-op
@@ -105,16 +109,7 @@ class ProbeSet:
         rank skipping alone cannot leave the others waiting.
         """
         try:
-            batches: Any = self.cached if self.cached is not None else self.shard_loader(trainer, indices)
-            recorder = None
-            if self.cached is None and not self._cache_decided and self.config.cache_inputs:
-                limit = None if self.config.cache_inputs is True else CACHE_LIMIT_BYTES
-                batches = recorder = BatchRecorder(batches, limit)
-            self.capture = FeatureCapture(self.layers, self.config.pooling)
-            local = collect_features(trainer, pl_module, batches, self.layers, self.config, self.capture,
-                                     want_labels=want_labels, want_inputs=want_inputs)
-            if recorder is not None:
-                self._keep(recorder)
+            local: Optional[ProbeFeatures] = self._own_pass(trainer, pl_module, indices, want_labels, want_inputs)
         except Exception as err:  # never kill the run for a measurement
             local = None
             warnings.warn(
@@ -128,50 +123,59 @@ class ProbeSet:
             ok = trainer.strategy.reduce_boolean_decision(ok, all=True)
         return self.gather(trainer, local, len(indices)) if ok else None
 
-    def first_batch(self, trainer: Any, pl_module: Any, indices: list[int]) -> Optional[ProbeFeatures]:
-        """This rank's features of its first ``SPOT_ROWS`` probe samples (the checks of :mod:`.reuse`),
-        or None on failure (e.g. a batch whose tensors do not all lead with the sample dimension)."""
+    def _own_pass(self, trainer: Any, pl_module: Any, indices: list[int], want_labels: bool,
+                  want_inputs: bool) -> ProbeFeatures:
+        kept = self.kept
+        kept.promote(trainer, pl_module.device)
+        batches: Any = kept.cached if kept.cached is not None else self.shard_loader(trainer, indices)
+        recorder = kept.recorder(trainer, pl_module.device, indices)
+        if recorder is not None:
+            recorder.loader, batches = batches, recorder
         try:
-            if self.cached is not None:
-                batch = next(iter(CachedBatches(self.cached.batches[:1])))
-            else:
-                batch = next(iter(self.shard_loader(trainer, indices)))
-            batches = [map_tensors(batch, lambda t: t[:SPOT_ROWS] if t.ndim else t)]
-            return collect_features(trainer, pl_module, batches, self.layers, self.config,
-                                    FeatureCapture(self.layers, self.config.pooling), want_labels=False, want_inputs=False)
+            local = self._collect(trainer, pl_module, batches, indices, want_labels, want_inputs)
+        except torch.cuda.OutOfMemoryError:
+            if recorder is None or recorder.tier.where != "device":
+                raise
+            kept.give_up(recorder)  # the kept batches took the room: load as without a cache
+            recorder = None
+            local = self._collect(trainer, pl_module, self.shard_loader(trainer, indices), indices,
+                                  want_labels, want_inputs)
+        if recorder is not None and kept.keep(recorder, self.loader):
+            self.loader = None  # not read again: let its workers go
+        return local
+
+    def _collect(self, trainer: Any, pl_module: Any, batches: Any, indices: list[int], want_labels: bool,
+                 want_inputs: bool) -> ProbeFeatures:
+        self.capture = FeatureCapture(self.layers, self.config.pooling)
+        return collect_features(trainer, pl_module, self._keeping_spot(batches, trainer, pl_module, len(indices)),
+                                self.layers, self.config, self.capture, want_labels=want_labels,
+                                want_inputs=want_inputs)
+
+    def _keeping_spot(self, batches: Any, trainer: Any, pl_module: Any, n: int) -> Iterator[Any]:
+        """Yield ``batches``, keeping a device copy of the first ``SPOT_ROWS`` samples (before the model
+        runs them: it may write into its inputs) and their probe positions, for the checks of :mod:`.reuse`."""
+        for i, batch in enumerate(batches):
+            if i == 0:
+                spot = map_tensors(batch, lambda t: t[:SPOT_ROWS].to(pl_module.device, copy=True) if t.ndim else t)
+                first = trainer.global_rank * math.ceil(n / trainer.world_size)
+                rows = min([SPOT_ROWS, n - first] + [len(t) for t in tensor_leaves(spot) if t.ndim])
+                self.spot = (spot, torch.arange(first, first + max(rows, 0)))
+            yield batch
+
+    def spot_features(self, trainer: Any, pl_module: Any) -> Optional[tuple[ProbeFeatures, torch.Tensor]]:
+        """The features of the samples kept by the last own pass (at most ``SPOT_ROWS``, run again now) and
+        their probe positions; no loader is started. None when none are kept or the pass fails."""
+        if self.spot is None:
+            return None
+        try:
+            spot, positions = self.spot
+            batch = map_tensors(spot, lambda t: t.clone())
+            features = collect_features(trainer, pl_module, [batch], self.layers, self.config,
+                                        FeatureCapture(self.layers, self.config.pooling),
+                                        want_labels=False, want_inputs=False)
+            return ProbeFeatures({n: z[: len(positions)] for n, z in features.features.items()}), positions
         except Exception:
             return None
-
-    def _keep(self, recorder: BatchRecorder) -> None:
-        """After the first full pass: keep its batches when they fit and the split is deterministic."""
-        self._cache_decided = True
-        try:
-            self.cached = self._checked_cache(recorder)
-        except Exception as err:  # the features of this pass stand; only the cache is given up
-            self._info(f"DSEMonitor: the probe batches are not kept ({type(err).__name__}: {err}).")
-
-    def _checked_cache(self, recorder: BatchRecorder) -> Optional[CachedBatches]:
-        mib = recorder.nbytes / 2**20
-        if recorder.batches is None:
-            self._info(f"DSEMonitor: the probe batches take over {CACHE_LIMIT_BYTES / 2**20:.0f} MiB; they are "
-                       "loaded at every measurement (cache_inputs=True keeps them whatever their size).")
-            return None
-        if self.config.cache_inputs == "auto" and any(holds_arrays(b) for b in recorder.batches):
-            self._info("DSEMonitor: the probe batches hold numpy arrays, which the cache can neither compare nor "
-                       "copy; they are loaded at every measurement (cache_inputs=True keeps them).")
-            return None
-        if self.config.cache_inputs == "auto" and recorder.batches and self.loader is not None:
-            # A second load of the first batch must give the same tensors: random transforms on the
-            # probe split would make each measurement see other inputs, and a cache would hide that.
-            if not same_batches(next(iter(self.loader)), recorder.batches[0]):
-                self._info("DSEMonitor: two loads of the first probe batch differ (random transforms on the "
-                           "probe split?); the probe is loaded at every measurement (cache_inputs=True keeps "
-                           "the first draw as a fixed probe).")
-                return None
-        cached = CachedBatches(recorder.batches)
-        self._info(f"DSEMonitor: keeping the probe batches in memory ({len(cached)} batch"
-                   f"{'es' if len(cached) != 1 else ''}, {mib:.1f} MiB) for the next measurements.")
-        return cached
 
     # ------------------------------------------------------------------ preflight
     def prepare(self, trainer: Any, pl_module: Any, state: MonitorState, warn: Warn, info: Warn) -> None:
@@ -182,7 +186,7 @@ class ProbeSet:
         resolved layers (globs, ``"blocks"``) are listed in one ``info`` line.
         """
         cfg = self.config
-        self._info = info
+        self.kept.info = info
         self.source = resolve_source(trainer, cfg.probe)
         n_total = len(source_dataset(self.source))
         if n_total < 2:
@@ -199,7 +203,9 @@ class ProbeSet:
             )
         self.forget_loader()
         peek = probe_loader(self.source, state.indices[: min(len(state.indices), 8)], batch_size=8)
-        self.layers = preflight(trainer, pl_module, next(iter(peek)), cfg)
+        raw = next(iter(peek))
+        self.kept.sample_bytes = batch_nbytes(raw) / min(len(state.indices), 8)  # sizes the cache before the pass
+        self.layers = preflight(trainer, pl_module, raw, cfg)
         if len(self.layers) > 1 or any(layer.name != name for layer, name in zip(self.layers, cfg.layers)):
             info(describe_layers(self.layers))
 
@@ -211,8 +217,27 @@ class ProbeSet:
             share = math.ceil(len(indices) / world)
             mine = indices[rank * share : (rank + 1) * share]
             mine = mine + [indices[0]] * (share - len(mine))  # equal shapes for all_gather
-            self.loader = probe_loader(self.source, mine, self.config.batch_size)
+            self.loader = probe_loader(self.source, mine, self.config.batch_size, self._loader_kwargs(trainer))
         return self.loader
+
+    def _loader_kwargs(self, trainer: Any) -> dict[str, Any]:
+        """``probe_loader_kwargs``; else, for a Dataset probe, the workers of the trainer's val (else train) loader."""
+        if self.config.probe_loader_kwargs is not None:
+            return self.config.probe_loader_kwargs
+        if isinstance(self.source, DataLoader):
+            return {}  # it lends its own
+        for loaders in (getattr(trainer, "val_dataloaders", None), getattr(trainer, "train_dataloader", None)):
+            try:
+                loader = first_dataloader(loaders)
+            except Exception:
+                continue
+            if isinstance(loader, DataLoader):
+                kwargs: dict[str, Any] = dict(num_workers=loader.num_workers, pin_memory=loader.pin_memory)
+                if loader.num_workers > 0:
+                    kwargs.update(persistent_workers=loader.persistent_workers,
+                                  multiprocessing_context=loader.multiprocessing_context)
+                return kwargs
+        return {}
 
     @staticmethod
     def gather(trainer: Any, local: ProbeFeatures, n: int) -> ProbeFeatures:

@@ -9,17 +9,22 @@ hooks the layers during that validation pass and keeps the rows of the probe sam
 It is used only where it is the same computation, and says nothing otherwise (the
 monitor then runs its own pass, as always):
 
-- single process (under DDP the validation split is spread over ranks), a fit (not
-  the sanity check), an epoch cadence, no ``forward_fn``, no compiled piece (hooks in
-  a compiled graph would not fire and would make dynamo recompile it);
+- a fit (not the sanity check), an epoch cadence, no ``forward_fn``, no compiled piece
+  (hooks in a compiled graph would not fire and would make dynamo recompile it);
 - the first validation loader iterates a dataset like the probe's (same type and
-  length; after the check, the very dataset object that was checked) in order
-  (``SequentialSampler``), so row k of the pass is sample k; every probe sample seen,
-  each layer read once per batch with one row per sample;
+  length; after the check, the very dataset object that was checked) in a known order:
+  ``SequentialSampler`` (one process), or under DDP the ``DistributedSampler`` with
+  ``shuffle=False`` that Lightning puts in, so the sampler's indices say which sample
+  each row is; each rank hooks its own shard and the rows are gathered into probe
+  order (a sample that the sampler's padding repeats is taken once, from the lowest
+  rank); every probe sample seen on some rank, each layer read once per batch with one
+  row per sample. Another sampler (shuffled, custom) or a pass that misses probe
+  samples (``limit_val_batches``) leaves the probe to its own pass, with one info line;
 - no optimizer step between that validation and the measurement (same global step);
 - verified: the first time, the monitor also runs its own pass and compares every
-  row; at every later reuse it runs its own pass over the first probe batch and
-  compares those rows. Validation that differs from the probe pass (EMA weights swapped
+  row; at every later reuse it runs again the first samples that its last own pass
+  kept (at most 16 a rank, on the device: no loader is started) and compares those
+  rows; all ranks agree on every decision. Validation that differs from the probe pass (EMA weights swapped
   in for validation, from the start or after a warm-up; test-time augmentation; a
   transform in ``on_after_batch_transfer``) turns reuse off for the fit, with one info line.
 
@@ -31,7 +36,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
 
 from ..capture.compiled import has_compiled
 from ..capture.forward import split_batch
@@ -54,12 +59,30 @@ def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:
     return float(torch.linalg.norm(a - b) / torch.linalg.norm(b).clamp_min(1e-300))
 
 
-def _worst_difference(reused: ProbeFeatures, own: Optional[ProbeFeatures]) -> float:
-    """The largest :func:`relative_difference` over the layers between the probe's own rows (the
-    first ``len`` of them, or all) and validation's same rows; inf when the layers differ or ``own`` is None."""
+def _worst_difference(reused: ProbeFeatures, own: Optional[ProbeFeatures],
+                      positions: Optional[torch.Tensor] = None) -> float:
+    """The largest :func:`relative_difference` over the layers between the probe's own rows (those at
+    ``positions``, or all) and validation's same rows; inf when the layers differ or ``own`` is None."""
     if own is None or not own.features or set(own.features) != set(reused.features):
         return float("inf")
-    return max(relative_difference(reused.features[n][: z.shape[0]], z) for n, z in own.features.items())
+    pick = (lambda z: z) if positions is None else (lambda z: z[positions.to(z.device)])  # noqa: E731
+    return max(relative_difference(pick(reused.features[n]), z) for n, z in own.features.items())
+
+
+def _agree(trainer: Any, ok: bool) -> bool:
+    """``ok`` on every rank (one collective under DDP), so that all ranks take the same branch."""
+    return bool(trainer.strategy.reduce_boolean_decision(ok, all=True)) if trainer.world_size > 1 else ok
+
+
+def visit_order(sampler: Any, trainer: Any) -> Optional[list[int]]:
+    """The dataset indices this rank's validation visits, in order, when the sampler says them
+    (sequential, or distributed with ``shuffle=False``); None for any other sampler."""
+    if isinstance(sampler, SequentialSampler):  # under DDP: every rank validates the whole split
+        return list(range(len(sampler)))
+    if type(sampler) is DistributedSampler and not sampler.shuffle and sampler.num_replicas == trainer.world_size \
+            and sampler.rank == trainer.global_rank:
+        return list(iter(sampler))
+    return None
 
 
 class _QuietCapture(FeatureCapture):
@@ -99,56 +122,72 @@ class ValidationReuse:
         self.enabled = bool(config.reuse_validation)
         self.verified = False
         self._capture: Optional[FeatureCapture] = None
-        self._result: Optional[tuple[int, ProbeFeatures, Any]] = None
+        self._result: Optional[tuple[int, dict[str, torch.Tensor], torch.Tensor, Any]] = None
         self._module: Any = None
         self._dataset: Any = None  # the validation dataset of this pass
         self._checked_dataset: Any = None  # the one the check passed on
         self._taken_dataset: Any = None
+        self._why: Optional[str] = None  # why this pass could not stand for the probe's, said once
+        self._said: set[str] = set()
 
     def reset(self) -> None:
         """A new fit: verify again."""
         self.stop()
         self.enabled, self.verified, self._result = bool(self.config.reuse_validation), False, None
-        self._checked_dataset = self._taken_dataset = None
+        self._checked_dataset = self._taken_dataset = self._why = None
+        self._said = set()
 
     # ------------------------------------------------------------------ the validation pass
     def start(self, trainer: Any, pl_module: Any, layers: list, source: Any, indices: Optional[list[int]]) -> None:
         """At validation start: hook the layers when this validation pass can stand for the probe pass."""
         self.stop()
         self._result = None
-        if not (self.enabled and layers and indices and self._eligible(trainer, pl_module, source)):
+        order = self._eligible(trainer, pl_module, source) if self.enabled and layers and indices else None
+        if order is None:
             return
-        n_total = len(source_dataset(source))
-        self._slot = torch.full((n_total,), -1, dtype=torch.long)
-        self._slot[torch.as_tensor(indices)] = torch.arange(len(indices))
-        self._n, self._seen, self._rows, self._n_total = len(indices), 0, {}, n_total
+        slot = torch.full((len(source_dataset(source)),), -1, dtype=torch.long)
+        slot[torch.as_tensor(indices)] = torch.arange(len(indices))
+        self._visits = slot[torch.as_tensor(order, dtype=torch.long)]  # probe position of each row, or -1
+        self._n, self._seen, self._rows = len(indices), 0, {}
         self._filled = torch.zeros(len(indices), dtype=torch.bool)
         self._module, self._expected = pl_module, None
         self._capture = _QuietCapture(layers, self.config.pooling)
         self._capture.register()
 
-    def _eligible(self, trainer: Any, pl_module: Any, source: Any) -> bool:
+    def _applies(self) -> bool:
+        """The configuration allows reuse (the same on every rank)."""
         cfg = self.config
-        if cfg.probe != "val" or cfg.forward_fn is not None or cfg.every_n_epochs is None:
-            return False
-        if trainer.world_size != 1 or getattr(trainer, "sanity_checking", False):
-            return False
+        return bool(cfg.reuse_validation) and cfg.probe == "val" and cfg.forward_fn is None \
+            and cfg.every_n_epochs is not None
+
+    def _eligible(self, trainer: Any, pl_module: Any, source: Any) -> Optional[list[int]]:
+        """The dataset indices this rank's validation visits, when the pass can stand for the probe's."""
+        cfg = self.config
+        if not self._applies() or getattr(trainer, "sanity_checking", False):
+            return None
         if str(getattr(trainer.state.fn, "value", trainer.state.fn)) != "fit" or has_compiled(pl_module):
-            return False
+            return None
         if (trainer.current_epoch + 1) % cfg.every_n_epochs != 0:
-            return False
+            return None
         try:
             loader = first_dataloader(trainer.val_dataloaders)
         except Exception:
-            return False
-        if not (isinstance(loader, DataLoader) and isinstance(loader.sampler, SequentialSampler)
-                and type(loader.batch_sampler) is BatchSampler and loader.batch_sampler.sampler is loader.sampler):
-            return False  # a custom batch sampler (length bucketing) may reorder a sequential sampler
+            return None
+        if not isinstance(loader, DataLoader):
+            return None
+        order = visit_order(loader.sampler, trainer)
+        if order is None or type(loader.batch_sampler) is not BatchSampler \
+                or loader.batch_sampler.sampler is not loader.sampler:  # a custom batch sampler may reorder
+            self._why = (f"DSEMonitor: the validation loader visits its samples in an order the monitor cannot "
+                         f"follow ({type(loader.sampler).__name__}, {type(loader.batch_sampler).__name__}; it reads "
+                         "validation in sequential order, shuffle=False); the probe runs its own pass.")
+            return None
         self._dataset, probe_set = loader.dataset, source_dataset(source)
         if self.verified:  # a reloaded (new) dataset object is checked again, never assumed equal
-            return self._dataset is self._checked_dataset
-        return self._dataset is probe_set or (type(self._dataset) is type(probe_set)
+            return order if self._dataset is self._checked_dataset else None
+        same = self._dataset is probe_set or (type(self._dataset) is type(probe_set)
                                               and len(self._dataset) == len(probe_set))
+        return order if same else None
 
     def before_batch(self, batch: Any, dataloader_idx: int) -> None:
         if self._capture is None:
@@ -178,28 +217,29 @@ class ValidationReuse:
             self.stop()  # a pooling error, or rows that are not one per sample of this batch
             return
         (size,) = sizes
-        slots = self._slot[self._seen : self._seen + size]
-        if len(slots) != size:  # more rows than the dataset: a layer ran more than once per sample
+        slots = self._visits[self._seen : self._seen + size]
+        if len(slots) != size:  # more rows than the sampler's indices: a layer ran more than once per sample
             self.stop()
             return
         self._seen += size
-        keep = slots >= 0
-        if keep.any():
-            where = keep.nonzero().squeeze(1)
-            for name, z in features.items():
-                rows = self._rows.get(name)
-                if rows is None:
-                    rows = self._rows[name] = torch.zeros(self._n, *z.shape[1:], dtype=z.dtype, device=z.device)
-                rows[slots[where].to(rows.device)] = z[where.to(z.device)]
-            self._filled[slots[where]] = True
+        where = (slots >= 0).nonzero().squeeze(1)
+        for name, z in features.items():  # every layer allocated on every rank: equal shapes for the gather
+            rows = self._rows.get(name)
+            if rows is None:
+                rows = self._rows[name] = torch.zeros(self._n, *z.shape[1:], dtype=z.dtype, device=z.device)
+            rows[slots[where].to(rows.device)] = z[where.to(z.device)]
+        self._filled[slots[where]] = True
 
     def finish(self, trainer: Any) -> None:
-        """At validation end: remove the hooks; keep the features if every probe sample was seen."""
-        complete = self._capture is not None and bool(self._filled.all()) and self._seen == self._n_total
-        rows, dataset = (self._rows if complete else None), self._dataset
+        """At validation end: remove the hooks; keep the rows if this rank visited all its samples."""
+        hooked = self._capture is not None
+        complete = hooked and self._seen == len(self._visits) and bool(self._rows)
+        if complete:
+            self._result = (int(trainer.global_step), self._rows, self._filled, self._dataset)
+        elif hooked:
+            self._why = ("DSEMonitor: the validation pass did not visit every probe sample (limit_val_batches?); "
+                         "the probe runs its own pass.")
         self.stop()
-        if rows is not None:
-            self._result = (int(trainer.global_step), ProbeFeatures(rows), dataset)
 
     def stop(self) -> None:
         """Remove the hooks (safe to call twice) and drop this pass's rows."""
@@ -208,29 +248,76 @@ class ValidationReuse:
         self._capture, self._module, self._rows, self._dataset = None, None, {}, None
 
     # ------------------------------------------------------------------ the measurement
-    def take(self, global_step: int) -> Optional[ProbeFeatures]:
-        """This step's features from validation (copied out of inference mode), or None."""
-        result, self._result = self._result, None
-        if result is None or result[0] != global_step or not self.enabled:
-            return None
-        self._taken_dataset = result[2]
-        return ProbeFeatures({name: z.clone() for name, z in result[1].features.items()})
+    def _say(self, info: Callable[[str], None], message: Optional[str]) -> None:
+        if message is not None and message not in self._said:
+            self._said.add(message)
+            info(message)
 
-    def spot_check(self, reused: ProbeFeatures, first: Optional[ProbeFeatures], info: Callable[[str], None]) -> bool:
-        """After the full check: do the probe's own rows of its first samples still match? Else reuse ends."""
-        worst = _worst_difference(reused, first)
-        if worst <= REUSE_TOLERANCE:
+    def take(self, trainer: Any, global_step: int, info: Callable[[str], None]) -> Optional[ProbeFeatures]:
+        """This step's features from validation, in probe order on every rank, or None on every rank.
+        Must be called on every rank (under DDP it agrees and gathers)."""
+        result, self._result = self._result, None
+        if not self._applies():
+            return None
+        why, self._why = self._why, None
+        ok = result is not None and result[0] == global_step and self.enabled
+        agreed = _agree(trainer, ok)
+        if ok and not agreed and why is None:
+            why = ("DSEMonitor: the validation pass did not visit every probe sample on some rank; the probe runs "
+                   "its own pass.")
+        self._say(info, why)
+        if not agreed:
+            return None
+        features = self._gather(trainer, result[1], result[2])
+        if features is None:
+            self._say(info, "DSEMonitor: the validation pass did not visit every probe sample (limit_val_batches?); "
+                            "the probe runs its own pass.")
+            return None
+        self._taken_dataset = result[3]
+        return features
+
+    def _gather(self, trainer: Any, rows: dict[str, torch.Tensor], filled: torch.Tensor) -> Optional[ProbeFeatures]:
+        """Every rank's rows in probe order (copied out of inference mode), or None where a probe sample is missing."""
+        world = trainer.world_size
+        if world == 1:
+            return ProbeFeatures({n: z.clone() for n, z in rows.items()}) if bool(filled.all()) else None
+        strategy, device = trainer.strategy, next(iter(rows.values())).device
+        mine = filled.nonzero().squeeze(1).to(device)
+        width = int(strategy.all_gather(torch.tensor([len(mine)], device=device)).max())
+        positions = torch.full((width,), -1, dtype=torch.long, device=device)
+        positions[: len(mine)] = mine
+        positions = strategy.all_gather(positions).reshape(world, width)
+        if int(torch.unique(positions[positions >= 0]).numel()) != len(filled):
+            return None
+        features = {}
+        for name, z in rows.items():
+            local = torch.zeros(width, *z.shape[1:], dtype=z.dtype, device=z.device)
+            local[: len(mine)] = z[mine.to(z.device)]
+            gathered = strategy.all_gather(local).reshape(world, width, *z.shape[1:])
+            out = torch.zeros_like(z)
+            for r in reversed(range(world)):  # a sample the sampler's padding repeats: the lowest rank's row
+                keep = positions[r] >= 0
+                out[positions[r][keep].to(out.device)] = gathered[r][keep.to(gathered.device)].to(out.device)
+            features[name] = out
+        return ProbeFeatures(features)
+
+    def spot_check(self, trainer: Any, reused: ProbeFeatures, spot: Optional[tuple[ProbeFeatures, torch.Tensor]],
+                   info: Callable[[str], None]) -> bool:
+        """After the full check: do the probe's kept samples still give validation's rows (on every rank)? Else
+        reuse ends. ``spot``: their features, just computed, and their probe positions."""
+        worst = float("inf") if spot is None else _worst_difference(reused, spot[0], spot[1])
+        if _agree(trainer, worst <= REUSE_TOLERANCE):
             return True
         self.enabled = False
-        info(f"DSEMonitor: the validation pass no longer gives the probe's features (first batch: relative "
+        info(f"DSEMonitor: the validation pass no longer gives the probe's features (first samples: relative "
              f"difference {worst:.2g}; EMA weights swapped in after a warm-up?); the probe runs its own pass "
              "from now on.")
         return False
 
-    def verify(self, reused: ProbeFeatures, own: ProbeFeatures, info: Callable[[str], None]) -> None:
+    def verify(self, trainer: Any, reused: ProbeFeatures, own: ProbeFeatures, info: Callable[[str], None]) -> None:
         """Compare validation's features with the probe pass's once; reuse from now on only if equal."""
         worst = _worst_difference(reused, own)
-        if worst <= REUSE_TOLERANCE:
+        if _agree(trainer, worst <= REUSE_TOLERANCE):
             self.verified, self._checked_dataset = True, self._taken_dataset
             info("DSEMonitor: the validation pass gives the probe's features (checked once); later "
                  "epoch-end measurements read them there instead of running the probe again.")

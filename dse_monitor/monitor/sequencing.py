@@ -70,16 +70,16 @@ class MeasurementSequence(MonitorParts):
             if not self._probe.layers:  # called without on_fit_start (e.g. by hand)
                 self._prepare(trainer, pl_module)
             want_labels, want_inputs = self._groups.still_needed(self.config)
-            reused = None if want_labels or want_inputs else self._reuse.take(position.global_step)
             info = lambda m: self._reporter.info(trainer, m)  # noqa: E731
+            reused = None if want_labels or want_inputs else self._reuse.take(trainer, position.global_step, info)
             if reused is not None and self._reuse.verified and self._reuse.spot_check(
-                    reused, self._probe.first_batch(trainer, pl_module, self._state.indices), info):
+                    trainer, reused, self._probe.spot_features(trainer, pl_module), info):
                 features = reused
             else:
                 features = self._probe.run(trainer, pl_module, self._state.indices, step,
                                            want_labels=want_labels, want_inputs=want_inputs)
                 if reused is not None and features is not None and not self._reuse.verified:
-                    self._reuse.verify(reused, features, info)
+                    self._reuse.verify(trainer, reused, features, info)
         if features is None:
             self.last_duration_s = time.perf_counter() - start
             return None

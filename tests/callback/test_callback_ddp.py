@@ -8,6 +8,7 @@ import lightning.pytorch as L
 import pytest
 import torch
 from dse_callback_models import FailsOnRank1, LitClassifier, TinyCNN, trainer_kwargs
+from dse_counting import CountedValidation, CountingImages, ReadLog
 from lightning.pytorch.loggers import CSVLogger
 
 from dse_monitor import DSEMonitor
@@ -27,8 +28,10 @@ def _model():
 
 def _run(root, **kw):
     monitor = DSEMonitor(num_samples=41, batch_size=8, metrics=METRICS, sigma=1.0, save_raw=True)  # 41: uneven shares
-    # a second monitor whose probe pass fails on rank 1 alone at step 1 (call 3: peek, step 0, step 1)
-    flaky = DSEMonitor(num_samples=16, batch_size=8, metrics="dse", prefix="flaky", batch_fn=FailsOnRank1(3))
+    # a second monitor whose probe pass fails on rank 1 alone at step 1 (call 3: peek, step 0, step 1; no
+    # validation reuse, whose hooks would call batch_fn too)
+    flaky = DSEMonitor(num_samples=16, batch_size=8, metrics="dse", prefix="flaky", batch_fn=FailsOnRank1(3),
+                       reuse_validation=False)
     # every optimizer step: each rank must decide identically, or the gather would hang
     steps = DSEMonitor(num_samples=16, batch_size=8, metrics="dse", prefix="steps", every_n_train_steps=1)
     logger = CSVLogger(str(root), name="csv")
@@ -58,3 +61,33 @@ def test_ddp_spawn_two_cpu_processes_match_single_process(tmp_path):
         assert (a["epoch"], b["epoch"]) == (a["step"], b["step"])
         for key in (k for k in a if k.startswith("dse/")):
             assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+
+
+def _counted_model():
+    torch.manual_seed(11)
+    net = TinyCNN()
+    net.features[1].momentum = 0.0  # as in _model(): identical whatever the batch split
+    # 63 validation samples: DistributedSampler pads rank 1's shard with sample 0, which rank 0 also visits
+    return CountedValidation(CountingImages.like(63), net=net, n_train=64, batch_size=16, lr=0.0)
+
+
+def _run_reuse(root, **kw):
+    monitor = DSEMonitor(num_samples=None, metrics=["dse", "dsmi_y"], sigma=1.0, cache_inputs=False, save_raw=True)
+    logger = CSVLogger(str(root), name="csv")
+    trainer = L.Trainer(callbacks=[monitor, ReadLog(root / "reads")],
+                        **trainer_kwargs(root, max_epochs=3, logger=logger, **kw))
+    trainer.fit(_counted_model())
+    history = json.loads((root / "csv" / "version_0" / "dse_monitor" / "history.json").read_text())["history"]
+    return history, {p.stem: json.loads(p.read_text()) for p in sorted((root / "reads").glob("*.json"))}
+
+
+def test_ddp_reuse_reads_each_ranks_validation_shard_in_probe_order(tmp_path):
+    single, reads = _run_reuse(tmp_path / "single")
+    assert reads == {"rank0": [8, 63, 63, 0, 0]}  # peek, own passes at init and epoch 1 (verifying), then reuse
+    ddp, reads = _run_reuse(tmp_path / "ddp", strategy="ddp_spawn", devices=2)
+    # each rank: the peek, its half of the probe at init and at the verifying epoch; then no probe pass of its own
+    assert reads == {"rank0": [8, 32, 32, 0, 0], "rank1": [8, 32, 32, 0, 0]}
+    assert [r["epoch"] for r in ddp] == [r["epoch"] for r in single] == [0, 1, 2, 3]
+    for a, b in zip(single, ddp):  # dsmi_y pairs rows with labels: rows out of probe order would change it
+        for key in (k for k in a if k.startswith("dse/penultimate/")):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), (a["epoch"], key)

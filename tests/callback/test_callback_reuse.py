@@ -8,6 +8,7 @@ import lightning.pytorch as L
 import pytest
 import torch
 from dse_callback_models import LitClassifier, make_data, trainer_kwargs
+from dse_counting import CountedValidation, CountingImages, ReadLog
 from torch.utils.data import DataLoader, Dataset
 
 from dse_monitor import DSEMonitor, diffusion_spectral_entropy, diffusion_spectral_mutual_information
@@ -122,11 +123,27 @@ def test_a_validation_that_changes_later_is_caught_at_the_next_measurement(tmp_p
     _check_values(monitor, counter, make_data(64, 16, seed=2))
 
 
-def test_partial_validation_and_shuffled_validation_leave_the_probe_to_its_own_pass(tmp_path):
+@pytest.mark.parametrize("cache, at_init", [(False, 40), ("auto", 40 + 16)])  # auto: a second load of batch 1
+def test_with_reuse_the_monitor_reads_the_probe_only_until_the_verifying_pass(tmp_path, cache, at_init):
+    L.seed_everything(0)
+    monitor = DSEMonitor(metrics=["dse", "dsmi_y"], sigma=SIGMA, num_samples=40, cache_inputs=cache)
+    reads, counter = ReadLog(), EvalForwards()
+    trainer = L.Trainer(callbacks=[monitor, reads, counter], **trainer_kwargs(tmp_path, max_epochs=3))
+    trainer.fit(CountedValidation(CountingImages.like(64), batch_size=16))
+    # the preflight's peek; own passes at init and at epoch 1 (the verifying one, from the kept batches
+    # with "auto"); then validation's rows, checked on 16 samples kept on the device: no load at all
+    assert reads.per_point == [8, at_init, 0 if cache else 40, 0, 0]
+    assert counter.per_epoch == [3, 1, 1]
+    _check_values(monitor, counter, make_data(64, 16, seed=2))
+
+
+def test_partial_validation_and_shuffled_validation_leave_the_probe_to_its_own_pass(tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="dse_monitor")
     partial = L.Trainer(callbacks=[monitor := DSEMonitor(metrics=["dse"], sigma=SIGMA), counter := EvalForwards()],
                         **trainer_kwargs(tmp_path, max_epochs=3, limit_val_batches=1))
     partial.fit(LitClassifier(n_val=64, batch_size=16))
     assert counter.per_epoch == [4, 4, 4] and len(monitor.history) == 4
+    assert caplog.text.count("the validation pass did not visit every probe sample") == 1
 
     class ShuffledVal(LitClassifier):
         def val_dataloader(self):
@@ -134,6 +151,7 @@ def test_partial_validation_and_shuffled_validation_leave_the_probe_to_its_own_p
 
     monitor, counter = _fit(tmp_path, lambda: ShuffledVal(n_val=64, batch_size=16))
     assert counter.per_epoch == [4, 4, 4]
+    assert caplog.text.count("visits its samples in an order the monitor cannot follow (RandomSampler") == 1
     _check_values(monitor, counter, make_data(64, 16, seed=2))
 
 
@@ -155,14 +173,14 @@ def test_probe_batches_are_kept_only_when_two_loads_agree(tmp_path, caplog):
     caplog.set_level(logging.INFO, logger="dse_monitor")
     data = make_data(64, 16, seed=2)
     monitor, _ = _fit(tmp_path, LitClassifier, epochs=1, probe=data, num_samples=40)
-    assert monitor._probe.cached is None  # released after fit
-    assert "keeping the probe batches in memory (1 batch" in caplog.text  # 40 samples, one batch of 64
+    assert monitor._probe.kept.cached is None  # released after fit
+    assert "keeping the probe batches in host memory (1 batch" in caplog.text  # 40 samples, one batch of 64
     caplog.clear()
     noisy, _ = _fit(tmp_path, LitClassifier, epochs=1, probe=NoisyImages(data), num_samples=40)
     assert "two loads of the first probe batch differ" in caplog.text and len(noisy.history) == 2
     caplog.clear()  # asked for: the first draw is kept as the fixed probe
     kept, _ = _fit(tmp_path, LitClassifier, epochs=1, probe=NoisyImages(data), num_samples=40, cache_inputs=True)
-    assert "keeping the probe batches in memory (1 batch" in caplog.text and len(kept.history) == 2
+    assert "keeping the probe batches in host memory (1 batch" in caplog.text and len(kept.history) == 2
     assert "two loads" not in caplog.text
     with pytest.raises(ValueError, match="cache_inputs must be True, False or 'auto'"):
         DSEMonitor(cache_inputs="yes")
