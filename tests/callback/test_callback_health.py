@@ -23,7 +23,7 @@ from dse_monitor import DSEMonitor
 from dse_monitor.train.compare import compare
 from dse_monitor.train.data import ImageDataModule
 from dse_monitor.train.model import ImageClassifier
-from dse_monitor.train.tables import run_table
+from dse_monitor.train.summary import run_table
 
 HEALTH = ["rankme", "alpha_req", "alpha_req_r2", "knn_acc", "cka_prev"]
 README = Path(__file__).resolve().parents[2] / "README.md"

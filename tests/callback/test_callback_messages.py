@@ -125,7 +125,7 @@ def test_a_fit_at_the_papers_sigma_explains_its_start_and_warns_when_it_stays(tm
 def test_identical_layers_are_measured_once_and_logged_under_each_name(tmp_path, monkeypatch):
     import torchvision
 
-    import dse_monitor.registry as registry
+    import dse_monitor.registry.computations as registry
 
     calls = []  # every DSE computed, counted where the registry calls the functional core
     original = registry.diffusion_spectral_entropy_details
