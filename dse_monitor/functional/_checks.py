@@ -116,3 +116,7 @@ def prepare_features(z: Any, *, dtype: torch.dtype | None, max_n: int | None, se
     if max_n is not None and x.shape[0] > max_n:
         return x[subsample_indices(x.shape[0], max_n, seed)]
     return x
+
+
+class NotApplicable(ValueError):
+    """The metric is undefined for these features (the message says why); nothing should be logged."""

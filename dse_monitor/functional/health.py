@@ -8,14 +8,14 @@ data (too few samples or dimensions, a single class, constant features) it raise
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
-from ._checks import as_tensor, check_features, check_int
+from ._checks import NotApplicable, as_tensor, check_features
 from .diffusion_time import entropy_curve
+from .knn_vote import knn_accuracy  # noqa: F401 - re-exported: a health metric
 
 __all__ = ["AlphaReq", "NotApplicable", "alpha_req", "diffusion_entropy_at_times", "knn_accuracy", "linear_cka",
            "rankme", "spectral_gap"]
@@ -27,11 +27,6 @@ ALPHA_FIT_RANGE = (11, 100)
 #: alpha-ReQ needs min(N, D) at least this: the fit range plus the tail reptrix leaves out of its R^2.
 ALPHA_MIN_DIM = 110
 #: Distances held at once by :func:`knn_accuracy` (float64 entries: 32 MiB).
-KNN_CHUNK_ENTRIES = 1 << 22
-
-
-class NotApplicable(ValueError):
-    """The metric is undefined for these features (the message says why); nothing should be logged."""
 
 
 def rankme(z: Any) -> torch.Tensor:
@@ -132,100 +127,6 @@ def alpha_req(z: Any) -> AlphaReq:
     residual = y - design @ b
     r2 = 1.0 - float((residual**2).sum() / ((y - y.mean()) ** 2).sum())
     return AlphaReq(float(b[0]), r2)
-
-
-def knn_accuracy(z: Any, labels: Any, k: int = 10, *, chunk_entries: int = KNN_CHUNK_ENTRIES) -> torch.Tensor:
-    """Leave-one-out accuracy of a k-nearest-neighbour majority vote over ``labels``.
-
-    The kNN probe of representation learning (Wu et al., CVPR 2018; Caron et al., ICCV 2021),
-    here on the fixed probe itself: accuracy = (1/N) sum_i [vote_k(z_i) = y_i].
-
-    Each sample is classified by the labels of its k nearest other samples (Euclidean,
-    uniform weights, a tied vote going to the smallest label): what scikit-learn's
-    ``KNeighborsClassifier(n_neighbors=k)`` fitted on the other N - 1 samples predicts
-    with its brute-force search (its choice above 15 dimensions), run on one thread.
-    Neighbours equidistant at the k-th place (duplicates, common in collapsed features)
-    are chosen as that search chooses them: by its max-heap over the samples in order
-    (:func:`_heap_neighbours`), not simply the smaller indices. A duplicate of a sample
-    is its neighbour at distance 0. Distances are computed a chunk of rows at a time (at
-    most ``chunk_entries`` held), never N x N.
-
-    Raises:
-        NotApplicable: fewer than k + 1 samples, or a single class.
-
-    Example:
-        >>> z = torch.tensor([[0.0], [0.1], [0.2], [5.0], [5.1], [5.2]])
-        >>> float(knn_accuracy(z, torch.tensor([0, 0, 0, 1, 1, 1]), k=2))
-        1.0
-    """
-    check_int(k, "k")
-    x = check_features(z, dtype=torch.float64)
-    y = as_tensor(labels, "labels").reshape(-1).to(x.device)
-    n = x.shape[0]
-    if y.shape[0] != n:
-        raise ValueError(f"labels must hold one label per sample: {y.shape[0]} labels for {n} samples")
-    if n < k + 1:
-        raise NotApplicable(f"{n} samples: the kNN accuracy with k={k} needs at least {k + 1}")
-    classes, codes = torch.unique(y, return_inverse=True)  # sorted: class j is the j-th smallest label
-    if classes.numel() < 2:
-        raise NotApplicable("the probe labels hold a single class: the kNN accuracy is trivially 1")
-    votes_of = torch.nn.functional.one_hot(codes, classes.numel()).to(torch.float64)
-    norms = (x * x).sum(dim=1)
-    rows = max(1, min(n, chunk_entries // n))
-    correct = 0
-    for start in range(0, n, rows):
-        q = x[start:start + rows]
-        here = torch.arange(start, start + q.shape[0], device=x.device)
-        # squared distances as scikit-learn's brute search computes them (|q|^2 - 2 q.x + |x|^2)
-        d = norms[here, None] - 2.0 * (q @ x.T) + norms[None, :]
-        d[torch.arange(q.shape[0]), here] = float("inf")  # leave one out
-        kth = d.topk(k, dim=1, largest=False).values[:, -1:]  # the k-th distance (topk: ~10x kthvalue's speed)
-        # within rounding of the k-th distance: more than k candidates means a tie to break
-        tol = 1e-10 * (norms[here, None] + norms.max())
-        chosen = d <= kth + tol
-        predicted = (chosen.to(torch.float64) @ votes_of).argmax(dim=1)  # first maximum: the smallest label
-        for row in torch.nonzero(chosen.sum(dim=1) > k).flatten().tolist():
-            neighbours = _heap_neighbours(x, start + row, k)
-            predicted[row] = votes_of[neighbours].sum(dim=0).argmax()
-        correct += int((predicted == codes[here]).sum())
-    return torch.tensor(correct / n, dtype=torch.float64)
-
-
-def _heap_neighbours(x: torch.Tensor, i: int, k: int) -> torch.Tensor:
-    """The k neighbours of sample ``i`` among the others as scikit-learn's brute search picks them.
-
-    It pushes the others, in index order, on a max-heap of size k (``sklearn.utils._heap.heap_push``,
-    ported here): a candidate enters only if strictly closer than the heap's root, which it
-    replaces before sifting down. Among equidistant candidates the survivors depend on that
-    heap's layout, so it is replayed. Distances are exact differences, equal for duplicates.
-    """
-    d = ((x - x[i]) ** 2).sum(dim=1).tolist()
-    values, indices = [math.inf] * k, [-1] * k
-    for j, v in enumerate(d):
-        if j == i or v >= values[0]:
-            continue
-        cur = 0
-        while True:
-            left = 2 * cur + 1
-            right = left + 1
-            if left >= k:
-                break
-            if right >= k:
-                if not values[left] > v:
-                    break
-                swap = left
-            elif values[left] >= values[right]:
-                if not v < values[left]:
-                    break
-                swap = left
-            else:
-                if not v < values[right]:
-                    break
-                swap = right
-            values[cur], indices[cur] = values[swap], indices[swap]
-            cur = swap
-        values[cur], indices[cur] = v, j
-    return torch.tensor(indices, device=x.device)
 
 
 def linear_cka(x: Any, y: Any) -> torch.Tensor:
