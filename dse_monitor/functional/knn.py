@@ -26,7 +26,7 @@ import warnings
 
 import torch
 
-from .knn_reduced import EXTRA, TF32_BITS, certified, float32_matmul, round_mantissa
+from .knn_reduced import EXTRA, TF32_BITS, augmented_factors, certified, float32_matmul
 
 #: The kernels of the diffusion operator.
 KERNELS = ("gaussian", "knn")
@@ -149,12 +149,16 @@ def _padded(a: torch.Tensor, sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     return at, torch.cat([sq, torch.full((groups * GROUP - n,), math.inf, dtype=sq.dtype, device=a.device)])
 
 
-def _blocks(a: torch.Tensor, at: torch.Tensor, sq: torch.Tensor, query: torch.Tensor, rows: int):
-    """(query rows, ``sq_j - 2 a_i.a_j`` of those rows against every column, itself at inf), a block at a time."""
+def _blocks(a: torch.Tensor, at: torch.Tensor, sq: torch.Tensor | None, query: torch.Tensor, rows: int):
+    """(query rows, ``sq_j - 2 a_i.a_j`` of those rows against every column, itself at inf), a block at a time;
+    ``sq`` None: ``a @ at`` is that already (:func:`.knn_reduced.augmented_factors`)."""
     buf = torch.empty(min(rows, query.numel()), at.shape[1], dtype=a.dtype, device=a.device)  # reused: no fresh pages
     for start in range(0, query.numel(), rows):
         q = query[start : start + rows]
-        d = torch.addmm(sq[None, :], a[q], at, alpha=-2, out=buf[: q.numel()])  # ||x_j||^2 - 2 x_i.x_j
+        if sq is None:
+            d = torch.mm(a[q], at, out=buf[: q.numel()])
+        else:
+            d = torch.addmm(sq[None, :], a[q], at, alpha=-2, out=buf[: q.numel()])  # ||x_j||^2 - 2 x_i.x_j
         d[torch.arange(q.numel(), device=a.device), q] = math.inf  # itself; the ranking of a row needs no ||x_i||^2
         yield q, d
 
@@ -199,15 +203,15 @@ def _certified_candidates(x: torch.Tensor, a: torch.Tensor, k: int, rows: int, b
     n = a.shape[0]
     take = min(k + 1 + extra, n - 1)
     hardware = x.device.type == "cuda" and bits == TF32_BITS and a.dtype == torch.float32
-    ar = round_mantissa(a, bits)  # rounded to nearest here: TF32 takes these exactly, u = 2^-(bits+1)
-    at, sq = _padded(ar, torch.linalg.vector_norm(a, dim=1).square())
+    # inputs rounded to nearest here: TF32 takes them exactly, u = 2^-(bits+1); the norms inside the product
+    left, right = augmented_factors(a, bits, -(-n // GROUP) * GROUP)
     cand = torch.empty(n, take, dtype=torch.long, device=x.device)
     v_m = torch.empty(n, dtype=a.dtype, device=x.device)
     with float32_matmul("high") if hardware else contextlib.nullcontext():
-        for q, d in _blocks(ar, at, sq, torch.arange(n, device=x.device), rows):
+        for q, d in _blocks(left, right, None, torch.arange(n, device=x.device), rows):
             vals, cols = _smallest(d, take)
             cand[q], v_m[q] = cols, vals[:, -1]
-    del ar, at, sq
+    del left, right
     d2 = _pair_distances(x, cand)
     order = _lexsort(d2, cand)[:, :k]
     idx, delta_k = cand.gather(1, order), d2.gather(1, order[:, -1:]).squeeze(1)

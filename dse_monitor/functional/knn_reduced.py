@@ -14,18 +14,23 @@ chosen k are the exact k nearest, ties by index. A row whose certificate fails i
 again exactly. The bound: the inputs are rounded here to the nearest value with b mantissa
 bits, which a TF32 unit takes exactly (whatever its own rounding), so u = 2^-(b+1);
 u_acc = 2^-22 for the float32 accumulation (4x float32's unit roundoff: tensor cores align
-and truncate; any order of summing D terms errs by at most gamma_D = D u_acc / (1 - D u_acc)
-times the sum of their |.|); u' = 2x the unit roundoff u_a of a's dtype; A = max_j ||a_j||:
+and truncate; any order of summing W terms errs by at most gamma = W u_acc / (1 - W u_acc)
+times the sum of their |.|); u' = 2x the unit roundoff u_a of a's dtype; A = max_j ||a_j||.
+The product is one matrix product of W = D + 2 (+ zero columns to a multiple of 8) terms,
+``[a'_i, 1, 1] . [-2 a'_j, hi_j, lo_j]`` with ``hi_j + lo_j`` the float norm ``sq'_j`` split
+in two b-bit parts (``|hi + lo - sq'| <= 2^-22 sq'``): no bias to add, so no pass to copy it.
+Every input has b bits, so every product is exact in float32, and
 
-    |P'_ij - a_i.a_j| <= c_P ||a_i|| A,       c_P = 2u + u^2 + gamma_D (1 + u)^2
-    |sq'_j - ||a_j||^2| <= (D + 4) u' A^2     (the float norm, then its square)
-    E_i = SAFETY [ (D + 6) u' A^2 + (2 c_P + 4 u' (1 + c_P)) ||a_i|| A ]   (+ the epilogue's two roundings)
+    |2 P'_ij - 2 a_i.a_j| <= 2 (2u + u^2) ||a_i|| A            (the rounded inputs)
+    |sq'_j - ||a_j||^2| <= (D + 4) u' A^2                       (the float norm, then its square)
+    accumulation <= gamma (2 (1 + u)^2 ||a_i|| A + 1.01 A^2)
+    E_i = SAFETY [ ((D + 4) u' + 2^-22 + 1.01 gamma) A^2 + 2 c_P ||a_i|| A ],   c_P = 2u + u^2 + gamma (1 + u)^2
     F_i = 2.01 u_a (||a_i|| + A)^2            (centring a = fl(x - mean): ||e_i|| <= u_a ||a_i||)
     g64 = 1.01 (D + 3) 2^-53                  (float64 distances of the candidates)
 
 Cauchy-Schwarz bounds ``sum |a_ik a_jk|`` by ``||a_i|| ||a_j||``. SAFETY = 1.25 covers the
-float64 evaluation of L_i and what the model leaves out (fused multiply-adds in the epilogue;
-a bf16x3 product for torch's "high" precision drops lo*lo terms, 2^-16 relatively).
+float64 evaluation of L_i and what the model leaves out (a bf16x3 product for torch's "high"
+precision drops lo*lo terms, 2^-16 relatively).
 """
 from __future__ import annotations
 
@@ -80,6 +85,29 @@ def round_mantissa(a: torch.Tensor, bits: int) -> torch.Tensor:
     return rounded.view(a.dtype)
 
 
+def augmented_factors(a: torch.Tensor, bits: int, columns: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``left [N, W]``, ``right [W, columns]`` with ``(left @ right)_ij = sq'_j - 2 a'_i.a'_j`` (module
+    docstring), every entry on the b-bit grid; columns past N get a huge ranking value (never chosen).
+
+    >>> a = torch.tensor([[0.0, 1.0], [2.0, 0.0]])
+    >>> left, right = augmented_factors(a, 10, 4)
+    >>> (left @ right).tolist()[0][:2], left.shape[1] % 8
+    ([-1.0, 4.0], 0)
+    """
+    n, dim = a.shape
+    width = -(-(dim + 2) // 8) * 8  # 16-byte rows: the tensor cores' fast layouts
+    ar = round_mantissa(a, bits)
+    sq = torch.linalg.vector_norm(a, dim=1).square()
+    hi = round_mantissa(sq, bits)
+    left = torch.zeros(n, width, dtype=a.dtype, device=a.device)
+    left[:, :dim], left[:, dim : dim + 2] = ar, 1
+    right = torch.zeros(width, columns, dtype=a.dtype, device=a.device)
+    right[:dim, :n] = -2 * ar.T
+    right[dim, :n], right[dim + 1, :n] = hi, round_mantissa(sq - hi, bits)
+    right[dim, n:] = torch.finfo(a.dtype).max / 4
+    return left, right
+
+
 def candidate_bound(norms: torch.Tensor, dim: int, bits: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(E_i, F_i) of the module docstring from the float64 row norms ``||a_i||`` (upper bounds).
 
@@ -88,11 +116,11 @@ def candidate_bound(norms: torch.Tensor, dim: int, bits: int, dtype: torch.dtype
     (True, True)
     """
     u, u_a = 2.0 ** -(bits + 1), torch.finfo(dtype).eps / 2
-    up = 2 * u_a
-    gamma = dim * U_ACC / (1 - dim * U_ACC)
+    up, width = 2 * u_a, -(-(dim + 2) // 8) * 8
+    gamma = width * U_ACC / (1 - width * U_ACC)
     c_p = 2 * u + u * u + gamma * (1 + u) ** 2
     big = norms.max()
-    e = SAFETY * ((dim + 6) * up * big**2 + (2 * c_p + 4 * up * (1 + c_p)) * norms * big)
+    e = SAFETY * (((dim + 4) * up + 2.0**-22 + 1.01 * gamma) * big**2 + 2 * c_p * norms * big)
     f = 2.01 * u_a * (norms + big) ** 2
     return e, f
 

@@ -7,7 +7,7 @@ import torch
 
 from dse_monitor.functional import knn
 from dse_monitor.functional.knn import _certified_candidates, knn_search
-from dse_monitor.functional.knn_reduced import candidate_bound, float32_matmul, round_mantissa
+from dse_monitor.functional.knn_reduced import augmented_factors, candidate_bound, float32_matmul, round_mantissa
 
 
 def _data(kind: str, n: int = 400, seed: int = 0) -> torch.Tensor:
@@ -71,8 +71,8 @@ def test_the_bound_holds_and_is_nearly_reached(dtype, bits):
     a = 1 + 0.01 * torch.rand(300, 512, generator=g, dtype=torch.float64)  # norms alike: A ~ ||a_i||
     a[:100] = 1 + 0.49 * 2.0**-bits
     a = a.to(dtype)
-    sq = torch.linalg.vector_norm(a, dim=1).square()
-    approx = torch.addmm(sq[None, :], round_mantissa(a, bits), round_mantissa(a, bits).T, alpha=-2).double()
+    left, right = augmented_factors(a, bits, len(a) + 4)
+    approx = (left @ right)[:, : len(a)].double()  # the candidate pass's product, in a's precision
     ad = a.double()
     exact = ad.square().sum(1)[None, :] - 2 * ad @ ad.T
     e, _ = candidate_bound(torch.linalg.vector_norm(ad, dim=1) * (1 + 1e-12), a.shape[1], bits, dtype)
