@@ -18,13 +18,13 @@ and truncate; any order of summing W terms errs by at most gamma = W u_acc / (1 
 times the sum of their |.|); u' = 2x the unit roundoff u_a of a's dtype; A = max_j ||a_j||.
 The product is one matrix product of W = D + 2 (+ zero columns to a multiple of 8) terms,
 ``[a'_i, 1, 1] . [-2 a'_j, hi_j, lo_j]`` with ``hi_j + lo_j`` the float norm ``sq'_j`` split
-in two b-bit parts (``|hi + lo - sq'| <= 2^-22 sq'``): no bias to add, so no pass to copy it.
+in two b-bit parts (``|hi + lo - sq'| <= 2^-(2b+2) sq'``): no bias to add, no pass to copy it.
 Every input has b bits, so every product is exact in float32, and
 
     |2 P'_ij - 2 a_i.a_j| <= 2 (2u + u^2) ||a_i|| A            (the rounded inputs)
     |sq'_j - ||a_j||^2| <= (D + 4) u' A^2                       (the float norm, then its square)
     accumulation <= gamma (2 (1 + u)^2 ||a_i|| A + 1.01 A^2)
-    E_i = SAFETY [ ((D + 4) u' + 2^-22 + 1.01 gamma) A^2 + 2 c_P ||a_i|| A ],   c_P = 2u + u^2 + gamma (1 + u)^2
+    E_i = SAFETY [ ((D + 4) u' + u^2 + 1.01 gamma) A^2 + 2 c_P ||a_i|| A ],   c_P = 2u + u^2 + gamma (1 + u)^2
     F_i = 2.01 u_a (||a_i|| + A)^2            (centring a = fl(x - mean): ||e_i|| <= u_a ||a_i||)
     g64 = 1.01 (D + 3) 2^-53                  (float64 distances of the candidates)
 
@@ -120,7 +120,7 @@ def candidate_bound(norms: torch.Tensor, dim: int, bits: int, dtype: torch.dtype
     gamma = width * U_ACC / (1 - width * U_ACC)
     c_p = 2 * u + u * u + gamma * (1 + u) ** 2
     big = norms.max()
-    e = SAFETY * (((dim + 4) * up + 2.0**-22 + 1.01 * gamma) * big**2 + 2 * c_p * norms * big)
+    e = SAFETY * (((dim + 4) * up + u * u + 1.01 * gamma) * big**2 + 2 * c_p * norms * big)
     f = 2.01 * u_a * (norms + big) ** 2
     return e, f
 
