@@ -117,7 +117,8 @@ def knn_search(
     candidates from a TF32 product, ranked by float64 distance, each row certified by a
     rigorous error bound or searched again as above (:mod:`.knn_reduced`). ``reduced_bits=0``
     forces the plain search; ``b > 0`` the candidate route with inputs rounded to b mantissa
-    bits (nearest), multiplied in the rows' precision (on CUDA, b = 10: TF32 tensor cores), which is how the CPU tests exercise it.
+    bits (nearest), multiplied in the rows' precision (on CUDA with b = 10: by TF32 tensor
+    cores); the CPU tests take that route so.
 
     >>> idx, d2 = knn_search(torch.tensor([[0.0], [1.0], [3.0], [1.0]]), 2)
     >>> idx.tolist(), d2.tolist()

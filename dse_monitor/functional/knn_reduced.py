@@ -104,7 +104,7 @@ def augmented_factors(a: torch.Tensor, bits: int, columns: int) -> tuple[torch.T
     right = torch.zeros(width, columns, dtype=a.dtype, device=a.device)
     right[:dim, :n] = -2 * ar.T
     right[dim, :n], right[dim + 1, :n] = hi, round_mantissa(sq - hi, bits)
-    right[dim, n:] = torch.finfo(a.dtype).max / 4
+    right[dim, n:] = 2.0**120  # on every grid, finite: no inf * 0 in a tensor core
     return left, right
 
 
