@@ -34,6 +34,7 @@ precision drops lo*lo terms, 2^-16 relatively).
 """
 from __future__ import annotations
 
+import threading
 from contextlib import contextmanager
 
 import torch
@@ -51,20 +52,27 @@ SAFETY = 1.25
 EXTRA = 64
 
 
+#: The precision is one process-wide setting: searches in several threads (DSMI's subsets) take
+#: turns, or one could restore another's setting and leave TF32 on, or search under it.
+_PRECISION_LOCK = threading.RLock()
+
+
 @contextmanager
 def float32_matmul(precision: str):
-    """``torch.set_float32_matmul_precision(precision)`` inside, the caller's setting restored after.
+    """``torch.set_float32_matmul_precision(precision)`` inside, the caller's setting restored after;
+    one thread at a time.
 
     >>> with float32_matmul("high"):
     ...     torch.get_float32_matmul_precision()
     'high'
     """
-    before = torch.get_float32_matmul_precision()
-    torch.set_float32_matmul_precision(precision)
-    try:
-        yield
-    finally:
-        torch.set_float32_matmul_precision(before)
+    with _PRECISION_LOCK:
+        before = torch.get_float32_matmul_precision()
+        torch.set_float32_matmul_precision(precision)
+        try:
+            yield
+        finally:
+            torch.set_float32_matmul_precision(before)
 
 
 def round_mantissa(a: torch.Tensor, bits: int) -> torch.Tensor:

@@ -2,6 +2,9 @@
 CPU by rounding the inputs' mantissas): same neighbours as the plain search, certificate sound."""
 from __future__ import annotations
 
+import threading
+import time
+
 import pytest
 import torch
 
@@ -95,4 +98,21 @@ def test_matmul_precision_is_restored_even_after_an_error():
         with float32_matmul("high" if before != "high" else "medium"):
             assert torch.get_float32_matmul_precision() != before
             raise RuntimeError("inside")
+    assert torch.get_float32_matmul_precision() == before
+
+
+def test_threads_searching_at_once_keep_their_own_precision_and_restore_the_callers():
+    before, seen = torch.get_float32_matmul_precision(), []
+
+    def search(precision):
+        with float32_matmul(precision):
+            time.sleep(0.02)  # the other thread tries to enter meanwhile
+            seen.append((precision, torch.get_float32_matmul_precision()))
+
+    threads = [threading.Thread(target=search, args=(p,)) for p in ("high", "highest", "medium", "high")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert all(want == got for want, got in seen) and len(seen) == 4
     assert torch.get_float32_matmul_precision() == before
