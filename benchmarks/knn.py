@@ -13,7 +13,10 @@ Gaussian clusters, generated on the device before the clock starts. Memory: the 
 peak resident set (``resource.getrusage``, taken right after the large CPU case) or
 ``torch.cuda.max_memory_allocated``. The check case solves the same sparse operator
 exactly (densified, ``eigvalsh``) and reports the estimate's error and whether the
-bounds contain the exact value.
+bounds contain the exact value. On CUDA (and with --quick) the neighbour search is also
+timed alone (``search_s``; float32 on CUDA takes TF32 candidates with a certificate, and
+``redone_rows`` counts the rows whose certificate failed), and at N / 10 against the plain
+float32 search (``plain_s``, ``same``: identical neighbours and distances).
 
 Targets (issue 26): N = 200,000, D = 64 on 2 CPU cores under 2 minutes and 4 GB; N = 20,000
 within 0.01 bits of the exact value, bounds containing it; N = 1,000,000, D = 256 on one
@@ -32,6 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dse_monitor.functional import diffusion_spectral_entropy_details  # noqa: E402
+from dse_monitor.functional import knn as knn_module  # noqa: E402
 from dse_monitor.functional.indefinite import indefinite_entropy  # noqa: E402
 from dse_monitor.functional.sparse_operator import SparseKernelOperator  # noqa: E402
 from dse_monitor.functional.spectrum import entropy_of_spectrum  # noqa: E402
@@ -67,6 +71,36 @@ def large(n: int, d: int, device: torch.device) -> dict:
     return {"case": f"N={n} D={d} {device.type}", "seconds": seconds, "solver_s": est.seconds,
             "peak_gib": peak / 2**30, "value": est.value, "std_error": est.std_error, "lower": est.lower,
             "upper": est.upper}
+
+
+def search(n: int, d: int, device: torch.device, compare: bool) -> dict:
+    """The neighbour search alone at N x D: seconds, rows searched again (certificate failed), and
+    with ``compare`` the plain search's seconds and whether both return the same neighbours."""
+    z = clusters(n, d, device)
+    redone = []
+    plain = knn_module._exact_rows
+
+    def counting(x, a, k, query, rows):  # the rows the candidate route hands back to the plain search
+        redone.append(query.numel())
+        return plain(x, a, k, query, rows)
+
+    knn_module._exact_rows = counting
+    try:
+        _sync(device)
+        start = time.perf_counter()
+        idx, d2 = knn_module.knn_search(z, K)
+        _sync(device)
+        out = {"case": f"N={n} D={d} {device.type} search", "search_s": time.perf_counter() - start}
+    finally:
+        knn_module._exact_rows = plain
+    candidates = device.type == "cuda" and z.dtype == torch.float32  # knn_search's own choice of route
+    out["redone_rows"] = sum(redone) if candidates else "n/a (plain search)"
+    if compare:
+        start = time.perf_counter()
+        idx0, d20 = knn_module.knn_search(z, K, reduced_bits=0)
+        _sync(device)
+        out.update(plain_s=time.perf_counter() - start, same=bool(torch.equal(idx, idx0) and torch.equal(d2, d20)))
+    return out
 
 
 def check(n: int, d: int, device: torch.device, exact_device: torch.device) -> dict:
@@ -115,6 +149,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{torch.get_num_threads()} CPU threads" + (f", {torch.cuda.get_device_name(device)}" if device.type == "cuda" else ""),
           flush=True)
     cases = [lambda: large(n, d, device)]
+    if device.type == "cuda" or args.quick:  # the search's share of the seconds; the two routes at N / 10
+        cases += [lambda: search(n, d, device, compare=False), lambda: search(n // 10, d, device, compare=True)]
     if not args.skip_check:
         cases.append(lambda: check(n_check, 64 if not args.quick else d, device, exact_device))
     if device.type == "cuda":

@@ -20,10 +20,13 @@ and DSE takes their absolute values, as the reference and manylatents do.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 
 import torch
+
+from .knn_reduced import EXTRA, TF32_BITS, augmented_factors, certified, float32_matmul
 
 #: The kernels of the diffusion operator.
 KERNELS = ("gaussian", "knn")
@@ -94,7 +97,9 @@ def density_scaling(q: torch.Tensor, w_times, alpha: float) -> torch.Tensor:
     return p * (p * w_times(p)).rsqrt()
 
 
-def knn_search(x: torch.Tensor, k: int, *, block_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def knn_search(
+    x: torch.Tensor, k: int, *, block_rows: int | None = None, reduced_bits: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``k`` nearest other rows of every row of ``x``: (indices [N, k], squared distances [N, k]).
 
     Exact, on ``x``'s device, one block of rows at a time (never N x N): the block's
@@ -108,46 +113,121 @@ def knn_search(x: torch.Tensor, k: int, *, block_rows: int | None = None) -> tup
     The distances of the chosen pairs are computed again directly, ``sum (x_i - x_j)^2`` in
     float64, so they carry no cancellation error. Sorted by (distance, index).
 
+    float32 rows on CUDA (``reduced_bits=None``) take a faster route to the same result:
+    candidates from a TF32 product, ranked by float64 distance, each row certified by a
+    rigorous error bound or searched again as above (:mod:`.knn_reduced`). ``reduced_bits=0``
+    forces the plain search; ``b > 0`` the candidate route with inputs rounded to b mantissa
+    bits (nearest), multiplied in the rows' precision (on CUDA with b = 10: by TF32 tensor
+    cores); the CPU tests take that route so.
+
     >>> idx, d2 = knn_search(torch.tensor([[0.0], [1.0], [3.0], [1.0]]), 2)
     >>> idx.tolist(), d2.tolist()
     ([[1, 3], [3, 0], [1, 3], [1, 0]], [[1.0, 1.0], [0.0, 1.0], [4.0, 4.0], [0.0, 1.0]])
+    >>> knn_search(torch.tensor([[0.0], [1.0], [3.0], [1.0]]), 2, reduced_bits=4)[0].tolist()
+    [[1, 3], [3, 0], [1, 3], [1, 0]]
     """
     n = x.shape[0]
     check_k(k, n)
     a = (x - x.mean(dim=0, keepdim=True)).detach()
-    sq = torch.linalg.vector_norm(a, dim=1).square()
     budget = SEARCH_BLOCK_BYTES.get(x.device.type, SEARCH_BLOCK_BYTES["cuda"])
     rows = block_rows or max(1, min(n, budget // (a.element_size() * n)))
-    # rounding of a ranking value sq_j - 2 a_i.a_j: sqrt(D) eps |.| (a sum's typical error; the
-    # worst case D eps flagged 6.5% of float32 rows at N = 20,000, D = 64), x4: closer values may
-    # be misordered, and their rows are chosen again by exact distance
-    big = sq.max()
-    tol = 4 * (a.shape[1] + 2) ** 0.5 * torch.finfo(a.dtype).eps * (big + 2 * (sq * big).sqrt())
-    idx = torch.empty(n, k, dtype=torch.long, device=x.device)
-    groups = -(-n // GROUP)
-    at = torch.zeros(a.shape[1], groups * GROUP, dtype=a.dtype, device=x.device)  # padding columns: 0 ...
-    at[:, :n] = a.T
-    sq = torch.cat([sq, torch.full((groups * GROUP - n,), math.inf, dtype=sq.dtype, device=x.device)])  # ... inf
-    buf = torch.empty(rows, groups * GROUP, dtype=a.dtype, device=x.device)  # reused: no fresh pages per block
-    take = min(k + 1, n - 1)
-    offsets = torch.arange(GROUP, device=x.device)
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
-        r = torch.arange(stop - start, device=x.device)
-        d = torch.addmm(sq[None, :], a[start:stop], at, alpha=-2, out=buf[: stop - start])  # ||x_j||^2 - 2 x_i.x_j
-        d[r, r + start] = math.inf  # itself; the ranking of a row needs no ||x_i||^2
-        best = torch.topk(d.view(stop - start, groups, GROUP).amin(dim=2), min(take, groups), dim=1,
-                          largest=False).indices
-        cols = (best[:, :, None] * GROUP + offsets).flatten(1)
-        vals, pos = torch.topk(d.gather(1, cols), take, dim=1, largest=False, sorted=True)
-        idx[start:stop] = _near_ties_by_index(x.detach(), d, vals, cols.gather(1, pos), k, start, tol[start:stop])
+    if reduced_bits is None:
+        reduced_bits = TF32_BITS if x.device.type == "cuda" and a.dtype == torch.float32 else 0
+    if reduced_bits and a.dtype in (torch.float32, torch.float64):
+        idx, _ = _certified_candidates(x.detach(), a, k, rows, reduced_bits)
+    else:
+        idx = _exact_rows(x.detach(), a, k, torch.arange(n, device=x.device), rows)
     d2 = _pair_distances(x, idx)
     order = _lexsort(d2, idx)
     return idx.gather(1, order), d2.gather(1, order)
 
 
+def _padded(a: torch.Tensor, sq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``a.T`` and ``sq`` padded to whole groups of columns: padding columns 0 with ``sq`` inf (never chosen)."""
+    n, groups = a.shape[0], -(-a.shape[0] // GROUP)
+    at = torch.zeros(a.shape[1], groups * GROUP, dtype=a.dtype, device=a.device)
+    at[:, :n] = a.T
+    return at, torch.cat([sq, torch.full((groups * GROUP - n,), math.inf, dtype=sq.dtype, device=a.device)])
+
+
+def _blocks(a: torch.Tensor, at: torch.Tensor, sq: torch.Tensor | None, query: torch.Tensor, rows: int):
+    """(query rows, ``sq_j - 2 a_i.a_j`` of those rows against every column, itself at inf), a block at a time;
+    ``sq`` None: ``a @ at`` is that already (:func:`.knn_reduced.augmented_factors`)."""
+    buf = torch.empty(min(rows, query.numel()), at.shape[1], dtype=a.dtype, device=a.device)  # reused: no fresh pages
+    for start in range(0, query.numel(), rows):
+        q = query[start : start + rows]
+        if sq is None:
+            d = torch.mm(a[q], at, out=buf[: q.numel()])
+        else:
+            d = torch.addmm(sq[None, :], a[q], at, alpha=-2, out=buf[: q.numel()])  # ||x_j||^2 - 2 x_i.x_j
+        d[torch.arange(q.numel(), device=a.device), q] = math.inf  # itself; the ranking of a row needs no ||x_i||^2
+        yield q, d
+
+
+def _smallest(d: torch.Tensor, take: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``take`` smallest entries of each row of ``d`` (values ascending, their columns), by group minima."""
+    groups = d.shape[1] // GROUP
+    best = torch.topk(d.view(d.shape[0], groups, GROUP).amin(dim=2), min(take, groups), dim=1, largest=False).indices
+    cols = (best[:, :, None] * GROUP + torch.arange(GROUP, device=d.device)).flatten(1)
+    vals, pos = torch.topk(d.gather(1, cols), take, dim=1, largest=False, sorted=True)
+    return vals, cols.gather(1, pos)
+
+
+def _exact_rows(x: torch.Tensor, a: torch.Tensor, k: int, query: torch.Tensor, rows: int) -> torch.Tensor:
+    """The k nearest of the ``query`` rows by the plain search (:func:`knn_search`), float32 products in IEEE precision."""
+    sq = torch.linalg.vector_norm(a, dim=1).square()
+    # rounding of a ranking value sq_j - 2 a_i.a_j: sqrt(D) eps |.| (a sum's typical error; the
+    # worst case D eps flagged 6.5% of float32 rows at N = 20,000, D = 64), x4: closer values may
+    # be misordered, and their rows are chosen again by exact distance
+    big = sq.max()
+    tol = 4 * (a.shape[1] + 2) ** 0.5 * torch.finfo(a.dtype).eps * (big + 2 * (sq * big).sqrt())
+    at, sq = _padded(a, sq)
+    idx = torch.empty(query.numel(), k, dtype=torch.long, device=x.device)
+    take = min(k + 1, a.shape[0] - 1)
+    with _ieee_on_cuda(x):
+        for done, (q, d) in zip(range(0, query.numel(), rows), _blocks(a, at, sq, query, rows)):
+            vals, cols = _smallest(d, take)
+            idx[done : done + q.numel()] = _near_ties_by_index(x, d, vals, cols, k, q, tol[q])
+    return idx
+
+
+def _ieee_on_cuda(x: torch.Tensor):
+    # a caller's TF32 setting (Lightning's "high" precision) would make the plain search inexact
+    return float32_matmul("highest") if x.device.type == "cuda" else contextlib.nullcontext()
+
+
+def _certified_candidates(x: torch.Tensor, a: torch.Tensor, k: int, rows: int, bits: int, *,
+                          extra: int = EXTRA, bound_scale: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k nearest of every row by reduced-precision candidates, certified or redone (:mod:`.knn_reduced`);
+    also the rows redone. ``k + 1 + extra`` candidates a row; ``bound_scale`` < 1 shrinks the error bound
+    (for the tests: rows go wrong)."""
+    n = a.shape[0]
+    take = min(k + 1 + extra, n - 1)
+    hardware = x.device.type == "cuda" and bits == TF32_BITS and a.dtype == torch.float32
+    # inputs rounded to nearest here: TF32 takes them exactly, u = 2^-(bits+1); the norms inside the product
+    left, right = augmented_factors(a, bits, -(-n // GROUP) * GROUP)
+    cand = torch.empty(n, take, dtype=torch.long, device=x.device)
+    v_m = torch.empty(n, dtype=a.dtype, device=x.device)
+    with float32_matmul("high") if hardware else contextlib.nullcontext():
+        for q, d in _blocks(left, right, None, torch.arange(n, device=x.device), rows):
+            vals, cols = _smallest(d, take)
+            cand[q], v_m[q] = cols, vals[:, -1]
+    del left, right
+    d2 = _pair_distances(x, cand)
+    order = _lexsort(d2, cand)[:, :k]
+    idx, delta_k = cand.gather(1, order), d2.gather(1, order[:, -1:]).squeeze(1)
+    if take == n - 1:  # every other row is a candidate: nothing left out
+        return idx, torch.empty(0, dtype=torch.long, device=x.device)
+    norms = torch.linalg.vector_norm(a.double(), dim=1) * (1 + 1e-12)
+    redo = torch.nonzero(~certified(v_m, delta_k, norms, a.shape[1], bits, a.dtype, bound_scale)).flatten()
+    if redo.numel():
+        idx[redo] = _exact_rows(x, a, k, redo, rows)
+    return idx, redo
+
+
 def _near_ties_by_index(
-    x: torch.Tensor, d: torch.Tensor, vals: torch.Tensor, cand: torch.Tensor, k: int, start: int, tol: torch.Tensor
+    x: torch.Tensor, d: torch.Tensor, vals: torch.Tensor, cand: torch.Tensor, k: int, query: torch.Tensor,
+    tol: torch.Tensor
 ) -> torch.Tensor:
     """The first k candidates; where the k-th and (k+1)-th ranking values lie within rounding
     (``tol``, per row) of each other, the row's k nearest by exact distance, ties by index.
@@ -164,7 +244,7 @@ def _near_ties_by_index(
         return out
     limit = vals[near, k - 1] + 2 * tol[near]
     rows, cols = torch.nonzero(d[near] <= limit[:, None], as_tuple=True)  # row-major: columns ascending
-    exact = (x[start + near[rows]].double() - x[cols].double()).square().sum(dim=1)
+    exact = (x[query[near[rows]]].double() - x[cols].double()).square().sum(dim=1)
     order = torch.argsort(exact, stable=True)
     order = order[torch.argsort(rows[order], stable=True)]
     rows, cols = rows[order], cols[order]
