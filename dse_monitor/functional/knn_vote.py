@@ -18,7 +18,7 @@ from ._checks import NotApplicable, as_tensor, check_features, check_int
 __all__ = ["knn_accuracy"]
 
 #: Distances held at once (rows x N) while ranking.
-KNN_CHUNK_ENTRIES = 1 << 22
+KNN_CHUNK_ENTRIES = 1 << 24
 #: Candidates kept beyond the k + 1 the vote and its tie check need.
 EXTRA_CANDIDATES = 4
 
@@ -60,12 +60,12 @@ def knn_accuracy(z: Any, labels: Any, k: int = 10, *, chunk_entries: int = KNN_C
         raise NotApplicable("the probe labels hold a single class: the kNN accuracy is trivially 1")
     norms = (x * x).sum(dim=1)  # uncentred, as scikit-learn's rounding sees them
     tie_tol = 1e-10 * (norms + norms.max())  # within scikit-learn's float64 rounding: a tie to break
-    a = x - x.mean(dim=0)  # centred: distances unchanged, the float32 product loses less
-    rows = max(1, min(n, chunk_entries // n))
+    rows = _Rows(x - x.mean(dim=0))  # centred: distances unchanged, the float32 product loses less
+    step = max(1, min(n, chunk_entries // n))
     correct = 0
-    for start in range(0, n, rows):
-        here = torch.arange(start, min(start + rows, n), device=x.device)
-        idx, d = _nearest(a, here, min(k + 1, n - 1), tie_tol[here])
+    for start in range(0, n, step):
+        here = torch.arange(start, min(start + step, n), device=x.device)
+        idx, d = _nearest(rows, here, min(k + 1, n - 1), tie_tol[here])
         tied = (d[:, k] <= d[:, k - 1] + tie_tol[here]) if d.shape[1] > k else torch.zeros_like(here, dtype=torch.bool)
         votes = torch.zeros(here.numel(), classes.numel(), dtype=torch.long, device=x.device)
         votes.scatter_add_(1, codes[idx[:, :k]], torch.ones_like(idx[:, :k]))
@@ -75,7 +75,16 @@ def knn_accuracy(z: Any, labels: Any, k: int = 10, *, chunk_entries: int = KNN_C
     return torch.tensor(correct / n, dtype=torch.float64)
 
 
-def _nearest(a: torch.Tensor, here: torch.Tensor, need: int, slack: torch.Tensor | float = 0.0
+class _Rows:
+    """The centred rows in float64 and float32, with their squared norms (computed once for every chunk)."""
+
+    def __init__(self, a: torch.Tensor) -> None:
+        self.a, self.a32 = a, a.float()
+        self.sq, self.sq32 = (a * a).sum(dim=1), (self.a32 * self.a32).sum(dim=1)
+        self.norm_max = float(self.sq.max().sqrt())
+
+
+def _nearest(rows: _Rows, here: torch.Tensor, need: int, slack: torch.Tensor | float = 0.0
              ) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``need`` nearest other rows of ``a`` for each row in ``here``: (indices, float64 squared distances).
 
@@ -88,19 +97,17 @@ def _nearest(a: torch.Tensor, here: torch.Tensor, need: int, slack: torch.Tensor
     (u = 2^-24; Higham's gamma_D for the dot product, plus the roundings of the inputs and
     the sum). Rows that are not certified are ranked again over all samples in float64.
     """
+    a, sq = rows.a, rows.sq
     m = min(need + EXTRA_CANDIDATES, a.shape[0] - 1)
-    a32 = a.float()
-    sq32 = (a32 * a32).sum(dim=1)
-    approx = torch.addmm(sq32[None, :], a32[here], a32.T, alpha=-2)
+    approx = torch.addmm(rows.sq32[None, :], rows.a32[here], rows.a32.T, alpha=-2)
     approx[torch.arange(here.numel()), here] = math.inf  # leave one out
     cand_values, cand = approx.topk(m, dim=1, largest=False)
-    sq = (a * a).sum(dim=1)
     step = max(1, (1 << 19) // (m * a.shape[1]))  # rows whose gathered candidates stay in cache (4 MiB)
     dots = torch.cat([torch.bmm(a[c], a[h].unsqueeze(2)).squeeze(2)  # float64 a_i.a_j of the candidates only
                       for h, c in zip(here.split(step), cand.split(step))])
     exact, order = (sq[here, None] + sq[cand] - 2 * dots).sort(dim=1, stable=True)
     d, idx = exact[:, :need], cand.gather(1, order)[:, :need]
-    err = (a.shape[1] + 4) * 2.0 ** -24 * (sq[here].sqrt() + sq.max().sqrt()) ** 2
+    err = (a.shape[1] + 4) * 2.0 ** -24 * (sq[here].sqrt() + rows.norm_max) ** 2
     certified = cand_values[:, -1].double() + sq[here] - err > d[:, -1] + err + slack
     redo = torch.nonzero(~certified).flatten()
     if redo.numel():

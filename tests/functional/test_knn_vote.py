@@ -6,7 +6,7 @@ import torch
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
-from dse_monitor.functional.knn_vote import _nearest, knn_accuracy
+from dse_monitor.functional.knn_vote import _nearest, _Rows, knn_accuracy
 
 
 def _brute(a: torch.Tensor, m: int) -> torch.Tensor:
@@ -30,7 +30,7 @@ def test_the_candidates_are_the_float64_nearest_where_float32_ranks_and_where_it
     # random features: every row certified from its float32 candidates; far clusters: none, all ranked in float64
     for z in (torch.randn(300, 40, generator=g, dtype=torch.float64), _far_clusters()):
         a = z - z.mean(dim=0)
-        _, d = _nearest(a, torch.arange(len(a)), 11)
+        _, d = _nearest(_Rows(a), torch.arange(len(a)), 11)
         ref = _brute(a, 11)
         assert torch.allclose(d, ref, rtol=1e-12, atol=1e-12 * float(ref.abs().max()))
 
