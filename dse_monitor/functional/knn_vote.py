@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ._checks import NotApplicable, as_tensor, check_features, check_int
+from .knn_reduced import float32_matmul
 
 __all__ = ["knn_accuracy"]
 
@@ -99,7 +100,8 @@ def _nearest(rows: _Rows, here: torch.Tensor, need: int, slack: torch.Tensor | f
     """
     a, sq = rows.a, rows.sq
     m = min(need + EXTRA_CANDIDATES, a.shape[0] - 1)
-    approx = torch.addmm(rows.sq32[None, :], rows.a32[here], rows.a32.T, alpha=-2)
+    with float32_matmul("highest"):  # the bound below is IEEE float32's: no TF32 under Lightning's "high"
+        approx = torch.addmm(rows.sq32[None, :], rows.a32[here], rows.a32.T, alpha=-2)
     approx[torch.arange(here.numel()), here] = math.inf  # leave one out
     cand_values, cand = approx.topk(m, dim=1, largest=False)
     step = max(1, (1 << 19) // (m * a.shape[1]))  # rows whose gathered candidates stay in cache (4 MiB)

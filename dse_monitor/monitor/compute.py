@@ -226,7 +226,10 @@ def compute_measurement(
             out.notes.append(_failure_note(layer, step, failures))
     for duplicate, original in out.aliases.items():
         out.values.update({config.key(duplicate, name): value for name, value in out.of_layer(original).items()})
-        for per_layer in (out.spectra, out.shapes, out.sigmas):
+        # the duplicate's own state too: a later measurement that finds it distinct again keeps the values
+        # frozen at its first measurement and compares with its previous features
+        for per_layer in (out.spectra, out.shapes, out.sigmas, frozen.sigma, frozen.t,
+                          *(() if previous is None else (previous,))):
             if original in per_layer:
                 per_layer[duplicate] = per_layer[original]
     out.duration_s = time.perf_counter() - start

@@ -109,7 +109,8 @@ class ScoreSettings:
     def columns(self) -> list[str]:
         """The names each model's row holds: every logged name of every metric (``alpha_req_r2``, ``dse_t<t>``)."""
         settings = self.config.settings()
-        return [name for metric in self.config.metrics for name in logged_names(metric, settings)]
+        # each name once: alpha_req also logs alpha_req_r2, which may be asked for itself
+        return list(dict.fromkeys(name for metric in self.config.metrics for name in logged_names(metric, settings)))
 
     def record(self) -> dict[str, str]:
         """The settings as the strings written to (and compared in) ``scores.csv``."""
