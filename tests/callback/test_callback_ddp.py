@@ -7,7 +7,7 @@ import json
 import lightning.pytorch as L
 import pytest
 import torch
-from dse_callback_models import FailsOnRank1, LitClassifier, TinyCNN, trainer_kwargs
+from dse_callback_models import FailsOnRank1, LitClassifier, TinyCNN, fit_spawned, trainer_kwargs
 from dse_counting import CountedValidation, CountingImages, ReadLog
 from lightning.pytorch.loggers import CSVLogger
 
@@ -26,7 +26,7 @@ def _model():
     return LitClassifier(net=net, n_train=64, n_val=64, lr=0.0)
 
 
-def _run(root, **kw):
+def _fit(root, **kw):
     monitor = DSEMonitor(num_samples=41, batch_size=8, metrics=METRICS, sigma=1.0, save_raw=True)  # 41: uneven shares
     # a second monitor whose probe pass fails on rank 1 alone at step 1 (call 3: peek, step 0, step 1; no
     # validation reuse, whose hooks would call batch_fn too)
@@ -35,8 +35,12 @@ def _run(root, **kw):
     # every optimizer step: each rank must decide identically, or the gather would hang
     steps = DSEMonitor(num_samples=16, batch_size=8, metrics="dse", prefix="steps", every_n_train_steps=1)
     logger = CSVLogger(str(root), name="csv")
-    trainer = L.Trainer(callbacks=[monitor, flaky, steps], **trainer_kwargs(root, max_epochs=2, logger=logger, **kw))
-    trainer.fit(_model())
+    L.Trainer(callbacks=[monitor, flaky, steps], **trainer_kwargs(root, max_epochs=2, logger=logger, **kw)).fit(
+        _model())
+
+
+def _run(root, **kw):
+    root = fit_spawned(lambda r: _fit(r, **kw), root)
     history = json.loads((root / "csv" / "version_0" / "dse_monitor" / "history.json").read_text())
     with open(root / "csv" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -71,12 +75,15 @@ def _counted_model():
     return CountedValidation(CountingImages.like(63), net=net, n_train=64, batch_size=16, lr=0.0)
 
 
-def _run_reuse(root, **kw):
+def _fit_reuse(root, **kw):
     monitor = DSEMonitor(num_samples=None, metrics=["dse", "dsmi_y"], sigma=1.0, cache_inputs=False, save_raw=True)
     logger = CSVLogger(str(root), name="csv")
-    trainer = L.Trainer(callbacks=[monitor, ReadLog(root / "reads")],
-                        **trainer_kwargs(root, max_epochs=3, logger=logger, **kw))
-    trainer.fit(_counted_model())
+    L.Trainer(callbacks=[monitor, ReadLog(root / "reads")], **trainer_kwargs(root, max_epochs=3, logger=logger,
+                                                                              **kw)).fit(_counted_model())
+
+
+def _run_reuse(root, **kw):
+    root = fit_spawned(lambda r: _fit_reuse(r, **kw), root)
     history = json.loads((root / "csv" / "version_0" / "dse_monitor" / "history.json").read_text())["history"]
     return history, {p.stem: json.loads(p.read_text()) for p in sorted((root / "reads").glob("*.json"))}
 
