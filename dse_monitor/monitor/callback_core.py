@@ -144,6 +144,9 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
             validation pass (same weights, same samples in order) instead of running the
             probe again; checked once per fit against the probe's own pass and used only
             where it is the same computation (:mod:`dse_monitor.monitor.reuse`).
+        split_over_ranks: under DDP, each rank computes its share of the metrics (whole
+            layers' metrics, dealt by cost; :mod:`dse_monitor.monitor.shares`) and the parts
+            are merged on every rank; False: rank 0 computes all and broadcasts.
         device: device of the metric computation (default: the features' device).
         dtype: dtype of the diffusion metrics' computation: ``"float32"`` (default: within
             1.5e-6 bits of float64 on the benchmark cases, 1.2-4x faster; see
@@ -206,6 +209,7 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
     cache_inputs: _Setting[Union[bool, str]] = _Setting()
     probe_loader_kwargs: _Setting[Optional[dict[str, Any]]] = _Setting()
     reuse_validation: _Setting[bool] = _Setting()
+    split_over_ranks: _Setting[bool] = _Setting()
     device: _Setting[Optional[torch.device]] = _Setting()
     dtype: _Setting[Optional[torch.dtype]] = _Setting()
     prefix: _Setting[str] = _Setting()
@@ -241,6 +245,7 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
         cache_inputs: Union[bool, str] = _D.cache_inputs,
         probe_loader_kwargs: Optional[dict[str, Any]] = _D.probe_loader_kwargs,
         reuse_validation: bool = _D.reuse_validation,
+        split_over_ranks: bool = _D.split_over_ranks,
         device: Union[str, torch.device, None] = _D.device,
         dtype: Union[str, torch.dtype, None] = _D.dtype,
         prefix: str = _D.prefix,
@@ -260,7 +265,7 @@ class DSEMonitorCore(LightningHooks, MeasurementSequence):
             t_max=t_max, num_repetitions=num_repetitions, n_clusters=n_clusters, x_size=x_size, pooling=pooling,
             batch_fn=batch_fn, forward_fn=forward_fn, batch_size=batch_size, cache_inputs=cache_inputs,
             probe_loader_kwargs=probe_loader_kwargs,
-            reuse_validation=reuse_validation, device=device, dtype=dtype, prefix=prefix,
+            reuse_validation=reuse_validation, split_over_ranks=split_over_ranks, device=device, dtype=dtype, prefix=prefix,
             log_spectrum=log_spectrum, save_raw=save_raw, solver=solver, kernel=kernel, k=k, alpha=alpha,
             knn_k=knn_k, t_values=t_values,
         )

@@ -27,6 +27,7 @@ from ..functional import reference_groups, scale_diagnosis, scale_warning
 from ..registry import METRICS, MetricResult, MetricSettings, logged_names, parse_key
 from .config import FALLBACK_CLUSTERS, MonitorConfig
 from .policies import Frozen, layer_scale
+from .shares import Share, assign_units, layer_units, merge_parts, root_metric
 
 
 @dataclass
@@ -126,6 +127,8 @@ class Measurement:
     sigmas: dict[str, float] = field(default_factory=dict)
     #: The reference groups the measurement used (pass them on: later measurements reuse them).
     groups: Optional[ReferenceGroups] = None
+    #: ``{"<layer>/<root metric>": rank}``: which DDP rank computed each unit (:mod:`.shares`; 0 alone).
+    computed_by: dict[str, int] = field(default_factory=dict)
 
     def of_layer(self, layer: str) -> dict[str, float]:
         """``{name: value}`` of one layer (metrics and diagnostics), read from the logged keys."""
@@ -157,6 +160,7 @@ def compute_measurement(
     frozen: Optional[Frozen] = None,
     bad_inputs: Optional[torch.Tensor] = None,
     previous: Optional[dict[str, torch.Tensor]] = None,
+    share: Optional[Share] = None,
 ) -> Measurement:
     """Every configured metric of every layer, plus its ``sigma_ratio``; a failing metric is skipped alone.
 
@@ -166,64 +170,129 @@ def compute_measurement(
     of blaming the training when a layer's features are not finite. ``previous``
     holds each layer's features at the previous measurement (``cka_prev``'s reference)
     and is updated here with this measurement's (None: ``cka_prev`` is not logged).
+    ``share``: compute only this rank's units (:mod:`.shares`) and return its part, to be
+    merged with the other ranks' by :func:`merge_measurements`.
     """
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
     out = Measurement(step, notes=list(groups.notes), aliases=identical_layers(features), groups=groups)
+    todo = _layer_plan(config, features, groups, out.aliases, previous)
+    deal = None if share is None else assign_units([u for _, _, _, units, _ in todo for u in units], share.world)
+    for layer, z, metrics, units, refs in todo:
+        mine = metrics if deal is None else [m for m in metrics if deal[(layer, root_metric(m))] == share.rank]
+        primary = deal is None or deal[(layer, units[0].root)] == share.rank  # records the layer itself
+        if primary or mine:
+            _measure_layer(config, out, layer, z, metrics, mine, primary, refs, frozen, bad_inputs)
+        out.computed_by.update({f"{layer}/{root_metric(m)}": 0 if share is None else share.rank for m in mine})
+    out.duration_s = time.perf_counter() - start
+    return out if share is not None else finish_measurement(config, out, frozen, previous)
+
+
+def _layer_plan(config: MonitorConfig, features: dict[str, torch.Tensor], groups: ReferenceGroups,
+                aliases: dict[str, str], previous: Optional[dict[str, torch.Tensor]]) -> list:
+    """``(layer, z, metrics, units, refs)`` of every layer measured (not a duplicate). ``previous`` is
+    updated here, for every layer on every rank, so that the next measurement finds it whichever rank
+    computes; ``refs["previous"]`` keeps the one before."""
+    plan = []
+    want_previous = previous is not None and "previous" in config.references()
     for layer, z in features.items():
-        if layer in out.aliases:  # the same features as an earlier layer: copied below
+        if layer in aliases:  # the same features as an earlier layer: copied in finish_measurement
             continue
-        if config.device is not None:
-            z = z.to(config.device)
-        out.shapes[layer] = (int(z.shape[0]), int(z.shape[1]) if z.ndim > 1 else 0)
-        refs = {"labels": groups.labels, "inputs": groups.inputs, "previous": None}
-        if previous is not None and "previous" in config.references():
-            refs["previous"] = previous.get(layer)
-            previous[layer] = z.detach().to("cpu", copy=True)  # the next measurement's reference
+        refs = {"labels": groups.labels, "inputs": groups.inputs,
+                "previous": previous.get(layer) if want_previous else None}
         metrics = [m for m in config.metrics if METRICS[m].reference is None or refs[METRICS[m].reference] is not None]
-        if not bool(torch.isfinite(z).all()):
+        shape = (int(z.shape[0]), int(z.shape[1]) if z.ndim > 1 else 0)
+        plan.append((layer, z, metrics, layer_units(layer, metrics, shape, refs, config.num_repetitions), refs))
+    if want_previous:
+        previous.update({layer: z.detach().to("cpu", copy=True) for layer, z, *_ in plan})
+    return plan
+
+
+def _measure_layer(config: MonitorConfig, out: Measurement, layer: str, z: torch.Tensor, metrics: list[str],
+                   mine: list[str], primary: bool, refs: dict[str, Optional[torch.Tensor]], frozen: Frozen,
+                   bad_inputs: Optional[torch.Tensor]) -> None:
+    """The ``mine`` metrics of one layer into ``out``; ``primary``: also the layer's own records."""
+    step = out.step
+    if config.device is not None:
+        z = z.to(config.device)
+    if primary:
+        out.shapes[layer] = (int(z.shape[0]), int(z.shape[1]) if z.ndim > 1 else 0)
+    if not bool(torch.isfinite(z).all()):
+        if primary:
             out.notes.append(f"DSEMonitor: layer {layer!r} has NaN/Inf features at epoch {step}; "
                              f"logging NaN for its metrics ({_nonfinite_cause(bad_inputs)}).")
             out.values.update({config.key(layer, k): float("nan") for m in metrics
                                for k in logged_names(m, config.settings())})
-            continue
-        try:
-            scale = layer_scale(config, layer, z, frozen)
-        except Exception as err:  # noqa: BLE001 - e.g. no features: every metric of the layer fails alike
-            failures = {m: f"{type(err).__name__}: {err}" for m in metrics}
-            out.failures[layer] = failures
-            out.notes.append(_failure_note(layer, step, failures))
-            continue
+        return
+    try:
+        scale = layer_scale(config, layer, z, frozen)
+    except Exception as err:  # noqa: BLE001 - e.g. no features: every metric of the layer fails alike
+        if primary:
+            out.failures[layer] = {m: f"{type(err).__name__}: {err}" for m in metrics}
+        return
+    gaussian = scale.settings.kernel == "gaussian"  # the kNN kernel has no global sigma to diagnose
+    ratio = scale.median / scale.settings.sigma
+    if primary:
         out.notes.extend(scale.warnings)
         out.info.extend(scale.info)
         out.values.update({config.key(layer, k): v for k, v in scale.frozen_now.items()})
         out.sigmas[layer] = float(scale.settings.sigma)
-        gaussian = scale.settings.kernel == "gaussian"  # the kNN kernel has no global sigma to diagnose
-        ratio = scale.median / scale.settings.sigma
         if gaussian:
             out.values[config.key(layer, "sigma_ratio")] = ratio
-        results, failures = _layer_metrics(z, metrics, refs, scale.settings)
-        for name in metrics:
-            result = results.get(name)
-            if result is None:  # failed: in failures
-                continue
-            if result.note is not None:  # why a value is NaN or not logged (said once per run)
-                out.info.append(f"DSEMonitor: {name} of layer {layer!r}: {result.note}.")
-            out.values.update({config.key(layer, k): v for k, v in result.logged(name).items()})
-            if result.eigenvalues is not None:
-                out.spectra[layer] = result.eigenvalues
-            if result.fallback is not None:
-                out.fallbacks.append(f"DSEMonitor: {result.fallback}")
-        dse = results.get("dse")  # also when only a metric derived from it was asked for
-        if gaussian and dse is not None and dse.n is not None and dse.n > 1:
-            direction = scale_diagnosis(dse.value, dse.n, ratio)
-            if direction is not None:
-                message = scale_warning(direction, layer=layer, dse_bits=dse.value, n=dse.n, median=scale.median,
-                                        sigma=scale.settings.sigma)
-                out.verdicts[layer] = (direction, f"DSEMonitor: {message}")
-        if failures:
-            out.failures[layer] = failures
-            out.notes.append(_failure_note(layer, step, failures))
+    results, failures = _layer_metrics(z, mine, refs, scale.settings)
+    for name in mine:
+        result = results.get(name)
+        if result is None:  # failed: in failures
+            continue
+        if result.note is not None:  # why a value is NaN or not logged (said once per run)
+            out.info.append(f"DSEMonitor: {name} of layer {layer!r}: {result.note}.")
+        out.values.update({config.key(layer, k): v for k, v in result.logged(name).items()})
+        if result.eigenvalues is not None:
+            out.spectra[layer] = result.eigenvalues
+        if result.fallback is not None:
+            out.fallbacks.append(f"DSEMonitor: {result.fallback}")
+    dse = results.get("dse")  # also when only a metric derived from it was asked for
+    if gaussian and dse is not None and dse.n is not None and dse.n > 1:
+        direction = scale_diagnosis(dse.value, dse.n, ratio)
+        if direction is not None:
+            message = scale_warning(direction, layer=layer, dse_bits=dse.value, n=dse.n, median=scale.median,
+                                    sigma=scale.settings.sigma)
+            out.verdicts[layer] = (direction, f"DSEMonitor: {message}")
+    if failures:
+        out.failures.setdefault(layer, {}).update(failures)
+
+
+def merge_measurements(config: MonitorConfig, parts: list[Measurement], layers: list[str], frozen: Frozen,
+                       parts_frozen: list[Frozen], previous: Optional[dict[str, torch.Tensor]] = None) -> Measurement:
+    """The ranks' parts (:func:`compute_measurement` with a ``share``) as one process's Measurement.
+
+    ``frozen``: this rank's, completed with the ranks' ``parts_frozen`` (a layer's scale is frozen
+    alike by every rank that computed it)."""
+    settings = config.settings()
+    names = [logged_names(m, settings) for m in config.metrics]
+
+    def order(key: str) -> tuple:
+        parsed = parse_key(key)
+        layer = layers.index(parsed.layer) if parsed is not None and parsed.layer in layers else len(layers)
+        name = parsed.name if parsed is not None else key
+        for i, logged in enumerate(names):
+            if name in logged:
+                return (layer, 2, i, logged.index(name))
+        return (layer, 1 if name == "sigma_ratio" else 0, 0, 0)  # frozen sigma / t first, as logged
+
+    out = merge_parts(parts, order)
+    out.duration_s = max(p.duration_s for p in parts)
+    for part in parts_frozen:
+        frozen.sigma.update(part.sigma)
+        frozen.t.update(part.t)
+    return finish_measurement(config, out, frozen, previous)
+
+
+def finish_measurement(config: MonitorConfig, out: Measurement, frozen: Frozen,
+                       previous: Optional[dict[str, torch.Tensor]]) -> Measurement:
+    """The failure notes, then the duplicate layers' values and state copied from their originals."""
+    for layer, failures in out.failures.items():
+        out.notes.append(_failure_note(layer, out.step, failures))
     for duplicate, original in out.aliases.items():
         out.values.update({config.key(duplicate, name): value for name, value in out.of_layer(original).items()})
         # the duplicate's own state too: a later measurement that finds it distinct again keeps the values
@@ -232,7 +301,6 @@ def compute_measurement(
                           *(() if previous is None else (previous,))):
             if original in per_layer:
                 per_layer[duplicate] = per_layer[original]
-    out.duration_s = time.perf_counter() - start
     return out
 
 

@@ -128,6 +128,7 @@ class MonitorConfig:
     cache_inputs: Union[bool, str] = "auto"
     probe_loader_kwargs: Optional[dict[str, Any]] = None
     reuse_validation: bool = True
+    split_over_ranks: bool = True
     device: Union[str, torch.device, None] = None
     dtype: Union[str, torch.dtype, None] = "float32"
     prefix: str = "dse"
@@ -280,6 +281,7 @@ _CHECKS: dict[str, Callable[[Any], Any]] = {
     "cache_inputs": _check_cache,
     "probe_loader_kwargs": _check_loader_kwargs,
     "reuse_validation": bool,
+    "split_over_ranks": bool,
     "device": lambda d: torch.device(d) if d is not None else None,
     "dtype": parse_dtype,
     "prefix": _check_prefix,

@@ -27,11 +27,12 @@ class LightningHooks(MonitorParts):
     def _reset(self) -> None:
         """Forget the stored state (probe, groups, history) and the per-run objects."""
         self._state = MonitorState()
-        self._previous = {}  # cka_prev's reference: each layer's last features, in memory only (rank 0)
+        self._previous = {}  # cka_prev's reference: each layer's last features, in memory only
         self._groups = ReferenceGroups()
         self._reporter.reset()
         self._last_global_step = 0
         self.last_duration_s = None
+        self.last_measurement = None
         self._sinks.reset()
         self._reuse.reset()
         self._release()

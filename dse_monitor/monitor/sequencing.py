@@ -18,12 +18,14 @@ from typing import Any, Optional, Union
 import torch
 
 from .collect import isolated_rng
-from .compute import Measurement, ReferenceGroups
+from .collect import ProbeFeatures
+from .compute import Measurement, ReferenceGroups, compute_measurement, make_groups, merge_measurements
 from .config import MonitorConfig
 from .probe import ProbeSet
 from .report import Reporter
 from .reuse import ValidationReuse
 from .schedule import Position
+from .shares import Share
 from .sinks import Sinks
 from .standalone import measure_features
 from .state import MonitorState
@@ -36,6 +38,8 @@ class MonitorParts:
     history: dict[int, dict[str, float]]
     positions: dict[int, dict[str, Optional[int]]]
     last_duration_s: Optional[float]
+    #: The last measurement (values, spectra, notes, which rank computed what); None before the first.
+    last_measurement: Optional[Measurement]
     _probe: ProbeSet
     _state: MonitorState
     _groups: ReferenceGroups
@@ -83,20 +87,13 @@ class MeasurementSequence(MonitorParts):
         if features is None:
             self.last_duration_s = time.perf_counter() - start
             return None
-        payload = None
-        if trainer.is_global_zero:
-            try:
-                measurement = measure_features(self.config, features, self._groups, step, self._state.frozen,
-                                               previous=self._previous)
-                payload = (measurement, measurement.groups, self._state.frozen)
-            except Exception as err:  # rank 0 must still reach the broadcast below
-                self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "
-                                    f"({type(err).__name__}: {err}); skipping it.")
-                payload = (Measurement(step), self._groups, self._state.frozen)
-        if trainer.world_size > 1:
-            payload = trainer.strategy.broadcast(payload, src=0)
-        measurement, groups, self._state.frozen = payload
+        if trainer.world_size > 1 and self.config.split_over_ranks:
+            measurement = self._compute_split(trainer, features, step)
+        else:
+            measurement = self._compute_on_rank_zero(trainer, features, step)
         self._reporter.measurement(trainer, measurement)
+        self.last_measurement = measurement
+        groups = measurement.groups
         self._groups = ReferenceGroups(groups.labels, groups.inputs, groups.labels_failed, groups.inputs_failed)
         self.last_duration_s = time.perf_counter() - start
         if not measurement.values:
@@ -106,3 +103,53 @@ class MeasurementSequence(MonitorParts):
         self._sinks.write(trainer, measurement, position, self._state, self._probe.layer_names,
                           lambda m: self._warn(trainer, m))
         return measurement.values
+
+    def _compute_on_rank_zero(self, trainer: Any, features: ProbeFeatures, step: int) -> Measurement:
+        """Rank 0 computes every metric; the result (and the groups, the frozen scales) is broadcast."""
+        payload = None
+        if trainer.is_global_zero:
+            try:
+                measurement = measure_features(self.config, features, self._groups, step, self._state.frozen,
+                                               previous=self._previous)
+                payload = (measurement, self._state.frozen)
+            except Exception as err:  # rank 0 must still reach the broadcast below
+                self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "
+                                    f"({type(err).__name__}: {err}); skipping it.")
+                payload = (Measurement(step, groups=self._groups), self._state.frozen)
+        if trainer.world_size > 1:
+            payload = trainer.strategy.broadcast(payload, src=0)
+        measurement, self._state.frozen = payload
+        return measurement
+
+    def _compute_split(self, trainer: Any, features: ProbeFeatures, step: int) -> Measurement:
+        """Every rank computes its share (:mod:`.shares`); the parts go to every rank and are merged there.
+
+        The reference groups (the input clustering) are completed once, on rank 0, and broadcast
+        first. A rank whose share fails sends an empty part that says so; the others' values are kept.
+        """
+        groups = None
+        if trainer.is_global_zero:
+            try:
+                groups = make_groups(self.config, self._groups, features.labels, features.inputs,
+                                     features.why_no_inputs)
+            except Exception as err:  # noqa: BLE001 - the metrics of a missing grouping are then given up
+                known = self._groups
+                groups = ReferenceGroups(known.labels, known.inputs, known.labels is None, known.inputs is None,
+                                         [f"DSEMonitor: the reference groups failed ({type(err).__name__}: {err})."])
+        groups = trainer.strategy.broadcast(groups, src=0)
+        share = Share(int(trainer.global_rank), int(trainer.world_size))
+        frozen = self._state.frozen
+        try:
+            part = compute_measurement(self.config, features.features, groups, step, frozen,
+                                       bad_inputs=features.bad_inputs, previous=self._previous, share=share)
+        except Exception as err:  # noqa: BLE001 - this rank's values are lost, the others' are logged
+            part = Measurement(step, groups=groups, notes=[
+                f"DSEMonitor: rank {share.rank}'s share of the measurement at epoch {step} failed "
+                f"({type(err).__name__}: {err}); its metrics are not logged at this epoch."])
+        part.groups = None  # every rank has them
+        parts = [trainer.strategy.broadcast((part, frozen) if src == share.rank else None, src=src)
+                 for src in range(share.world)]
+        measurement = merge_measurements(self.config, [p for p, _ in parts], list(features.features),
+                                         frozen, [f for _, f in parts], self._previous)
+        measurement.groups = groups
+        return measurement

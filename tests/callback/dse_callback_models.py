@@ -114,3 +114,27 @@ def fit_spawned(run, root):
         warnings.warn(f"ddp_spawn: {err}; running once more", RuntimeWarning)
         run(root / "retry")
         return root / "retry"
+
+
+def deep_mlp(width: int = 24, depth: int = 4, size: int = 16) -> nn.Sequential:
+    """Flatten, then ``depth`` Linear+ReLU blocks (the monitored layers "1", "3", ...), then the head."""
+    blocks: list[nn.Module] = [nn.Flatten()]
+    for i in range(depth):
+        blocks += [nn.Linear(3 * size * size if i == 0 else width, width), nn.ReLU()]
+    return nn.Sequential(*blocks, nn.Linear(width, NUM_CLASSES))
+
+
+class WritesLastMeasurement(L.Callback):
+    """Writes each rank's last monitor measurement (values, who computed what) to ``out/rank<r>.json``
+    at the end of fit (list it after the monitor)."""
+
+    def __init__(self, monitor, out) -> None:
+        self.monitor, self.out = monitor, out
+
+    def on_fit_end(self, trainer, pl_module):
+        import json
+
+        m = self.monitor.last_measurement
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(
+            {"values": m.values, "computed_by": m.computed_by, "notes": m.notes}))

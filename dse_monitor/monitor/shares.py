@@ -1,0 +1,100 @@
+"""Each DDP rank's share of one measurement, and the merge of the ranks' parts.
+
+A measurement is cut into units, one per layer and *root* metric (a metric with its
+derived ones: ``dse`` with ``dse_norm`` and ``spectral_gap``; ``dsmi_y``; ...). The
+units are dealt to the ranks by estimated cost, longest first, each to the least loaded
+rank (ties: the lower rank), so every rank computes the same deal from the same shapes
+and groups. A layer's first unit carries the layer's own records (shape, sigma, its
+NaN check). Every rank holds the gathered features, so no features move; only the
+parts (values, spectra, notes) go back, one broadcast per rank, and every rank merges
+them into the Measurement a single process would have made.
+
+Estimated cost of a unit on N rows of D features with ``k`` reference groups:
+``N^3`` for an eigen-solve of all rows (``dse``), ``(1 + R) N^3 / k`` for DSMI (each
+group solved once, plus ``R`` random subsets of its size), ``N^2 D`` otherwise.
+
+>>> deal = assign_units([Unit("a", "dse", 8.0), Unit("a", "dsmi_y", 1.0), Unit("b", "dse", 8.0)], world=2)
+>>> deal
+{('a', 'dse'): 0, ('b', 'dse'): 1, ('a', 'dsmi_y'): 0}
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+
+from ..registry import METRICS
+
+__all__ = ["Share", "Unit", "assign_units", "layer_units", "merge_parts", "root_metric"]
+
+
+@dataclass(frozen=True)
+class Share:
+    """This process's place among the ranks that split a measurement."""
+
+    rank: int
+    world: int
+
+
+@dataclass(frozen=True)
+class Unit:
+    """One layer's root metric (with the metrics derived from it) and its estimated cost."""
+
+    layer: str
+    root: str
+    cost: float
+
+
+def root_metric(name: str) -> str:
+    """The metric that ``name`` is derived from, to the root (``"dse_norm"`` -> ``"dse"``).
+
+    >>> root_metric("dse_norm"), root_metric("dsmi_y")
+    ('dse', 'dsmi_y')
+    """
+    base = METRICS[name].derived_from
+    return name if base is None else root_metric(base)
+
+
+def _cost(root: str, n: int, d: int, groups: Optional[torch.Tensor], repetitions: int) -> float:
+    if root == "dse":
+        return float(n) ** 3
+    if root.startswith("dsmi") and groups is not None:
+        k = max(1, int(torch.unique(groups).numel()))
+        return (1 + repetitions) * float(n) ** 3 / k
+    return float(n) ** 2 * max(d, 1)
+
+
+def layer_units(layer: str, metrics: Sequence[str], shape: tuple[int, int],
+                refs: dict[str, Optional[torch.Tensor]], repetitions: int) -> list[Unit]:
+    """The units of one layer, in the order of ``metrics`` (a layer with no metric: one empty unit)."""
+    roots = list(dict.fromkeys(root_metric(m) for m in metrics)) or [""]
+    return [Unit(layer, r, _cost(r, shape[0], shape[1], refs.get(METRICS[r].reference) if r else None, repetitions))
+            for r in roots]
+
+
+def assign_units(units: Sequence[Unit], world: int) -> dict[tuple[str, str], int]:
+    """``{(layer, root): rank}``: longest unit first, each to the least loaded rank (deterministic)."""
+    load = [0.0] * world
+    deal: dict[tuple[str, str], int] = {}
+    for i in sorted(range(len(units)), key=lambda i: (-units[i].cost, i)):
+        rank = min(range(world), key=lambda r: (load[r], r))
+        load[rank] += units[i].cost
+        deal[(units[i].layer, units[i].root)] = rank
+    return deal
+
+
+def merge_parts(parts: Sequence, sort_key: Callable[[str], Any]):
+    """One Measurement from the ranks' parts (the first is updated): ``values`` sorted by ``sort_key``
+    (the order a single process logs them in); lists joined in rank order, each entry once."""
+    out = parts[0]
+    for part in parts[1:]:
+        out.values.update(part.values)
+        for layer, failures in part.failures.items():
+            out.failures.setdefault(layer, {}).update(failures)
+        for name in ("spectra", "shapes", "sigmas", "verdicts", "computed_by"):
+            getattr(out, name).update(getattr(part, name))
+        for name in ("fallbacks", "notes", "info"):
+            getattr(out, name).extend(x for x in getattr(part, name) if x not in getattr(out, name))
+    out.values = dict(sorted(out.values.items(), key=lambda kv: sort_key(kv[0])))
+    return out

@@ -1,0 +1,51 @@
+"""Under DDP each rank computes its share of the metrics; every rank ends with one process's values."""
+from __future__ import annotations
+
+import json
+import math
+
+import lightning.pytorch as L
+import pytest
+import torch
+from dse_callback_models import LitClassifier, WritesLastMeasurement, deep_mlp, fit_spawned, trainer_kwargs
+
+from dse_monitor import DSEMonitor
+
+LAYERS = ["net.2", "net.4", "net.6", "net.8"]  # the four ReLUs
+
+
+def _fit(root, split=True, **kw):
+    torch.manual_seed(5)
+    # lr=0: the model stays identical whatever the batch split, so every run measures the same network
+    model = LitClassifier(net=deep_mlp(), n_train=64, n_val=64, lr=0.0)
+    monitor = DSEMonitor(layers=LAYERS, num_samples=48, metrics=["dse", "dse_norm", "dsmi_y"], sigma="median_init",
+                         split_over_ranks=split, at_init=False)
+    L.Trainer(callbacks=[monitor, WritesLastMeasurement(monitor, root / "last")],
+              **trainer_kwargs(root, max_epochs=1, **kw)).fit(model)
+
+
+def _run(root, **kw):
+    root = fit_spawned(lambda r: _fit(r, **kw), root)
+    return {p.stem: json.loads(p.read_text()) for p in sorted((root / "last").glob("*.json"))}
+
+
+def test_ranks_split_the_units_and_every_rank_holds_the_single_process_values(tmp_path):
+    single = _run(tmp_path / "single")["rank0"]
+    split = _run(tmp_path / "split", strategy="ddp_spawn", devices=2)
+    alone = _run(tmp_path / "alone", split=False, strategy="ddp_spawn", devices=2)["rank0"]
+    assert set(split) == {"rank0", "rank1"}
+    # both ranks computed units (4 layers x dse, dsmi_y dealt by cost), and they agree on who did what
+    assert split["rank0"]["computed_by"] == split["rank1"]["computed_by"]
+    assert set(split["rank0"]["computed_by"].values()) == {0, 1}
+    assert sorted(split["rank0"]["computed_by"]) == sorted(f"{layer}/{m}" for layer in LAYERS
+                                                           for m in ("dse", "dsmi_y"))
+    assert set(alone["computed_by"].values()) == {0}
+    # every rank holds the same values, in the same order, as rank 0 computing all of them alone
+    for rank in ("rank0", "rank1"):
+        assert list(split[rank]["values"]) == list(alone["values"])
+        assert split[rank]["values"] == alone["values"]
+    keys = [f"dse/{layer}/{name}" for layer in LAYERS for name in ("dse", "dse_norm", "dsmi_y", "sigma_ratio")]
+    assert sorted(k for k in single["values"] if not k.endswith("/sigma")) == sorted(keys)
+    for key, value in single["values"].items():  # the forward pass on another batch split: float32 rounding
+        assert math.isfinite(value)
+        assert split["rank0"]["values"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
