@@ -101,6 +101,20 @@ def forced(lib: str):
         _FORCED = before
 
 
+def adopt(ranked: list[dict[tuple, str]]) -> None:
+    """Take the choices of several processes, the first one's where they differ (DDP ranks: rank 0's),
+    so that every process uses the same library for a kind from now on.
+
+    >>> adopt([{("eigvalsh", 9, 1, "float32"): "numpy"}, {("eigvalsh", 9, 1, "float32"): "torch"}])
+    >>> choices()[("eigvalsh", 9, 1, "float32")]
+    'numpy'
+    >>> reset()
+    """
+    with _LOCK:
+        for one in reversed(ranked):
+            _CHOICES.update(one)
+
+
 def reset() -> None:
     """Forget every measurement (tests, benchmarks)."""
     with _LOCK:

@@ -67,6 +67,20 @@ LANCZOS_OPTIONS = ("n_probes", "lanczos_steps", "block", "max_rank", "bound_tol"
 PROBE_DTYPE = torch.float32
 
 
+def crossovers() -> dict[tuple, int]:
+    """The crossovers measured so far in this process: ``{(threads, dtype): N}``."""
+    with _CROSSOVER_LOCK:
+        return dict(_CROSSOVERS)
+
+
+def adopt_crossovers(ranked: list[dict[tuple, int]]) -> None:
+    """Take the crossovers of several processes, the first one's where they differ (DDP ranks:
+    rank 0's), so that ``solver="auto"`` takes the same path on every rank from now on."""
+    with _CROSSOVER_LOCK:
+        for one in reversed(ranked):
+            _CROSSOVERS.update(one)
+
+
 def check_solver(solver: str) -> str:
     if solver not in SOLVERS:
         raise ValueError(f"solver must be one of {SOLVERS}, got {solver!r}")

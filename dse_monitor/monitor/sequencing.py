@@ -18,6 +18,7 @@ from typing import Any, Optional, Union
 import torch
 
 from .collect import isolated_rng
+from ..functional.choices import adopt_choices, calibrate_auto, measured_choices
 from .collect import ProbeFeatures
 from .compute import Measurement, ReferenceGroups, compute_measurement, make_groups, merge_measurements
 from .config import MonitorConfig
@@ -136,7 +137,16 @@ class MeasurementSequence(MonitorParts):
                 known = self._groups
                 groups = ReferenceGroups(known.labels, known.inputs, known.labels is None, known.inputs is None,
                                          [f"DSEMonitor: the reference groups failed ({type(err).__name__}: {err})."])
-        groups = trainer.strategy.broadcast(groups, src=0)
+            # solver="auto" must take the same path on every rank: rank 0's crossover, measured first
+            zs = list(features.features.values())
+            try:
+                if zs:
+                    calibrate_auto(max(int(z.shape[0]) for z in zs), self.config.solver,
+                                   self.config.dtype or zs[0].dtype)
+            except Exception:  # noqa: BLE001 - each rank then measures its own (values within the bounds)
+                pass
+        groups, choices = trainer.strategy.broadcast((groups, measured_choices()), src=0)
+        adopt_choices([choices, measured_choices()])
         share = Share(int(trainer.global_rank), int(trainer.world_size))
         frozen = self._state.frozen
         try:
@@ -147,9 +157,10 @@ class MeasurementSequence(MonitorParts):
                 f"DSEMonitor: rank {share.rank}'s share of the measurement at epoch {step} failed "
                 f"({type(err).__name__}: {err}); its metrics are not logged at this epoch."])
         part.groups = None  # every rank has them
-        parts = [trainer.strategy.broadcast((part, frozen) if src == share.rank else None, src=src)
-                 for src in range(share.world)]
-        measurement = merge_measurements(self.config, [p for p, _ in parts], list(features.features),
-                                         frozen, [f for _, f in parts], self._previous)
+        parts = [trainer.strategy.broadcast((part, frozen, measured_choices()) if src == share.rank else None,
+                                            src=src) for src in range(share.world)]
+        adopt_choices([c for _, _, c in parts])  # the next measurement solves alike on every rank
+        measurement = merge_measurements(self.config, [p for p, _, _ in parts], list(features.features),
+                                         frozen, [f for _, f, _ in parts], self._previous)
         measurement.groups = groups
         return measurement

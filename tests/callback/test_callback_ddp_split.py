@@ -40,10 +40,12 @@ def test_ranks_split_the_units_and_every_rank_holds_the_single_process_values(tm
     assert sorted(split["rank0"]["computed_by"]) == sorted(f"{layer}/{m}" for layer in LAYERS
                                                            for m in ("dse", "dsmi_y"))
     assert set(alone["computed_by"].values()) == {0}
-    # every rank holds the same values, in the same order, as rank 0 computing all of them alone
-    for rank in ("rank0", "rank1"):
-        assert list(split[rank]["values"]) == list(alone["values"])
-        assert split[rank]["values"] == alone["values"]
+    # every rank holds the same values, in the same order, as rank 0 computing all of them alone (up to
+    # LAPACK rounding: each process measures which library solves a kind fastest, functional/backend.py)
+    assert split["rank0"]["values"] == split["rank1"]["values"]
+    assert list(split["rank0"]["values"]) == list(alone["values"])
+    for key, value in alone["values"].items():
+        assert split["rank0"]["values"][key] == pytest.approx(value, rel=1e-6, abs=1e-9), key
     keys = [f"dse/{layer}/{name}" for layer in LAYERS for name in ("dse", "dse_norm", "dsmi_y", "sigma_ratio")]
     assert sorted(k for k in single["values"] if not k.endswith("/sigma")) == sorted(keys)
     for key, value in single["values"].items():  # the forward pass on another batch split: float32 rounding
