@@ -288,7 +288,7 @@ def score(
     given_acc = read_accuracy_file(accuracy) if isinstance(accuracy, (str, Path)) else dict(accuracy or {})
     device = torch.device(device) if device is not None else _default_device()
     record = settings.record()
-    scores = ScoresFile(Path(out) / "scores.csv") if out is not None else None
+    scores = ScoresFile(Path(out) / "scores.csv", settings.config.settings()) if out is not None else None
     previous = scores.read() if scores is not None else []
     check_settings(previous, record, scores.path if scores else None)  # before reading the probe
     probe = build_probe(datamodule, split, settings.config)

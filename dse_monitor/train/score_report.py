@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..registry import title
+from ..registry import METRICS, MetricSettings, logged_names, title
 from .runs import Run, read_hparams
 from .stats import correlation
 from .tables import format_columns, format_line, num, write_csv
@@ -25,6 +25,7 @@ __all__ = [
     "format_header",
     "format_row",
     "group_of",
+    "logged_columns",
     "read_accuracy_file",
     "short_model",
     "write_correlations",
@@ -32,7 +33,7 @@ __all__ = [
     "write_scatter",
 ]
 
-#: Columns read back as numbers.
+#: Columns read back as numbers, besides the metrics' (:func:`logged_columns`).
 NUMERIC = ("accuracy", "n", "dim", "sigma_value", "seconds")
 MODEL_WIDTH = 44
 
@@ -48,23 +49,48 @@ def _number(text: str) -> float | int | None:
     return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
 
 
-class ScoresFile:
-    """``scores.csv``: one row per model, appended (and flushed) as each model finishes."""
+def logged_columns(metrics: Sequence[str], settings: MetricSettings | None = None) -> list[str]:
+    """The columns the metrics of a row are written under: each metric's logged names in the registry
+    (:func:`~dse_monitor.registry.logged_names`: ``alpha_req`` also logs ``alpha_req_r2``, ``dse_t`` logs
+    ``dse_t<t>`` for each t of ``settings.t_values``), each once; a name the registry does not know, as it is.
 
-    def __init__(self, path: Path) -> None:
+    >>> logged_columns(["dse", "alpha_req", "dse_t", "alpha_req_r2"])
+    ['dse', 'alpha_req', 'alpha_req_r2', 'dse_t1', 'dse_t2', 'dse_t4', 'dse_t8']
+    """
+    settings = settings if settings is not None else MetricSettings()
+    names = (name for m in metrics for name in (logged_names(m, settings) if m in METRICS else (m,)))
+    return list(dict.fromkeys(names))
+
+
+def _float(text: str | None) -> float | None:
+    return None if text in ("", None) else float(text)
+
+
+class ScoresFile:
+    """``scores.csv``: one row per model, appended (and flushed) as each model finishes.
+
+    ``settings``: those of the metrics the rows were scored with (the ``t_values`` of ``dse_t``
+    name its columns); the monitor's defaults, which ``score`` uses, when None.
+    """
+
+    def __init__(self, path: Path, settings: MetricSettings | None = None) -> None:
         self.path = Path(path)
+        self.settings = settings
 
     def read(self) -> list[dict[str, Any]]:
+        """The rows, with :data:`NUMERIC` and every column that the row's metrics log read as numbers
+        (floats; None where empty), the rest as written."""
         if not self.path.is_file():
             return []
         with open(self.path, newline="") as f:
             rows = list(csv.DictReader(f))
-        metrics = rows[0].get("metrics", "").split("+") if rows else []
         for row in rows:
-            for key in (*NUMERIC, *metrics):
+            metrics = [m for m in (row.get("metrics") or "").split("+") if m]
+            for key, convert in (*((k, _number) for k in NUMERIC),
+                                 *((k, _float) for k in logged_columns(metrics, self.settings))):
                 if key in row:
                     try:
-                        row[key] = _number(row[key])
+                        row[key] = convert(row[key])
                     except ValueError:
                         raise ValueError(f"{self.path}: column {key!r} of {row.get('model')!r} holds {row[key]!r}, "
                                          "not a number; repair or remove that row") from None
