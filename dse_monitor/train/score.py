@@ -148,20 +148,39 @@ def _measure(model: nn.Module, probe: Probe, config: MonitorConfig, device: torc
     return measurement, accuracy.value()
 
 
-def _values(measurement: Measurement, metrics: Sequence[str]) -> tuple[str, dict[str, float | None], list[str]]:
-    """The layer, its value of each metric (None: not measurable, e.g. no X for token ids) and the notes.
+def _metric_notes(measurement: Measurement, layer: str, metrics: Sequence[str]) -> dict[str, str]:
+    """``{metric: line}``: the note a metric's result gave (why its value is NaN or not logged), which the
+    measurement keeps among its ``info`` lines as ``"DSEMonitor: <metric> of layer '<layer>': <note>."``."""
+    out = {}
+    for metric in metrics:
+        head = f"DSEMonitor: {metric} of layer {layer!r}: "
+        out.update({metric: line for line in measurement.info if line.startswith(head)})
+    return out
 
-    A metric that failed, or features with NaN/Inf entries, fail the model: no row is better than a wrong one.
+
+def _values(measurement: Measurement, settings: ScoreSettings) -> tuple[str, dict[str, float | None], list[str]]:
+    """The layer, its value of each column (None: not measurable, e.g. no X for token ids) and the notes.
+
+    A value that is NaN for a reason its metric gave (a note: e.g. alpha-ReQ of a spectrum with zeros in
+    its fit range) is kept, the reason among the notes. A metric that failed, features with NaN/Inf
+    entries or a NaN without a reason fail the model: no row is better than a wrong one.
     """
     layer = next(iter(measurement.shapes))
     failures = measurement.failures.get(layer)
     if failures:
         raise RuntimeError("; ".join(f"computing {name} failed ({reason})" for name, reason in failures.items()))
     measured = measurement.of_layer(layer)
-    values = {name: measured.get(name) for name in metrics}
-    if any(v is not None and math.isnan(v) for v in values.values()):
-        raise ValueError(f"the {layer} features have NaN/Inf entries (a broken checkpoint?); no score")
-    notes = [n.removeprefix("DSEMonitor: ") for n in (*measurement.notes, *measurement.fallbacks)]
+    values = {name: measured.get(name) for name in settings.columns}
+    explained = _metric_notes(measurement, layer, settings.config.metrics)
+    config_settings = settings.config.settings()
+    reasoned = {name for metric in explained for name in logged_names(metric, config_settings)}
+    unexplained = [name for name, v in values.items() if v is not None and math.isnan(v) and name not in reasoned]
+    if unexplained:
+        if layer not in measurement.sigmas:  # NaN/Inf features: the measurement stopped before the scale
+            raise ValueError(f"the {layer} features have NaN/Inf entries (a broken checkpoint?); no score")
+        raise ValueError(f"{', '.join(unexplained)} of the {layer} features came out NaN with no reason given; "
+                         "no score")
+    notes = [n.removeprefix("DSEMonitor: ") for n in (*measurement.notes, *explained.values(), *measurement.fallbacks)]
     return layer, values, notes
 
 
@@ -192,7 +211,7 @@ def _score_one(spec_text: str, module: nn.Module | None, probe: Probe, settings:
         gc.collect()
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
-    layer, values, notes = _values(measurement, settings.columns)
+    layer, values, notes = _values(measurement, settings)
     n, dim = measurement.shapes[layer]
     row: dict[str, Any] = {"model": spec_text, "kind": kind, "accuracy": acc,
                            "accuracy_source": "probe" if acc is not None else "none", **values,
