@@ -36,14 +36,12 @@ from ..registry import DEFAULT_METRICS
 from .score_measure import ScoreFailedWarning, ScoreWarning, default_device, score_one
 from .score_models import expand_models, parse_model
 from .score_probe import build_probe
+from .score_file import ScoresFile, check_settings, read_accuracy_file
 from .score_report import (
-    ScoresFile,
-    check_settings,
     correlations,
     format_correlations,
     format_header,
     format_row,
-    read_accuracy_file,
     write_correlations,
     write_failures,
     write_scatter,

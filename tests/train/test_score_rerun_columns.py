@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import dse_monitor
-from dse_monitor.train.score_report import ScoresFile
+from dse_monitor.train.score_file import ScoresFile
 
 METRICS = ["dse", "alpha_req", "dse_t"]  # alpha_req also logs alpha_req_r2; dse_t logs dse_t1 .. dse_t8
 COLUMNS = ["dse", "alpha_req", "alpha_req_r2", "dse_t1", "dse_t2", "dse_t4", "dse_t8"]
