@@ -14,6 +14,10 @@ A median of 0 (collapsed features) falls back to the rule of
 :func:`~dse_monitor.functional.median_sigma` (median of the nonzero distances, else the
 RMS norm, else sqrt(D)) and says so.
 
+The kNN kernel (``kernel="knn"``) has no global sigma (each row's bandwidth is its distance
+to its k-th neighbour): whatever the policy, sigma is then not resolved, frozen, logged nor
+warned about, and the layer's settings carry NaN for it.
+
 t: a number, or ``"knee"``: the knee of the curve DSE(t), t = 1..t_max, from one exact
 eigen-solve at the layer's first measurement (:func:`~dse_monitor.functional.diffusion_time_knee`),
 frozen and stored like ``median_init``.
@@ -45,7 +49,8 @@ class Frozen:
 class LayerScale:
     """What one measurement of one layer runs with.
 
-    ``settings``: numeric sigma and t; ``median``: the median pairwise distance;
+    ``settings``: numeric sigma and t; ``median``: the median pairwise distance (both NaN for
+    the kNN kernel, which has no global sigma);
     ``frozen_now``: ``{"sigma"|"t": value}`` chosen at this measurement (logged once);
     ``warnings``: fallbacks to say; ``info``: what was chosen.
     """
@@ -68,14 +73,39 @@ def layer_scale(config: MonitorConfig, layer: str, z: torch.Tensor, frozen: Froz
         (5.0, {'penultimate': 5.0})
         >>> layer_scale(cfg, "penultimate", 10 * z, frozen).settings.sigma   # frozen: not 50
         5.0
+        >>> knn = layer_scale(MonitorConfig(sigma="median_init", metrics="dse", kernel="knn"), "penultimate", z, Frozen())
+        >>> knn.settings.sigma, knn.frozen_now, knn.info    # the kNN kernel has no global sigma
+        (nan, {}, ())
     """
+    warnings: list[str] = []
+    info: list[str] = []
+    now: dict[str, float] = {}
+    if config.kernel != "gaussian":  # the kNN kernel's bandwidths are per row: no sigma, no median to take
+        value, median = float("nan"), float("nan")
+    else:
+        value, median = _gaussian_sigma(config, layer, z, frozen, now, warnings, info)
+    t = config.t
+    if t == "knee":
+        if layer not in frozen.t:
+            lam = diffusion_eigenvalues(z, value, seed=config.seed, dtype=config.dtype, kernel=config.kernel,
+                                        k=config.k, alpha=config.alpha)
+            frozen.t[layer] = diffusion_time_knee(lam, t_max=config.t_max)
+            now["t"] = float(frozen.t[layer])
+            at = f"sigma = {value:.4g}" if config.kernel == "gaussian" else f"kernel = {config.kernel!r}"
+            info.append(f"DSEMonitor: t for layer {layer!r} frozen at {frozen.t[layer]}, the knee of DSE(t) over "
+                        f"t = 1..{config.t_max} at the first measurement ({at}).")
+        t = frozen.t[layer]
+    settings = replace(config.settings(), sigma=value, t=float(t))
+    return LayerScale(settings, median, now, tuple(warnings), tuple(info))
+
+
+def _gaussian_sigma(config: MonitorConfig, layer: str, z: torch.Tensor, frozen: Frozen, now: dict[str, float],
+                    warnings: list[str], info: list[str]) -> tuple[float, float]:
+    """The Gaussian kernel's sigma for ``layer`` now and the median pairwise distance (``sigma_ratio``'s)."""
     # "median" uses the functional core's sample (so it equals sigma="median" there); the rest a
     # smaller one: the diagnostics' cost stays under 1% of an exact DSE at N = 4,000
     points = MEDIAN_SAMPLE if config.sigma == "median" else SCALE_SAMPLE
     scale = median_sigma(z, max_points=points, seed=config.seed, dtype=config.dtype)
-    warnings: list[str] = []
-    info: list[str] = []
-    now: dict[str, float] = {}
     sigma = config.sigma
     if sigma == "median_init":
         if layer not in frozen.sigma:
@@ -90,18 +120,7 @@ def layer_scale(config: MonitorConfig, layer: str, z: torch.Tensor, frozen: Froz
         value = math.sqrt(z.shape[1])
     else:
         value = float(sigma)
-    t = config.t
-    if t == "knee":
-        if layer not in frozen.t:
-            lam = diffusion_eigenvalues(z, value, seed=config.seed, dtype=config.dtype, kernel=config.kernel,
-                                        k=config.k, alpha=config.alpha)
-            frozen.t[layer] = diffusion_time_knee(lam, t_max=config.t_max)
-            now["t"] = float(frozen.t[layer])
-            info.append(f"DSEMonitor: t for layer {layer!r} frozen at {frozen.t[layer]}, the knee of DSE(t) over "
-                         f"t = 1..{config.t_max} at the first measurement (sigma = {value:.4g}).")
-        t = frozen.t[layer]
-    settings = replace(config.settings(), sigma=value, t=float(t))
-    return LayerScale(settings, scale.median, now, tuple(warnings), tuple(info))
+    return value, scale.median
 
 
 def _frozen_note(layer: str, scale: MedianSigma) -> str:

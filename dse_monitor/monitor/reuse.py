@@ -36,7 +36,7 @@ from __future__ import annotations
 from typing import Any, Callable, Optional
 
 import torch
-from torch.utils.data import BatchSampler, DataLoader, DistributedSampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader
 
 from ..capture.compiled import has_compiled
 from ..capture.forward import split_batch
@@ -45,6 +45,7 @@ from ..capture.layers import Layer
 from ..capture.probe import first_dataloader, map_tensors, source_dataset, tensor_leaves
 from .collect import ProbeFeatures
 from .config import MonitorConfig
+from .reuse_ranks import agree, gather_rows, visit_order
 
 #: Largest relative (Frobenius) difference between validation's and the probe pass's features
 #: that still counts as the same computation (batch composition can change float rounding).
@@ -67,22 +68,6 @@ def _worst_difference(reused: ProbeFeatures, own: Optional[ProbeFeatures],
         return float("inf")
     pick = (lambda z: z) if positions is None else (lambda z: z[positions.to(z.device)])  # noqa: E731
     return max(relative_difference(pick(reused.features[n]), z) for n, z in own.features.items())
-
-
-def _agree(trainer: Any, ok: bool) -> bool:
-    """``ok`` on every rank (one collective under DDP), so that all ranks take the same branch."""
-    return bool(trainer.strategy.reduce_boolean_decision(ok, all=True)) if trainer.world_size > 1 else ok
-
-
-def visit_order(sampler: Any, trainer: Any) -> Optional[list[int]]:
-    """The dataset indices this rank's validation visits, in order, when the sampler says them
-    (sequential, or distributed with ``shuffle=False``); None for any other sampler."""
-    if isinstance(sampler, SequentialSampler):  # under DDP: every rank validates the whole split
-        return list(range(len(sampler)))
-    if type(sampler) is DistributedSampler and not sampler.shuffle and sampler.num_replicas == trainer.world_size \
-            and sampler.rank == trainer.global_rank:
-        return list(iter(sampler))
-    return None
 
 
 class _QuietCapture(FeatureCapture):
@@ -261,14 +246,14 @@ class ValidationReuse:
             return None
         why, self._why = self._why, None
         ok = result is not None and result[0] == global_step and self.enabled
-        agreed = _agree(trainer, ok)
+        agreed = agree(trainer, ok)
         if ok and not agreed and why is None:
             why = ("DSEMonitor: the validation pass did not visit every probe sample on some rank; the probe runs "
                    "its own pass.")
         self._say(info, why)
         if not agreed:
             return None
-        features = self._gather(trainer, result[1], result[2])
+        features = gather_rows(trainer, result[1], result[2])
         if features is None:
             self._say(info, "DSEMonitor: the validation pass did not visit every probe sample (limit_val_batches?); "
                             "the probe runs its own pass.")
@@ -276,37 +261,12 @@ class ValidationReuse:
         self._taken_dataset = result[3]
         return features
 
-    def _gather(self, trainer: Any, rows: dict[str, torch.Tensor], filled: torch.Tensor) -> Optional[ProbeFeatures]:
-        """Every rank's rows in probe order (copied out of inference mode), or None where a probe sample is missing."""
-        world = trainer.world_size
-        if world == 1:
-            return ProbeFeatures({n: z.clone() for n, z in rows.items()}) if bool(filled.all()) else None
-        strategy, device = trainer.strategy, next(iter(rows.values())).device
-        mine = filled.nonzero().squeeze(1).to(device)
-        width = int(strategy.all_gather(torch.tensor([len(mine)], device=device)).max())
-        positions = torch.full((width,), -1, dtype=torch.long, device=device)
-        positions[: len(mine)] = mine
-        positions = strategy.all_gather(positions).reshape(world, width)
-        if int(torch.unique(positions[positions >= 0]).numel()) != len(filled):
-            return None
-        features = {}
-        for name, z in rows.items():
-            local = torch.zeros(width, *z.shape[1:], dtype=z.dtype, device=z.device)
-            local[: len(mine)] = z[mine.to(z.device)]
-            gathered = strategy.all_gather(local).reshape(world, width, *z.shape[1:])
-            out = torch.zeros_like(z)
-            for r in reversed(range(world)):  # a sample the sampler's padding repeats: the lowest rank's row
-                keep = positions[r] >= 0
-                out[positions[r][keep].to(out.device)] = gathered[r][keep.to(gathered.device)].to(out.device)
-            features[name] = out
-        return ProbeFeatures(features)
-
     def spot_check(self, trainer: Any, reused: ProbeFeatures, spot: Optional[tuple[ProbeFeatures, torch.Tensor]],
                    info: Callable[[str], None]) -> bool:
         """After the full check: do the probe's kept samples still give validation's rows (on every rank)? Else
         reuse ends. ``spot``: their features, just computed, and their probe positions."""
         worst = float("inf") if spot is None else _worst_difference(reused, spot[0], spot[1])
-        if _agree(trainer, worst <= REUSE_TOLERANCE):
+        if agree(trainer, worst <= REUSE_TOLERANCE):
             return True
         self.enabled = False
         info(f"DSEMonitor: the validation pass no longer gives the probe's features (first samples: relative "
@@ -317,7 +277,7 @@ class ValidationReuse:
     def verify(self, trainer: Any, reused: ProbeFeatures, own: ProbeFeatures, info: Callable[[str], None]) -> None:
         """Compare validation's features with the probe pass's once; reuse from now on only if equal."""
         worst = _worst_difference(reused, own)
-        if _agree(trainer, worst <= REUSE_TOLERANCE):
+        if agree(trainer, worst <= REUSE_TOLERANCE):
             self.verified, self._checked_dataset = True, self._taken_dataset
             info("DSEMonitor: the validation pass gives the probe's features (checked once); later "
                  "epoch-end measurements read them there instead of running the probe again.")

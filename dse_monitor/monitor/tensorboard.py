@@ -112,6 +112,8 @@ def settings_table(config: Any, layers: Sequence[str], state: Any) -> dict[str, 
     >>> table = settings_table(DSEMonitorCore(sigma="median_init").config, ["penultimate"], MonitorState())
     >>> table["sigma"], table["t"], table["metrics"]
     ('median_init (frozen per layer at its first measurement)', '1', 'dse, dsmi_y, dsmi_x')
+    >>> settings_table(DSEMonitorCore(sigma="median_init", kernel="knn").config, ["penultimate"], MonitorState())["sigma"]
+    "not used (kernel='knn', k = 15: each sample's bandwidth is its distance to its k-th neighbour)"
     """
     frozen = getattr(state, "frozen", None)
 
@@ -130,7 +132,9 @@ def settings_table(config: Any, layers: Sequence[str], state: Any) -> dict[str, 
         "layers": ", ".join(layers),
         "probe": f"{config.probe_name()}, N = {n} samples (seed {config.seed})",
         "metrics": ", ".join(config.metrics),
-        "sigma": policy("sigma", config.sigma, getattr(frozen, "sigma", {}) or {}),
+        "sigma": policy("sigma", config.sigma, getattr(frozen, "sigma", {}) or {}) if config.kernel == "gaussian"
+        else f"not used (kernel={config.kernel!r}, k = {config.k}: each sample's bandwidth is its distance to its "
+             "k-th neighbour)",
         "t": policy("t", config.t, getattr(frozen, "t", {}) or {}),
         "solver": f"{config.solver} ({config.dtype or 'float64'})".replace("torch.", ""),
         "schedule": cadence,

@@ -24,182 +24,39 @@ Example (two tiny untrained networks on random data, no files written):
 """
 from __future__ import annotations
 
-import gc
-import math
-import time
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence, Union
 
 import torch
 from torch import nn
 
-from ..monitor import Measurement, MonitorConfig, ReferenceGroups, measure
 from ..monitor.collect import MissingLabelsError
-from ..monitor.config import check_sigma, check_t
-from ..registry import DEFAULT_METRICS, logged_names
-from .score_models import expand_models, load_model, parse_model
-from .score_probe import Probe, ProbeAccuracy, build_probe
+from ..registry import DEFAULT_METRICS
+from .score_measure import ScoreFailedWarning, ScoreWarning, default_device, score_one
+from .score_models import expand_models, parse_model
+from .score_probe import build_probe
+from .score_file import ScoresFile, check_settings, read_accuracy_file
 from .score_report import (
-    ScoresFile,
-    check_settings,
     correlations,
     format_correlations,
     format_header,
     format_row,
-    read_accuracy_file,
     write_correlations,
     write_failures,
     write_scatter,
 )
+from .score_settings import ScoreSettings
 
 __all__ = ["ScoreFailedWarning", "ScoreRows", "ScoreSettings", "ScoreWarning", "score"]
 
 ModelArg = Union[str, "tuple[str, nn.Module]"]
-SPLITS = ("val", "train", "test")
-#: score measures each model once: the monitor's policy for a run's later measurements does not apply.
-MEDIAN_INIT_REFUSED = (
-    "sigma='median_init' freezes the median bandwidth of a run's first measurement for its later "
-    "ones; score measures each model once, so it would be 'median' (each model's own median) "
-    "or the first model's median imposed on all (a ranking that depends on the order). Use "
-    "'median', 'sqrt_dim' (the paper's choice here) or a number shared by every model."
-)
-
-
-class ScoreWarning(UserWarning):
-    """A model was moved to the CPU after running out of GPU memory."""
-
-
-class ScoreFailedWarning(ScoreWarning):
-    """A model could not be scored (it is left out; the others go on)."""
 
 
 class ScoreRows(list):
     """The rows of :func:`score` (dicts, one per model scored on this probe), plus ``failed``: {model: error}."""
 
     failed: dict[str, str]
-
-
-@dataclass(frozen=True)
-class ScoreSettings:
-    """Everything that makes two rows comparable: the split and the monitor's settings (its validation,
-    with sigma a number, ``"sqrt_dim"`` or ``"median"`` and t a number); recorded in every row.
-
-    >>> ScoreSettings.of(sigma=10).record()["sigma"], ScoreSettings.of().record()["n_clusters"]
-    ('10.0', 'classes')
-    """
-
-    split: str
-    config: MonitorConfig
-
-    def __post_init__(self) -> None:
-        if self.split not in SPLITS:
-            raise ValueError(f"split must be 'val', 'train' or 'test', got {self.split!r}")
-        check_sigma(self.config.sigma, ("sqrt_dim", "median"), refused={"median_init": MEDIAN_INIT_REFUSED})
-        check_t(self.config.t, policies=())
-
-    @classmethod
-    def of(cls, split: str = "val", *, sigma: Union[float, str] = "sqrt_dim", dtype: str = "float64",
-           **settings: Any) -> "ScoreSettings":
-        """The settings of ``score``: the penultimate layer, its defaults (sqrt(D), float64), the rest as given."""
-        return cls(split, MonitorConfig(layers="penultimate", sigma=sigma, dtype=dtype, **settings))
-
-    @property
-    def columns(self) -> list[str]:
-        """The names each model's row holds: every logged name of every metric (``alpha_req_r2``, ``dse_t<t>``)."""
-        settings = self.config.settings()
-        # each name once: alpha_req also logs alpha_req_r2, which may be asked for itself
-        return list(dict.fromkeys(name for metric in self.config.metrics for name in logged_names(metric, settings)))
-
-    def record(self) -> dict[str, str]:
-        """The settings as the strings written to (and compared in) ``scores.csv``."""
-        c = self.config
-        return {
-            "split": self.split,
-            "num_samples": "all" if c.num_samples is None else str(c.num_samples),
-            "seed": str(c.seed),
-            "sigma": c.sigma if isinstance(c.sigma, str) else repr(float(c.sigma)),
-            "t": repr(float(c.t)),
-            "n_clusters": "classes" if c.n_clusters is None else str(c.n_clusters),
-            "x_size": "none" if c.x_size is None else str(c.x_size),
-            "metrics": "+".join(c.metrics),
-            "dtype": str(c.dtype).replace("torch.", ""),
-            "num_repetitions": str(c.num_repetitions),
-        }
-
-
-def _is_out_of_memory(err: BaseException) -> bool:
-    if isinstance(err, (MemoryError, torch.cuda.OutOfMemoryError)):
-        return True
-    return isinstance(err, RuntimeError) and "out of memory" in str(err).lower()
-
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def _measure(model: nn.Module, probe: Probe, config: MonitorConfig, device: torch.device,
-             groups: ReferenceGroups | None) -> tuple[Measurement, float | None]:
-    """One model on ``device``: the monitor's measurement and the probe accuracy (None when the head does not match)."""
-    model.to(device)
-    accuracy = ProbeAccuracy(probe.num_classes)
-    measurement = measure(model, probe.source, config, indices=probe.indices, groups=groups, on_output=accuracy)
-    return measurement, accuracy.value()
-
-
-def _values(measurement: Measurement, metrics: Sequence[str]) -> tuple[str, dict[str, float | None], list[str]]:
-    """The layer, its value of each metric (None: not measurable, e.g. no X for token ids) and the notes.
-
-    A metric that failed, or features with NaN/Inf entries, fail the model: no row is better than a wrong one.
-    """
-    layer = next(iter(measurement.shapes))
-    failures = measurement.failures.get(layer)
-    if failures:
-        raise RuntimeError("; ".join(f"computing {name} failed ({reason})" for name, reason in failures.items()))
-    measured = measurement.of_layer(layer)
-    values = {name: measured.get(name) for name in metrics}
-    if any(v is not None and math.isnan(v) for v in values.values()):
-        raise ValueError(f"the {layer} features have NaN/Inf entries (a broken checkpoint?); no score")
-    notes = [n.removeprefix("DSEMonitor: ") for n in (*measurement.notes, *measurement.fallbacks)]
-    return layer, values, notes
-
-
-def _score_one(spec_text: str, module: nn.Module | None, probe: Probe, settings: ScoreSettings,
-               device: torch.device, model_class: Any,
-               groups: ReferenceGroups | None) -> tuple[dict[str, Any], ReferenceGroups | None]:
-    """One row, and the reference groups (labels, input clusters) for the next models."""
-    start = time.perf_counter()
-    kind = "module" if module is not None else parse_model(spec_text).kind
-    model = module if module is not None else load_model(spec_text, model_class)
-    home = next(iter(model.parameters()), torch.empty(0)).device  # a given module goes back where it was
-    used = device
-    try:
-        try:
-            measurement, acc = _measure(model, probe, settings.config, device, groups)
-        except Exception as err:  # noqa: BLE001 - out of memory on the GPU: the CPU has more
-            if device.type != "cuda" or not _is_out_of_memory(err):
-                raise
-            warnings.warn(f"score: {spec_text} ran out of GPU memory ({err}); retrying on the CPU.",
-                          ScoreWarning, stacklevel=3)
-            torch.cuda.empty_cache()
-            used = torch.device("cpu")
-            measurement, acc = _measure(model, probe, settings.config, used, groups)
-    finally:
-        if module is not None:
-            module.to(home)
-        del model
-        gc.collect()
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
-    layer, values, notes = _values(measurement, settings.columns)
-    n, dim = measurement.shapes[layer]
-    row: dict[str, Any] = {"model": spec_text, "kind": kind, "accuracy": acc,
-                           "accuracy_source": "probe" if acc is not None else "none", **values,
-                           "n": n, "dim": dim, "sigma_value": measurement.sigmas.get(layer),
-                           "device": used.type, "seconds": round(time.perf_counter() - start, 2),
-                           "note": "; ".join(notes)}
-    return row, measurement.groups
 
 
 def _model_items(models: Sequence[ModelArg]) -> list[tuple[str, nn.Module | None]]:
@@ -286,9 +143,9 @@ def score(
     metrics = settings.columns
     items = _model_items(models)
     given_acc = read_accuracy_file(accuracy) if isinstance(accuracy, (str, Path)) else dict(accuracy or {})
-    device = torch.device(device) if device is not None else _default_device()
+    device = torch.device(device) if device is not None else default_device()
     record = settings.record()
-    scores = ScoresFile(Path(out) / "scores.csv") if out is not None else None
+    scores = ScoresFile(Path(out) / "scores.csv", settings.config.settings()) if out is not None else None
     previous = scores.read() if scores is not None else []
     check_settings(previous, record, scores.path if scores else None)  # before reading the probe
     probe = build_probe(datamodule, split, settings.config)
@@ -307,7 +164,7 @@ def score(
         _write(bar, format_header(metrics))
     for name, module in bar:
         try:
-            row, groups = _score_one(name, module, probe, settings, device, model_class, groups)
+            row, groups = score_one(name, module, probe, settings, device, model_class, groups)
         except MissingLabelsError:  # the probe's fault, not the model's: the same for every model
             raise
         except Exception as err:  # noqa: BLE001 - one bad model never stops the others

@@ -152,7 +152,8 @@ def score_main(argv: Sequence[str]) -> int:
 
 def _redraw_grouped(out: Path, metrics: Sequence[str], group_by: str) -> None:
     """``scores.png`` of every model in ``scores.csv``, the points coloured by ``group_by``."""
-    from .score_report import ScoresFile, correlations, write_scatter
+    from .score_file import ScoresFile
+    from .score_report import correlations, write_scatter
 
     every = ScoresFile(out / "scores.csv").read()
     write_scatter(every, correlations(every, metrics), metrics, out / "scores.png", group_by=group_by)

@@ -1,18 +1,17 @@
-"""The outputs of ``dse-monitor score``: ``scores.csv`` (appended, resumable), the correlation of each
-metric with accuracy (``correlation.csv``, a printed table), ``failures.csv`` and ``scores.png``
-(one scatter panel per metric, the points coloured by a hyperparameter of their runs)."""
+"""The outputs of ``dse-monitor score`` besides ``scores.csv`` (:mod:`.score_file`, whose names are
+re-exported here): the correlation of each metric with accuracy (``correlation.csv``, a printed
+table), the terminal table, ``failures.csv`` and ``scores.png`` (one scatter panel per metric, the
+points coloured by a hyperparameter of their runs)."""
 from __future__ import annotations
 
-import csv
-import json
 import math
-import os
 import re
 from pathlib import Path
 from typing import Any, Sequence
 
 from ..registry import title
 from .runs import Run, read_hparams
+from .score_file import ScoresFile, SettingsChangedError, check_settings, logged_columns, read_accuracy_file
 from .stats import correlation
 from .tables import format_columns, format_line, num, write_csv
 
@@ -25,6 +24,7 @@ __all__ = [
     "format_header",
     "format_row",
     "group_of",
+    "logged_columns",
     "read_accuracy_file",
     "short_model",
     "write_correlations",
@@ -32,117 +32,7 @@ __all__ = [
     "write_scatter",
 ]
 
-#: Columns read back as numbers.
-NUMERIC = ("accuracy", "n", "dim", "sigma_value", "seconds")
 MODEL_WIDTH = 44
-
-
-class SettingsChangedError(ValueError):
-    """A rerun into the same ``scores.csv`` asks for other settings than the rows there were scored with."""
-
-
-def _number(text: str) -> float | int | None:
-    if text in ("", None):
-        return None
-    value = float(text)
-    return int(value) if value.is_integer() and "." not in text and "e" not in text.lower() else value
-
-
-class ScoresFile:
-    """``scores.csv``: one row per model, appended (and flushed) as each model finishes."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = Path(path)
-
-    def read(self) -> list[dict[str, Any]]:
-        if not self.path.is_file():
-            return []
-        with open(self.path, newline="") as f:
-            rows = list(csv.DictReader(f))
-        metrics = rows[0].get("metrics", "").split("+") if rows else []
-        for row in rows:
-            for key in (*NUMERIC, *metrics):
-                if key in row:
-                    try:
-                        row[key] = _number(row[key])
-                    except ValueError:
-                        raise ValueError(f"{self.path}: column {key!r} of {row.get('model')!r} holds {row[key]!r}, "
-                                         "not a number; repair or remove that row") from None
-        return rows
-
-    def append(self, row: dict[str, Any]) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        new = not self.path.is_file() or self.path.stat().st_size == 0
-        if new:
-            header = list(row)
-        else:
-            with open(self.path, newline="") as f:
-                header = next(csv.reader(f))
-        with open(self.path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=header, extrasaction="ignore")
-            if new:
-                writer.writeheader()
-            writer.writerow({k: "" if row.get(k) is None else row.get(k) for k in header})
-            f.flush()
-            os.fsync(f.fileno())
-
-
-def check_settings(previous: Sequence[dict[str, Any]], record: dict[str, str], path: Path | None) -> None:
-    """Refuse, naming it, a setting that differs from the one the rows of ``path`` were scored with.
-
-    >>> check_settings([{"model": "a", "sigma": "sqrt_dim"}], {"sigma": "10.0"}, Path("out/scores.csv"))
-    Traceback (most recent call last):
-    ...
-    dse_monitor.train.score_report.SettingsChangedError: out/scores.csv holds models scored with sigma='sqrt_dim'; this run asks sigma='10.0'. The rows of one file must be comparable: score into another --out, or rerun with sigma='sqrt_dim'.
-    """
-    for row in previous:
-        for key, new in record.items():
-            old = row.get(key)
-            if old == new:
-                continue
-            if key == "data" and old:
-                try:
-                    a, b = json.loads(old), json.loads(new)
-                except ValueError:
-                    a, b = {}, {}
-                changed = [k for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-                if changed:
-                    k = changed[0]
-                    key, old, new = f"data.{k}", a.get(k), b.get(k)
-            what = {"probe": " (the probe images or labels differ: another dataset, split or preprocessing)"}
-            raise SettingsChangedError(
-                f"{path} holds models scored with {key}={old!r}; this run asks {key}={new!r}{what.get(key, '')}. "
-                f"The rows of one file must be comparable: score into another --out, or rerun with {key}={old!r}."
-            )
-
-
-def read_accuracy_file(path: str | Path) -> dict[str, float]:
-    """``{model: accuracy}`` from a CSV with a ``model`` column and a column whose name holds ``acc`` (or ``top1``).
-
-    >>> import tempfile
-    >>> with tempfile.NamedTemporaryFile("w", suffix=".csv", delete=False) as f:
-    ...     _ = f.write("model,top1_acc\\nresnet18,69.7\\n")
-    >>> read_accuracy_file(f.name)
-    {'resnet18': 69.7}
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"accuracy file {path} not found")
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        columns = reader.fieldnames or []
-        acc = next((c for c in columns if "acc" in c.lower()), None) or next(
-            (c for c in columns if "top1" in c.lower()), None)
-        if "model" not in columns or acc is None:
-            raise ValueError(f"{path} needs a 'model' column and an accuracy column (a name holding 'acc'); "
-                             f"it has {columns}")
-        out = {}
-        for row in reader:
-            try:
-                out[row["model"].strip()] = float(row[acc])
-            except (TypeError, ValueError):
-                raise ValueError(f"{path}: {acc} of {row.get('model')!r} is {row.get(acc)!r}, not a number") from None
-    return out
 
 
 def _finite_pairs(rows: Sequence[dict[str, Any]], metric: str) -> list[tuple[float, float, dict[str, Any]]]:
