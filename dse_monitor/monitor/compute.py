@@ -127,6 +127,8 @@ class Measurement:
     sigmas: dict[str, float] = field(default_factory=dict)
     #: The reference groups the measurement used (pass them on: later measurements reuse them).
     groups: Optional[ReferenceGroups] = None
+    #: ``{layer: {metric: note}}``: why a metric's value is NaN or not logged (its result's note).
+    metric_notes: dict[str, dict[str, str]] = field(default_factory=dict)
     #: ``{"<layer>/<root metric>": rank}``: which DDP rank computed each unit (:mod:`.shares`; 0 alone).
     computed_by: dict[str, int] = field(default_factory=dict)
 
@@ -246,6 +248,7 @@ def _measure_layer(config: MonitorConfig, out: Measurement, layer: str, z: torch
             continue
         if result.note is not None:  # why a value is NaN or not logged (said once per run)
             out.info.append(f"DSEMonitor: {name} of layer {layer!r}: {result.note}.")
+            out.metric_notes.setdefault(layer, {})[name] = result.note
         out.values.update({config.key(layer, k): v for k, v in result.logged(name).items()})
         if result.eigenvalues is not None:
             out.spectra[layer] = result.eigenvalues

@@ -90,8 +90,9 @@ def merge_parts(parts: Sequence, sort_key: Callable[[str], Any]):
     out = parts[0]
     for part in parts[1:]:
         out.values.update(part.values)
-        for layer, failures in part.failures.items():
-            out.failures.setdefault(layer, {}).update(failures)
+        for per_layer in ("failures", "metric_notes"):
+            for layer, entries in getattr(part, per_layer).items():
+                getattr(out, per_layer).setdefault(layer, {}).update(entries)
         for name in ("spectra", "shapes", "sigmas", "verdicts", "computed_by"):
             getattr(out, name).update(getattr(part, name))
         for name in ("fallbacks", "notes", "info"):

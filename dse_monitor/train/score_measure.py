@@ -49,13 +49,9 @@ def _measure(model: nn.Module, probe: Probe, config: MonitorConfig, device: torc
 
 
 def _metric_notes(measurement: Measurement, layer: str, metrics: Sequence[str]) -> dict[str, str]:
-    """``{metric: line}``: the note a metric's result gave (why its value is NaN or not logged), which the
-    measurement keeps among its ``info`` lines as ``"DSEMonitor: <metric> of layer '<layer>': <note>."``."""
-    out = {}
-    for metric in metrics:
-        head = f"DSEMonitor: {metric} of layer {layer!r}: "
-        out.update({metric: line for line in measurement.info if line.startswith(head)})
-    return out
+    """``{metric: line}``: the note a metric's result gave (why its value is NaN or not logged)."""
+    notes = measurement.metric_notes.get(layer, {})
+    return {m: f"DSEMonitor: {m} of layer {layer!r}: {notes[m]}." for m in metrics if m in notes}
 
 
 def _values(measurement: Measurement, settings: ScoreSettings) -> tuple[str, dict[str, float | None], list[str]]:
