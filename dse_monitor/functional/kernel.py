@@ -30,6 +30,7 @@ import torch
 
 from . import backend
 from ._checks import check_positive, subsample_indices  # subsample_indices: also imported from here
+from .kernel_neighbours import offer_distances, offer_gram
 from .knn import density_scaling
 
 Sigma = float | str
@@ -161,7 +162,9 @@ def diffusion_kernel(z: torch.Tensor, sigma: float, alpha: float = 0.0) -> torch
         k = _factored_diffusion_kernel(z, sigma, alpha)
         if k is not None:
             return k
-    return affinity_to_diffusion_kernel(gaussian_affinity(squared_distances(z), sigma), alpha)
+    d = squared_distances(z)
+    offer_distances(d)
+    return affinity_to_diffusion_kernel(gaussian_affinity(d, sigma), alpha)
 
 
 def _factored_diffusion_kernel(z: torch.Tensor, sigma: float, alpha: float = 0.0) -> torch.Tensor | None:
@@ -169,7 +172,9 @@ def _factored_diffusion_kernel(z: torch.Tensor, sigma: float, alpha: float = 0.0
     b, half_sq = scaled_rows(z, z.mean(dim=0, keepdim=True), sigma)
     if not in_factored_range(half_sq):
         return None
-    return factored_kernel(gram(b), half_sq, alpha)
+    e = gram(b)
+    offer_gram(e, half_sq, sigma)
+    return factored_kernel(e, half_sq, alpha)
 
 
 def scaled_rows(z: torch.Tensor, centre: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from ._checks import NotApplicable, as_tensor, check_features, check_int
+from .kernel_neighbours import NeighbourCandidates
 from .knn_reduced import float32_matmul
 
 __all__ = ["knn_accuracy"]
@@ -24,7 +25,8 @@ KNN_CHUNK_ENTRIES = 1 << 24
 EXTRA_CANDIDATES = 4
 
 
-def knn_accuracy(z: Any, labels: Any, k: int = 10, *, chunk_entries: int = KNN_CHUNK_ENTRIES) -> torch.Tensor:
+def knn_accuracy(z: Any, labels: Any, k: int = 10, *, chunk_entries: int = KNN_CHUNK_ENTRIES,
+                 candidates: NeighbourCandidates | None = None) -> torch.Tensor:
     """Leave-one-out accuracy of a k-nearest-neighbour majority vote over ``labels``.
 
     The kNN probe of representation learning (Wu et al., CVPR 2018; Caron et al., ICCV 2021),
@@ -39,6 +41,11 @@ def knn_accuracy(z: Any, labels: Any, k: int = 10, *, chunk_entries: int = KNN_C
     (:func:`_heap_neighbours`), not simply the smaller indices. A duplicate of a sample
     is its neighbour at distance 0. Distances are computed a chunk of rows at a time (at
     most ``chunk_entries`` held), never N x N.
+
+    ``candidates``: each row's nearest candidates read off the dense kernel's distance product
+    (:func:`.kernel_neighbours.kernel_neighbours`, at least k + 1 a row): they stand in for the
+    float32 candidate pass (the same certificate, with their own rounding bound), so that the
+    vote costs a ``topk`` beside DSE instead of a second N x N x D product.
 
     Raises:
         NotApplicable: fewer than k + 1 samples, or a single class.
@@ -62,11 +69,13 @@ def knn_accuracy(z: Any, labels: Any, k: int = 10, *, chunk_entries: int = KNN_C
     norms = (x * x).sum(dim=1)  # uncentred, as scikit-learn's rounding sees them
     tie_tol = 1e-10 * (norms + norms.max())  # within scikit-learn's float64 rounding: a tie to break
     rows = _Rows(x - x.mean(dim=0))  # centred: distances unchanged, the float32 product loses less
+    given = candidates if candidates is not None and candidates.index.shape[0] == n and \
+        candidates.index.shape[1] >= min(k + 1, n - 1) else None
     step = max(1, min(n, chunk_entries // n))
     correct = 0
     for start in range(0, n, step):
         here = torch.arange(start, min(start + step, n), device=x.device)
-        idx, d = _nearest(rows, here, min(k + 1, n - 1), tie_tol[here])
+        idx, d = _nearest(rows, here, min(k + 1, n - 1), tie_tol[here], given)
         tied = (d[:, k] <= d[:, k - 1] + tie_tol[here]) if d.shape[1] > k else torch.zeros_like(here, dtype=torch.bool)
         votes = torch.zeros(here.numel(), classes.numel(), dtype=torch.long, device=x.device)
         votes.scatter_add_(1, codes[idx[:, :k]], torch.ones_like(idx[:, :k]))
@@ -85,8 +94,8 @@ class _Rows:
         self.norm_max = float(self.sq.max().sqrt())
 
 
-def _nearest(rows: _Rows, here: torch.Tensor, need: int, slack: torch.Tensor | float = 0.0
-             ) -> tuple[torch.Tensor, torch.Tensor]:
+def _nearest(rows: _Rows, here: torch.Tensor, need: int, slack: torch.Tensor | float = 0.0,
+             given: NeighbourCandidates | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The ``need`` nearest other rows of ``a`` for each row in ``here``: (indices, float64 squared distances).
 
     Candidates, ``need + EXTRA_CANDIDATES`` a row, come from float32 values
@@ -97,20 +106,27 @@ def _nearest(rows: _Rows, here: torch.Tensor, need: int, slack: torch.Tensor | f
     float32 value is within ``err = (D + 4) u (|a_i| + max_j |a_j|)^2`` of the true one
     (u = 2^-24; Higham's gamma_D for the dot product, plus the roundings of the inputs and
     the sum). Rows that are not certified are ranked again over all samples in float64.
+    ``given``: candidates with approximate full distances instead (:mod:`.kernel_neighbours`).
     """
     a, sq = rows.a, rows.sq
-    m = min(need + EXTRA_CANDIDATES, a.shape[0] - 1)
-    with float32_matmul("highest"):  # the bound below is IEEE float32's: no TF32 under Lightning's "high"
-        approx = torch.addmm(rows.sq32[None, :], rows.a32[here], rows.a32.T, alpha=-2)
-    approx[torch.arange(here.numel()), here] = math.inf  # leave one out
-    cand_values, cand = approx.topk(m, dim=1, largest=False)
+    if given is not None:
+        cand, last = given.index[here], given.value[here, -1]
+        err = (a.shape[1] + 16) * given.unit_roundoff * (sq[here].sqrt() + rows.norm_max) ** 2
+    else:
+        m = min(need + EXTRA_CANDIDATES, a.shape[0] - 1)
+        with float32_matmul("highest"):  # the bound below is IEEE float32's: no TF32 under Lightning's "high"
+            approx = torch.addmm(rows.sq32[None, :], rows.a32[here], rows.a32.T, alpha=-2)
+        approx[torch.arange(here.numel()), here] = math.inf  # leave one out
+        cand_values, cand = approx.topk(m, dim=1, largest=False)
+        last = cand_values[:, -1].double() + sq[here]
+        err = (a.shape[1] + 4) * 2.0 ** -24 * (sq[here].sqrt() + rows.norm_max) ** 2
+    m = cand.shape[1]
     step = max(1, (1 << 19) // (m * a.shape[1]))  # rows whose gathered candidates stay in cache (4 MiB)
     dots = torch.cat([torch.bmm(a[c], a[h].unsqueeze(2)).squeeze(2)  # float64 a_i.a_j of the candidates only
                       for h, c in zip(here.split(step), cand.split(step))])
     exact, order = (sq[here, None] + sq[cand] - 2 * dots).sort(dim=1, stable=True)
     d, idx = exact[:, :need], cand.gather(1, order)[:, :need]
-    err = (a.shape[1] + 4) * 2.0 ** -24 * (sq[here].sqrt() + rows.norm_max) ** 2
-    certified = cand_values[:, -1].double() + sq[here] - err > d[:, -1] + err + slack
+    certified = last - err > d[:, -1] + err + slack
     redo = torch.nonzero(~certified).flatten()
     if redo.numel():
         full = sq[here[redo], None] + sq[None, :] - 2 * a[here[redo]] @ a.T

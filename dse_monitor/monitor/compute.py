@@ -24,7 +24,8 @@ import torch
 
 from ..capture.layer_sets import identical_layers
 from ..functional import reference_groups, scale_diagnosis, scale_warning
-from ..registry import METRICS, MetricResult, MetricSettings, logged_names, parse_key
+from ..registry import METRICS, logged_names, parse_key
+from ..registry.layer import compute_layer
 from .config import FALLBACK_CLUSTERS, MonitorConfig
 from .policies import Frozen, layer_scale
 from .shares import Share, assign_units, layer_units, merge_parts, root_metric
@@ -241,7 +242,7 @@ def _measure_layer(config: MonitorConfig, out: Measurement, layer: str, z: torch
         out.sigmas[layer] = float(scale.settings.sigma)
         if gaussian:
             out.values[config.key(layer, "sigma_ratio")] = ratio
-    results, failures = _layer_metrics(z, mine, refs, scale.settings)
+    results, failures = compute_layer(z, mine, refs, scale.settings)
     for name in mine:
         result = results.get(name)
         if result is None:  # failed: in failures
@@ -305,22 +306,3 @@ def finish_measurement(config: MonitorConfig, out: Measurement, frozen: Frozen,
             if original in per_layer:
                 per_layer[duplicate] = per_layer[original]
     return out
-
-
-def _layer_metrics(
-    z: torch.Tensor, metrics: list[str], refs: dict[str, Optional[torch.Tensor]], settings: MetricSettings
-) -> tuple[dict[str, MetricResult], dict[str, str]]:
-    """The metrics of one layer by name, plus the bases that derived ones computed (each computed once)."""
-    results: dict[str, MetricResult] = {}
-    failures: dict[str, str] = {}
-    for name in metrics:
-        if name in results:  # the base of a derived metric asked for before it
-            continue
-        metric = METRICS[name]
-        try:
-            results[name] = metric.compute(z, refs.get(metric.reference), settings, results)
-        except MemoryError as err:  # no approximate path could take it (t outside {1, 2})
-            failures[name] = f"MemoryError: {err} Lower num_samples."
-        except Exception as err:  # noqa: BLE001 - recorded, training goes on
-            failures[name] = f"{type(err).__name__}: {err}"
-    return results, failures

@@ -3,7 +3,7 @@ with one :class:`MetricSettings`, returning one :class:`MetricResult` (:mod:`dse
 names them)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Union
 
 import numpy as np
@@ -40,6 +40,8 @@ class MetricSettings:
     knn_k: int = 10
     #: Diffusion times of ``dse_t`` (logged as ``dse_t<t>``).
     t_values: tuple[float, ...] = (1, 2, 4, 8)
+    #: ``knn_acc``'s neighbour candidates from DSE's kernel product (:mod:`..registry.layer`), or None.
+    knn_candidates: Any = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)
@@ -132,7 +134,7 @@ def _alpha_req(z: torch.Tensor, _ref: Optional[torch.Tensor], _s: MetricSettings
 def _knn_acc(z: torch.Tensor, labels: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
     if labels is None:
         raise ValueError("knn_acc needs the probe labels")
-    return MetricResult(float(knn_accuracy(z, labels, s.knn_k)))
+    return MetricResult(float(knn_accuracy(z, labels, s.knn_k, candidates=s.knn_candidates)))
 
 
 @_applicable
