@@ -28,7 +28,7 @@ from ..registry import METRICS, logged_names, parse_key
 from ..registry.layer import compute_layer
 from .config import FALLBACK_CLUSTERS, MonitorConfig
 from .policies import Frozen, layer_scale
-from .shares import Share, assign_units, layer_units, merge_parts, root_metric
+from .shares import Share, assign_units, layer_units, merge_parts, unit_of
 
 
 @dataclass
@@ -182,11 +182,11 @@ def compute_measurement(
     todo = _layer_plan(config, features, groups, out.aliases, previous)
     deal = None if share is None else assign_units([u for _, _, _, units, _ in todo for u in units], share.world)
     for layer, z, metrics, units, refs in todo:
-        mine = metrics if deal is None else [m for m in metrics if deal[(layer, root_metric(m))] == share.rank]
+        mine = metrics if deal is None else [m for m in metrics if deal[(layer, unit_of(m, metrics))] == share.rank]
         primary = deal is None or deal[(layer, units[0].root)] == share.rank  # records the layer itself
         if primary or mine:
             _measure_layer(config, out, layer, z, metrics, mine, primary, refs, frozen, bad_inputs)
-        out.computed_by.update({f"{layer}/{root_metric(m)}": 0 if share is None else share.rank for m in mine})
+        out.computed_by.update({f"{layer}/{unit_of(m, metrics)}": 0 if share is None else share.rank for m in mine})
     out.duration_s = time.perf_counter() - start
     return out if share is not None else finish_measurement(config, out, frozen, previous)
 

@@ -26,7 +26,7 @@ import torch
 
 from ..registry import METRICS
 
-__all__ = ["Share", "Unit", "assign_units", "layer_units", "merge_parts", "root_metric"]
+__all__ = ["Share", "Unit", "assign_units", "layer_units", "merge_parts", "root_metric", "unit_of"]
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,18 @@ def root_metric(name: str) -> str:
     return name if base is None else root_metric(base)
 
 
+def unit_of(name: str, metrics: Sequence[str]) -> str:
+    """The unit (root metric) that computes ``name`` among a layer's ``metrics``: its root, except
+    ``knn_acc`` beside DSE, which reads its neighbours off DSE's kernel product (same rank).
+
+    >>> unit_of("knn_acc", ["dse_norm", "knn_acc"]), unit_of("knn_acc", ["knn_acc"])
+    ('dse', 'knn_acc')
+    """
+    if name == "knn_acc" and any(root_metric(m) == "dse" for m in metrics):
+        return "dse"
+    return root_metric(name)
+
+
 def _cost(root: str, n: int, d: int, groups: Optional[torch.Tensor], repetitions: int) -> float:
     if root == "dse":
         return float(n) ** 3
@@ -68,7 +80,7 @@ def _cost(root: str, n: int, d: int, groups: Optional[torch.Tensor], repetitions
 def layer_units(layer: str, metrics: Sequence[str], shape: tuple[int, int],
                 refs: dict[str, Optional[torch.Tensor]], repetitions: int) -> list[Unit]:
     """The units of one layer, in the order of ``metrics`` (a layer with no metric: one empty unit)."""
-    roots = list(dict.fromkeys(root_metric(m) for m in metrics)) or [""]
+    roots = list(dict.fromkeys(unit_of(m, metrics) for m in metrics)) or [""]
     return [Unit(layer, r, _cost(r, shape[0], shape[1], refs.get(METRICS[r].reference) if r else None, repetitions))
             for r in roots]
 
