@@ -40,82 +40,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from approx import make_data, median_distance  # noqa: E402
+from gpu_solvers import solver_rows  # noqa: E402
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def timed(fn, device: torch.device, repeats: int):
-    """Median seconds of ``repeats`` calls after one warm-up; returns (seconds, last result)."""
-    out = fn()
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        t0 = time.perf_counter()
-        out = fn()
-        _sync(device)
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), out
-
-
-def dse_rows(sizes, d, device, repeats, f64_max):
-    import dse_monitor as dm
-
-    rows = []
-    for n in sizes:
-        z = make_data("clustered", n, d).to(device)
-        sigma = 0.6 * median_distance(z)
-        t32, v32 = timed(lambda: float(dm.diffusion_spectral_entropy(z, sigma, max_n=None, dtype=torch.float32)),
-                         device, repeats)
-        t64 = v64 = float("nan")
-        if n <= f64_max:
-            t64, v64 = timed(lambda: float(dm.diffusion_spectral_entropy(z, sigma, max_n=None)), device, repeats)
-        ta, est = timed(lambda: dm.diffusion_spectral_entropy_details(z, sigma, max_n=None, solver="lanczos").estimate,
-                        device, repeats)
-        ref = v64 if v64 == v64 else v32
-        rows.append((f"DSE N={n} D={d}", ta, t32, t64,
-                     f"exact f64 {v64:.4f} f32 {v32:.4f}; lanczos {est.value:.4f} err {est.value - ref:+.4f} "
-                     f"bounds [{est.lower:.4f}, {est.upper:.4f}] contain={est.lower <= ref <= est.upper} "
-                     f"k={est.rank} {est.storage}"))
-        print(rows[-1], flush=True)
-        del z
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
-    return rows
-
-
-def dsmi_rows(n, d, device, repeats):
-    import dse_monitor as dm
-
-    z = make_data("clustered", n, d).to(device)
-    labels = torch.arange(n, device=device) % 10
-    sigma = 0.6 * median_distance(z)
-    te, ve = timed(lambda: float(dm.diffusion_spectral_mutual_information(z, labels, sigma=sigma)), device, repeats)
-    tl, vl = timed(lambda: float(dm.diffusion_spectral_mutual_information(z, labels, sigma=sigma, solver="lanczos")),
-                   device, repeats)
-    return [(f"DSMI(Z;Y) N={n} D={d} 10 labels", tl, te, float("nan"),
-             f"exact (batched subset solves) {ve:.4f}; lanczos {vl:.4f}")]
-
-
-def large_rows(n, d, device):
-    import dse_monitor as dm
-
-    z = make_data("clustered", n, d).to(device)
-    sigma = 0.6 * median_distance(z)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    _sync(device)
-    t0 = time.perf_counter()
-    est = dm.diffusion_spectral_entropy_details(z, sigma, max_n=None, solver="lanczos").estimate
-    _sync(device)
-    sec = time.perf_counter() - t0
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else float("nan")
-    return [(f"DSE lanczos N={n} D={d}", sec, float("nan"), float("nan"),
-             f"{est.value:.4f} se {est.std_error:.4f} bounds [{est.lower:.4f}, {est.upper:.4f}] k={est.rank} "
-             f"{est.storage} products={est.info.get('products')} peak GPU {peak:.1f} GiB")]
 
 
 class SyntheticImages(torch.utils.data.Dataset):
@@ -264,7 +194,7 @@ def main(argv=None) -> int:
     if args.dry_run:
         device = torch.device("cpu")
         torch.set_num_threads(1)
-        cfg = dict(sizes=(300, 600), d=16, f64_max=600, dsmi_n=600, large_n=1500, model="resnet18", probe=48,
+        cfg = dict(sizes=(300, 600), d=16, f64_max=600, dsmi_n=600, large_n=1500, small_sizes=(100, 200), model="resnet18", probe=48,
                    raw=40, size=32, train_batches=2, batch=8, workers=1, epochs=args.epochs, precision="bf16-mixed")
     else:
         if not torch.cuda.is_available():
@@ -285,15 +215,13 @@ def main(argv=None) -> int:
         result["protocol"].append(row)
         print(protocol_line(row) + "".join(f"\n    {note[:160]}" for note in row["notes"]), flush=True)
     if "solvers" in settings:
-        rows = dse_rows(cfg["sizes"], cfg["d"], device, args.repeats, cfg["f64_max"])
-        rows += dsmi_rows(cfg["dsmi_n"], cfg["d"], device, args.repeats)
-        rows += large_rows(cfg["large_n"], cfg["d"], device)
+        rows = solver_rows(cfg, device, args.repeats)
         result["solvers"] = [list(r) for r in rows]
         print()
         print(f"| {'benchmark':42s} | {'ours s':>8s} | {'exact f32 s / base':>18s} | {'exact f64 s':>11s} | note |")
         print(f"|{'-' * 44}|{'-' * 10}|{'-' * 20}|{'-' * 13}|------|")
         for bench, ours, b32, b64, note in rows:
-            print(f"| {bench:42s} | {ours:8.2f} | {b32:18.2f} | {b64:11.2f} | {note} |")
+            print(f"| {bench:42s} | {ours:8.4f} | {b32:18.4f} | {b64:11.4f} | {note} |")
     if args.out:
         out = Path(args.out)
         out.write_text(json.dumps(result, indent=1))
