@@ -16,14 +16,14 @@ Example:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Optional
 
 import numpy as np
 import torch
 
 from ..capture.layer_sets import identical_layers
-from ..functional import reference_groups, scale_diagnosis, scale_warning
+from ..functional import RowGroup, reference_groups, scale_diagnosis, scale_warning
 from ..registry import METRICS, MetricResult, MetricSettings, logged_names, parse_key
 from .config import FALLBACK_CLUSTERS, MonitorConfig
 from .policies import Frozen, layer_scale
@@ -157,6 +157,7 @@ def compute_measurement(
     frozen: Optional[Frozen] = None,
     bad_inputs: Optional[torch.Tensor] = None,
     previous: Optional[dict[str, torch.Tensor]] = None,
+    row_group: Optional[RowGroup] = None,
 ) -> Measurement:
     """Every configured metric of every layer, plus its ``sigma_ratio``; a failing metric is skipped alone.
 
@@ -166,6 +167,8 @@ def compute_measurement(
     of blaming the training when a layer's features are not finite. ``previous``
     holds each layer's features at the previous measurement (``cka_prev``'s reference)
     and is updated here with this measurement's (None: ``cka_prev`` is not logged).
+    ``row_group``: the ranks that split DSE's kernel rows (:mod:`.row_sharding`); every one of them
+    must then call this with the same arguments.
     """
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
@@ -202,7 +205,8 @@ def compute_measurement(
         ratio = scale.median / scale.settings.sigma
         if gaussian:
             out.values[config.key(layer, "sigma_ratio")] = ratio
-        results, failures = _layer_metrics(z, metrics, refs, scale.settings)
+        settings = scale.settings if row_group is None else replace(scale.settings, row_group=row_group)
+        results, failures = _layer_metrics(z, metrics, refs, settings)
         for name in metrics:
             result = results.get(name)
             if result is None:  # failed: in failures

@@ -23,6 +23,7 @@ from .config import MonitorConfig
 from .probe import ProbeSet
 from .report import Reporter
 from .reuse import ValidationReuse
+from .row_sharding import row_group
 from .schedule import Position
 from .sinks import Sinks
 from .standalone import measure_features
@@ -84,10 +85,11 @@ class MeasurementSequence(MonitorParts):
             self.last_duration_s = time.perf_counter() - start
             return None
         payload = None
-        if trainer.is_global_zero:
+        rows = row_group(trainer, self.config, len(self._state.indices))  # DSE's kernel rows split over the ranks
+        if trainer.is_global_zero or rows is not None:  # with rows every rank computes; rank 0's is broadcast
             try:
                 measurement = measure_features(self.config, features, self._groups, step, self._state.frozen,
-                                               previous=self._previous)
+                                               previous=self._previous, row_group=rows)
                 payload = (measurement, measurement.groups, self._state.frozen)
             except Exception as err:  # rank 0 must still reach the broadcast below
                 self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "
