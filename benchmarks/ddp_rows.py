@@ -130,13 +130,13 @@ def _median(runs: list[dict]) -> dict:
     return out
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n", type=int, default=20_000)
     ap.add_argument("--d", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=1)
     ap.add_argument("--exact-max", type=int, default=6000, help="compute the exact value up to this N")
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     singles, ranks = [], [[], []]
     for _ in range(args.repeats):
         singles.append(_in_child(_single_child, args.n, args.d))
@@ -164,7 +164,8 @@ def main() -> None:
               f"{per_rank[0]['value'] - exact['exact']:+.2e}, single {single['value'] - exact['exact']:+.2e}; "
               f"bounds contain it: {inside}")
     print(json.dumps(dict(single=single, ranks=per_rank, exact=exact)))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
