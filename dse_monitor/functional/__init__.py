@@ -41,6 +41,7 @@ from .mutual_information import (
     diffusion_spectral_mutual_information,
     diffusion_spectral_mutual_information_terms,
 )
+from .row_group import RowGroup
 from .scale import (
     MedianSigma,
     median_pairwise_distance,
@@ -74,6 +75,7 @@ __all__ = [
     "scale_warning",
     "EntropyEstimate",
     "MutualInformationTerms",
+    "RowGroup",
     "adjacency_spectral_entropy",
     "classic_shannon_entropy",
     "classic_shannon_mutual_information",

@@ -12,6 +12,7 @@ from .kernel import Sigma, resolve_sigma
 from .kernel_choice import DEFAULT_K, diffusion_kernel_of, kernel_choice
 from .lanczos import EntropyEstimate
 from .operator import check_exact_fits
+from .row_group import RowGroup
 from .solver import check_solver, choose_solver, lanczos_entropy
 from .spectrum import at_float32_floor, entropy_of_spectrum, shannon_bits, symmetric_eigvals
 
@@ -199,7 +200,7 @@ def diffusion_spectral_entropy_details(
     z: Any, sigma: Sigma = 10.0, t: float = 1, *, max_n: int | None = 10_000, seed: int = 0,
     dtype: torch.dtype | None = None, solver: str = "exact", memory_fallback: bool = False,
     streamed: bool | None = None, lanczos_options: dict[str, Any] | None = None,
-    kernel: str = "gaussian", k: int = DEFAULT_K, alpha: float = 0.0,
+    kernel: str = "gaussian", k: int = DEFAULT_K, alpha: float = 0.0, row_group: RowGroup | None = None,
 ) -> DiffusionEntropy:
     """DSE as :func:`diffusion_spectral_entropy` computes it, with the spectrum, the path taken and the bounds.
 
@@ -208,6 +209,9 @@ def diffusion_spectral_entropy_details(
     (after the ``max_n`` subsample); ``fallback``: why the exact path was left
     (``memory_fallback``); ``estimate``: an :class:`EntropyEstimate` with the standard error
     and guaranteed bounds (``lower == value == upper`` on the exact path).
+    ``row_group``: processes that all call this with the same ``z`` and arguments and split the
+    Lanczos kernel's rows (:func:`.solver.lanczos_entropy`); they follow rank 0's choice of path,
+    and an exact solve (or its out-of-memory fallback) runs whole on each of them.
 
     Example:
         >>> res = diffusion_spectral_entropy_details(torch.eye(8) * 1000)
@@ -221,6 +225,8 @@ def diffusion_spectral_entropy_details(
     s = _sigma(sigma, x, seed, knn)
     n = x.shape[0]
     path = choose_solver(n, t, solver, x.dtype) if n > 1 else "exact"
+    if row_group is not None and row_group.world > 1:  # "auto" measures its crossover per process
+        path = ("exact", "lanczos")[row_group.agree(("exact", "lanczos").index(path))]
     lam: torch.Tensor | None = None
     fallback: str | None = None
     if path == "exact":
@@ -237,7 +243,9 @@ def diffusion_spectral_entropy_details(
         value = _spectral_entropy(lam, t).to(x.dtype)
         est = None
     else:
-        est = lanczos_entropy(x, s, t, seed=seed, streamed=streamed, options=lanczos_options, alpha=alpha, knn=knn)
+        group = row_group if fallback is None else None  # a fallback is this process's alone
+        est = lanczos_entropy(x, s, t, seed=seed, streamed=streamed, options=lanczos_options, alpha=alpha, knn=knn,
+                              row_group=group)
         value = torch.tensor(est.value, dtype=x.dtype, device=x.device)
         path = "lanczos-streamed" if est.storage.startswith("streamed") else "lanczos"
     return DiffusionEntropy(value, lam, path, float(s), n, fallback, est)

@@ -206,10 +206,7 @@ class KernelOperator:
 
         Products then cost about 0.6x (measured at N = 6,000 on a 2-core AMD EPYC: 20-26 ms
         vs 36-40 ms). ``trace`` and ``frobenius_sq`` keep the float64 kernel's values, and any
-        other reference to the float64 ``dense_k`` sees overwritten bytes.
-        Row r of the float32 matrix is written over bytes that held rows below r / 2, so
-        rows [r0, r1) are copied once every row they overwrite has been read (r1 <= 2 r0);
-        a fresh 144 MB float32 copy instead spent 0.25-0.3 s in page faults.
+        other reference to the float64 ``dense_k`` sees overwritten bytes (:func:`round_rows_to_float32`).
 
         >>> op = KernelOperator.build(torch.eye(3, dtype=torch.float64), 1.0)
         >>> before = op.dense_k.clone()
@@ -218,21 +215,8 @@ class KernelOperator:
         """
         if self.mode != "dense" or self.dense_k is None:
             raise ValueError("round_to_float32 needs a dense operator; a streamed one has no stored kernel")
-        if self.dtype == torch.float32:
-            return self
-        if self.dtype != torch.float64 or not self.dense_k.is_contiguous():
-            raise ValueError(f"round_to_float32 takes a contiguous float64 kernel, not {self.dtype}")
-        k, n = self.dense_k, self.n
-        slots = k.view(-1).view(torch.float32)  # 2 N^2 float32 slots over the same bytes
-        with torch.no_grad():
-            slots[:n].copy_(k[0].to(torch.float32))  # row 0 overlaps its own source
-            r0 = 1
-            while r0 < n:
-                r1 = min(n, 2 * r0, r0 + 256)
-                slots[r0 * n : r1 * n].view(r1 - r0, n).copy_(k[r0:r1])
-                r0 = r1
-        self.dense_k = slots[: n * n].view(n, n)
-        self.dtype = torch.float32
+        self.dense_k = round_rows_to_float32(self.dense_k)
+        self.dtype = self.dense_k.dtype
         return self
 
     def to_dense(self) -> torch.Tensor:
@@ -242,33 +226,59 @@ class KernelOperator:
         return self.matmat(torch.eye(self.n, dtype=self.dtype, device=self.device))
 
 
+def round_rows_to_float32(k: torch.Tensor) -> torch.Tensor:
+    """A contiguous float64 ``k`` [r, N] rounded to float32 in its own bytes (``k`` is overwritten).
+
+    Row i of the float32 matrix is written over bytes that held rows below i / 2, so rows
+    [r0, r1) are copied once every row they overwrite has been read (r1 <= 2 r0); a fresh
+    copy instead spent 0.25-0.3 s in page faults (N = 6,000, 144 MB).
+    """
+    if k.dtype == torch.float32:
+        return k
+    if k.dtype != torch.float64 or not k.is_contiguous():
+        raise ValueError(f"round_to_float32 takes a contiguous float64 kernel, not {k.dtype}")
+    rows, n = k.shape
+    slots = k.view(-1).view(torch.float32)  # 2 r N float32 slots over the same bytes
+    with torch.no_grad():
+        if rows:
+            slots[:n].copy_(k[0].to(torch.float32))  # row 0 overlaps its own source
+        r0 = 1
+        while r0 < rows:
+            r1 = min(rows, 2 * r0, r0 + 256)
+            slots[r0 * n : r1 * n].view(r1 - r0, n).copy_(k[r0:r1])
+            r0 = r1
+    return slots[: rows * n].view(rows, n)
+
+
 def plan_storage(
     n: int, d: int, dtype: torch.dtype, device: torch.device, streamed: bool | None, memory_limit: int | None,
-    krylov: int = 512,
+    krylov: int = 512, rows: int | None = None,
 ) -> tuple[bool, torch.dtype, int]:
     """Decide dense vs streamed (and the storage dtype) for the approximate path.
 
-    Dense needs one N x N matrix plus about N (2 krylov + 1200) float64 vectors;
-    streamed needs N * D plus ``block_size`` rows of N. When ``streamed`` is None the
-    operator is dense if the matrix fits in ``memory_limit`` (default: 80% of the free
-    memory of the device) in the compute dtype, else dense float32 if the compute dtype
-    is float64 and that fits, else streamed. Raises ``MemoryError`` naming the sizes
-    when even the streamed operator does not fit.
+    Dense needs the N x N matrix (``rows`` x N: the rows this process holds, :mod:`.row_operator`)
+    plus about N (2 krylov + 1200) float64 vectors; streamed needs N * D plus ``block_size`` rows of N.
+    When ``streamed`` is None the operator is dense if the matrix fits in ``memory_limit``
+    (default: 80% of the free memory of the device) in the compute dtype, else dense float32
+    if the compute dtype is float64 and that fits, else streamed. Raises ``MemoryError``
+    naming the sizes when even the streamed operator does not fit.
     """
     limit = int(0.8 * available_memory(device)) if memory_limit is None else int(memory_limit)
     itemsize = torch.empty((), dtype=dtype).element_size()
     vectors = 8 * n * (2 * krylov + 1200)  # Krylov basis, its product, SLQ probe bases
+    share = n if rows is None else rows
+    matrix = {dt: dense_bytes(n, dt) * share // max(n, 1) for dt in (dtype, torch.float32)}
     if streamed is None:
-        if dense_bytes(n, dtype) + vectors <= limit:
+        if matrix[dtype] + vectors <= limit:
             return False, dtype, DEFAULT_BLOCK_SIZE
-        if dtype == torch.float64 and dense_bytes(n, torch.float32) + vectors <= limit:
+        if dtype == torch.float64 and matrix[torch.float32] + vectors <= limit:
             return False, torch.float32, DEFAULT_BLOCK_SIZE
         streamed = True
     if not streamed:
-        need = dense_bytes(n, dtype) + vectors
+        need = matrix[dtype] + vectors
         if need > limit:
             raise MemoryError(
-                f"the dense {n} x {n} {str(dtype).replace('torch.', '')} kernel needs {_gib(need)} but only "
+                f"the dense {share} x {n} {str(dtype).replace('torch.', '')} kernel needs {_gib(need)} but only "
                 f"{_gib(limit)} is available on {device}; pass streamed=True (memory O(N*D)), a smaller max_n, "
                 "or dtype=torch.float32."
             )

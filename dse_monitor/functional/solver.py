@@ -35,6 +35,8 @@ import torch
 
 from .lanczos import DEFAULT_BLOCK, DEFAULT_MAX_RANK, DEFAULT_STEPS, EntropyEstimate, approximate_entropy
 from .operator import KernelOperator, plan_storage
+from .row_group import RowGroup
+from .row_operator import RowShardedOperator
 from .sparse_operator import sparse_entropy
 from .spectrum import symmetric_eigvals
 
@@ -210,20 +212,49 @@ def lanczos_entropy(
     options: dict[str, Any] | None = None,
     alpha: float = 0.0,
     knn: int | None = None,
+    row_group: RowGroup | None = None,
 ) -> EntropyEstimate:
     """Approximate DSE of the rows of ``x`` (validated, compute dtype) with bounds.
 
     ``knn``: the kNN kernel with that k (sparse, :mod:`.sparse_operator`), else the Gaussian one.
+    ``row_group``: the processes that split the kernel's rows (:mod:`.row_operator`): every one
+    calls this with the same ``x`` and options and gets the same estimate, each holding only its
+    share of K (None or a group of one: the whole kernel here).
+
+    Example:
+        >>> z = torch.randn(400, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        >>> a = lanczos_entropy(z, 1.0, 1)
+        >>> b = lanczos_entropy(z, 1.0, 1, row_group=RowGroup.single())
+        >>> abs(a.value - b.value) < 1e-9
+        True
     """
     opts = check_options(options)
     memory_limit = opts.pop("memory_limit", None)
     rows = opts.pop("block_size", None)
+    sharded = row_group is not None and row_group.world > 1
     if knn is not None:  # sparse: O(N k) memory whatever streamed says
+        if sharded:
+            raise ValueError("the kNN kernel (kernel='knn') is not split over processes; pass row_group=None "
+                             "(each process then solves its whole sparse kernel) or use kernel='gaussian'")
         return sparse_entropy(x, knn, alpha, t, seed=seed, **opts)
     n, d = x.shape
-    stream, dtype, auto_rows = plan_storage(
-        n, d, x.dtype, x.device, streamed, memory_limit, int(opts.get("max_rank", 256))
-    )
-    op = KernelOperator.build(x, sigma, streamed=stream, block_size=rows or auto_rows, dtype=dtype, alpha=alpha)
+    share = row_group.share(n) if sharded else (0, n)
+    try:
+        plan = plan_storage(n, d, x.dtype, x.device, streamed, memory_limit, int(opts.get("max_rank", 256)),
+                            rows=share[1] - share[0])
+    except MemoryError as err:
+        if not sharded:
+            raise
+        plan = err  # raised below on every rank, not on this one alone: the others would wait for it
+    if sharded and not row_group.all_true(not isinstance(plan, MemoryError)):
+        raise plan if isinstance(plan, MemoryError) else MemoryError(
+            f"another process of the {row_group.world} sharing the kernel's rows has no room for its share; "
+            "lower num_samples / max_n or give it more memory")
+    stream, dtype, auto_rows = plan
+    if sharded:
+        op = RowShardedOperator.build(x, sigma, row_group, streamed=stream, block_size=rows or auto_rows,
+                                      dtype=dtype, alpha=alpha)
+    else:
+        op = KernelOperator.build(x, sigma, streamed=stream, block_size=rows or auto_rows, dtype=dtype, alpha=alpha)
     opts.setdefault("probe_dtype", PROBE_DTYPE)  # op is ours: rounding it in place loses nothing
     return approximate_entropy(op, t, seed=seed, **opts)

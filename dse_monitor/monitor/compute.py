@@ -16,47 +16,19 @@ Example:
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import replace
 from typing import Optional
 
-import numpy as np
 import torch
 
 from ..capture.layer_sets import identical_layers
-from ..functional import reference_groups, scale_diagnosis, scale_warning
+from ..functional import RowGroup, reference_groups, scale_diagnosis, scale_warning
 from ..registry import METRICS, logged_names, parse_key
 from ..registry.layer import compute_layer
 from .config import FALLBACK_CLUSTERS, MonitorConfig
 from .policies import Frozen, layer_scale
+from .measurement import Measurement, ReferenceGroups
 from .shares import Share, assign_units, layer_units, merge_parts, unit_of
-
-
-@dataclass
-class ReferenceGroups:
-    """Group ids of the probe samples for DSMI(Z;Y) (``labels``) and DSMI(Z;X) (``inputs``).
-
-    Computed once per run (the input clustering is the expensive part) and stored in the
-    checkpoint; a grouping that failed is not retried, and its metrics are not logged.
-    """
-
-    labels: Optional[torch.Tensor] = None
-    inputs: Optional[torch.Tensor] = None
-    labels_failed: bool = False
-    inputs_failed: bool = False
-    notes: list[str] = field(default_factory=list)
-
-    def of(self, reference: Optional[str]) -> Optional[torch.Tensor]:
-        return {"labels": self.labels, "inputs": self.inputs}.get(reference)
-
-    def still_needed(self, config: MonitorConfig) -> tuple[bool, bool]:
-        """(labels, inputs) that the next probe pass must still collect."""
-        refs = config.references()
-        want_inputs = "inputs" in refs and self.inputs is None and not self.inputs_failed
-        # labels: for DSMI(Z;Y), or to count the classes (the default n_clusters of X)
-        want_labels = self.labels is None and (
-            ("labels" in refs and not self.labels_failed) or (want_inputs and config.n_clusters is None)
-        )
-        return want_labels, want_inputs
 
 
 def make_groups(
@@ -99,46 +71,6 @@ def make_groups(
     return out
 
 
-@dataclass
-class Measurement:
-    """Everything one measurement produced.
-
-    ``values``: ``{"<prefix>/<layer>/<metric>": bits}`` (NaN for a layer with NaN/Inf
-    features); ``spectra``: the DSE eigenvalues per layer (exact path); ``failures``:
-    ``{layer: {metric: reason}}`` of metrics skipped alone; ``fallbacks``: why a solver
-    was left (memory); ``notes``: warnings for the user; ``info``: choices made (frozen
-    sigma / t); ``verdicts``: layers whose DSE is pinned by the scale.
-    """
-
-    step: int
-    values: dict[str, float] = field(default_factory=dict)
-    spectra: dict[str, np.ndarray] = field(default_factory=dict)
-    failures: dict[str, dict[str, str]] = field(default_factory=dict)
-    fallbacks: list[str] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    info: list[str] = field(default_factory=list)
-    #: ``{layer: (direction, warning)}`` where DSE sits at 0 or log2 N because of sigma's scale.
-    verdicts: dict[str, tuple[str, str]] = field(default_factory=dict)
-    #: ``{duplicate: original}``: layers with identical pooled features, measured once (the original's values).
-    aliases: dict[str, str] = field(default_factory=dict)
-    duration_s: float = 0.0
-    #: ``{layer: (N, D)}``: the shape of each layer's features.
-    shapes: dict[str, tuple[int, int]] = field(default_factory=dict)
-    #: ``{layer: sigma}``: the numeric bandwidth each layer was measured with.
-    sigmas: dict[str, float] = field(default_factory=dict)
-    #: The reference groups the measurement used (pass them on: later measurements reuse them).
-    groups: Optional[ReferenceGroups] = None
-    #: ``{layer: {metric: note}}``: why a metric's value is NaN or not logged (its result's note).
-    metric_notes: dict[str, dict[str, str]] = field(default_factory=dict)
-    #: ``{"<layer>/<root metric>": rank}``: which DDP rank computed each unit (:mod:`.shares`; 0 alone).
-    computed_by: dict[str, int] = field(default_factory=dict)
-
-    def of_layer(self, layer: str) -> dict[str, float]:
-        """``{name: value}`` of one layer (metrics and diagnostics), read from the logged keys."""
-        keys = {k: parse_key(k) for k in self.values}
-        return {key.name: self.values[k] for k, key in keys.items() if key is not None and key.layer == layer}
-
-
 def _nonfinite_cause(bad_inputs: Optional[torch.Tensor]) -> str:
     """Why features are not finite: NaN/Inf in the probe's own inputs (named), else the training."""
     if bad_inputs is None or not bool(bad_inputs.any()):
@@ -164,6 +96,7 @@ def compute_measurement(
     bad_inputs: Optional[torch.Tensor] = None,
     previous: Optional[dict[str, torch.Tensor]] = None,
     share: Optional[Share] = None,
+    row_group: Optional[RowGroup] = None,
 ) -> Measurement:
     """Every configured metric of every layer, plus its ``sigma_ratio``; a failing metric is skipped alone.
 
@@ -174,25 +107,34 @@ def compute_measurement(
     holds each layer's features at the previous measurement (``cka_prev``'s reference)
     and is updated here with this measurement's (None: ``cka_prev`` is not logged).
     ``share``: compute only this rank's units (:mod:`.shares`) and return its part, to be
-    merged with the other ranks' by :func:`merge_measurements`.
+    merged with the other ranks' by :func:`merge_measurements`. ``row_group``: the ranks that split
+    DSE's kernel rows (:mod:`.row_sharding`): every one of them computes every layer's DSE together
+    (in layer order; the unit's owner keeps the value), so each must call this with the same arguments.
     """
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
     out = Measurement(step, notes=list(groups.notes), aliases=identical_layers(features), groups=groups)
-    todo = _layer_plan(config, features, groups, out.aliases, previous)
+    split = row_group is not None
+    todo = _layer_plan(config, features, groups, out.aliases, previous, split)
     deal = None if share is None else assign_units([u for _, _, _, units, _ in todo for u in units], share.world)
     for layer, z, metrics, units, refs in todo:
-        mine = metrics if deal is None else [m for m in metrics if deal[(layer, unit_of(m, metrics))] == share.rank]
+        unit = {m: unit_of(m, metrics, split) for m in metrics}
+        mine = metrics if deal is None else [m for m in metrics if deal[(layer, unit[m])] == share.rank]
         primary = deal is None or deal[(layer, units[0].root)] == share.rank  # records the layer itself
         if primary or mine:
-            _measure_layer(config, out, layer, z, metrics, mine, primary, refs, frozen, bad_inputs)
-        out.computed_by.update({f"{layer}/{unit_of(m, metrics)}": 0 if share is None else share.rank for m in mine})
+            _measure_layer(config, out, layer, z, metrics, mine, primary, refs, frozen, bad_inputs, row_group)
+        joined = [m for m in metrics if split and unit[m] == "dse" and m not in mine]
+        if joined:  # DSE of split rows: this rank takes its part in the collective solve, the owner keeps the value
+            _measure_layer(config, Measurement(step), layer, z, metrics, joined, False, refs, frozen, bad_inputs,
+                           row_group)
+        rank = 0 if share is None else share.rank
+        out.computed_by.update({f"{layer}/{unit[m]}": -1 if split and unit[m] == "dse" else rank for m in mine})
     out.duration_s = time.perf_counter() - start
     return out if share is not None else finish_measurement(config, out, frozen, previous)
 
 
 def _layer_plan(config: MonitorConfig, features: dict[str, torch.Tensor], groups: ReferenceGroups,
-                aliases: dict[str, str], previous: Optional[dict[str, torch.Tensor]]) -> list:
+                aliases: dict[str, str], previous: Optional[dict[str, torch.Tensor]], rows_split: bool) -> list:
     """``(layer, z, metrics, units, refs)`` of every layer measured (not a duplicate). ``previous`` is
     updated here, for every layer on every rank, so that the next measurement finds it whichever rank
     computes; ``refs["previous"]`` keeps the one before."""
@@ -205,7 +147,8 @@ def _layer_plan(config: MonitorConfig, features: dict[str, torch.Tensor], groups
                 "previous": previous.get(layer) if want_previous else None}
         metrics = [m for m in config.metrics if METRICS[m].reference is None or refs[METRICS[m].reference] is not None]
         shape = (int(z.shape[0]), int(z.shape[1]) if z.ndim > 1 else 0)
-        plan.append((layer, z, metrics, layer_units(layer, metrics, shape, refs, config.num_repetitions), refs))
+        units = layer_units(layer, metrics, shape, refs, config.num_repetitions, rows_split)
+        plan.append((layer, z, metrics, units, refs))
     if want_previous:
         previous.update({layer: z.detach().to("cpu", copy=True) for layer, z, *_ in plan})
     return plan
@@ -213,7 +156,7 @@ def _layer_plan(config: MonitorConfig, features: dict[str, torch.Tensor], groups
 
 def _measure_layer(config: MonitorConfig, out: Measurement, layer: str, z: torch.Tensor, metrics: list[str],
                    mine: list[str], primary: bool, refs: dict[str, Optional[torch.Tensor]], frozen: Frozen,
-                   bad_inputs: Optional[torch.Tensor]) -> None:
+                   bad_inputs: Optional[torch.Tensor], row_group: Optional[RowGroup] = None) -> None:
     """The ``mine`` metrics of one layer into ``out``; ``primary``: also the layer's own records."""
     step = out.step
     if config.device is not None:
@@ -242,7 +185,8 @@ def _measure_layer(config: MonitorConfig, out: Measurement, layer: str, z: torch
         out.sigmas[layer] = float(scale.settings.sigma)
         if gaussian:
             out.values[config.key(layer, "sigma_ratio")] = ratio
-    results, failures = compute_layer(z, mine, refs, scale.settings)
+    settings = scale.settings if row_group is None else replace(scale.settings, row_group=row_group)
+    results, failures = compute_layer(z, mine, refs, settings)
     for name in mine:
         result = results.get(name)
         if result is None:  # failed: in failures

@@ -25,6 +25,7 @@ from .config import MonitorConfig
 from .probe import ProbeSet
 from .report import Reporter
 from .reuse import ValidationReuse
+from .row_sharding import lanczos_for_auto, row_group
 from .schedule import Position
 from .shares import Share
 from .sinks import Sinks
@@ -106,12 +107,14 @@ class MeasurementSequence(MonitorParts):
         return measurement.values
 
     def _compute_on_rank_zero(self, trainer: Any, features: ProbeFeatures, step: int) -> Measurement:
-        """Rank 0 computes every metric; the result (and the groups, the frozen scales) is broadcast."""
+        """Rank 0 computes every metric; the result (and the groups, the frozen scales) is broadcast.
+        With DSE's kernel rows split over the ranks, every rank computes and rank 0's result is kept."""
         payload = None
-        if trainer.is_global_zero:
+        rows = row_group(trainer, self.config, len(self._state.indices))
+        if trainer.is_global_zero or rows is not None:
             try:
                 measurement = measure_features(self.config, features, self._groups, step, self._state.frozen,
-                                               previous=self._previous)
+                                               previous=self._previous, row_group=rows)
                 payload = (measurement, self._state.frozen)
             except Exception as err:  # rank 0 must still reach the broadcast below
                 self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "
@@ -148,10 +151,14 @@ class MeasurementSequence(MonitorParts):
         groups, choices = trainer.strategy.broadcast((groups, measured_choices()), src=0)
         adopt_choices([choices, measured_choices()])
         share = Share(int(trainer.global_rank), int(trainer.world_size))
+        rows = row_group(trainer, self.config, len(self._state.indices))  # DSE's kernel rows split over the ranks
+        if rows is not None and not lanczos_for_auto(self.config, features):
+            rows = None  # auto takes the exact path here (the ranks share rank 0's crossover): no split kernel
         frozen = self._state.frozen
         try:
             part = compute_measurement(self.config, features.features, groups, step, frozen,
-                                       bad_inputs=features.bad_inputs, previous=self._previous, share=share)
+                                       bad_inputs=features.bad_inputs, previous=self._previous, share=share,
+                                       row_group=rows)
         except Exception as err:  # noqa: BLE001 - this rank's values are lost, the others' are logged
             part = Measurement(step, groups=groups, notes=[
                 f"DSEMonitor: rank {share.rank}'s share of the measurement at epoch {step} failed "

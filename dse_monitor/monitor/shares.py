@@ -56,14 +56,15 @@ def root_metric(name: str) -> str:
     return name if base is None else root_metric(base)
 
 
-def unit_of(name: str, metrics: Sequence[str]) -> str:
+def unit_of(name: str, metrics: Sequence[str], rows_split: bool = False) -> str:
     """The unit (root metric) that computes ``name`` among a layer's ``metrics``: its root, except
-    ``knn_acc`` beside DSE, which reads its neighbours off DSE's kernel product (same rank).
+    ``knn_acc`` beside DSE, which reads its neighbours off DSE's dense kernel product (same rank;
+    not when the kernel's rows are split over the ranks, ``rows_split``: no rank holds it whole).
 
     >>> unit_of("knn_acc", ["dse_norm", "knn_acc"]), unit_of("knn_acc", ["knn_acc"])
     ('dse', 'knn_acc')
     """
-    if name == "knn_acc" and any(root_metric(m) == "dse" for m in metrics):
+    if name == "knn_acc" and not rows_split and any(root_metric(m) == "dse" for m in metrics):
         return "dse"
     return root_metric(name)
 
@@ -78,10 +79,12 @@ def _cost(root: str, n: int, d: int, groups: Optional[torch.Tensor], repetitions
 
 
 def layer_units(layer: str, metrics: Sequence[str], shape: tuple[int, int],
-                refs: dict[str, Optional[torch.Tensor]], repetitions: int) -> list[Unit]:
-    """The units of one layer, in the order of ``metrics`` (a layer with no metric: one empty unit)."""
-    roots = list(dict.fromkeys(unit_of(m, metrics) for m in metrics)) or [""]
-    return [Unit(layer, r, _cost(r, shape[0], shape[1], refs.get(METRICS[r].reference) if r else None, repetitions))
+                refs: dict[str, Optional[torch.Tensor]], repetitions: int, rows_split: bool = False) -> list[Unit]:
+    """The units of one layer, in the order of ``metrics`` (a layer with no metric: one empty unit).
+    ``rows_split``: DSE is computed by all ranks together (its unit costs no rank more than another)."""
+    roots = list(dict.fromkeys(unit_of(m, metrics, rows_split) for m in metrics)) or [""]
+    return [Unit(layer, r, 0.0 if rows_split and r == "dse" else
+                 _cost(r, shape[0], shape[1], refs.get(METRICS[r].reference) if r else None, repetitions))
             for r in roots]
 
 

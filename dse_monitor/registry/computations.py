@@ -18,6 +18,7 @@ from ..functional import (
 )
 from ..functional.health import NotApplicable, alpha_req, diffusion_entropy_at_times, knn_accuracy, linear_cka
 from ..functional.health import rankme, spectral_gap
+from ..functional.row_group import RowGroup
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,9 @@ class MetricSettings:
     t_values: tuple[float, ...] = (1, 2, 4, 8)
     #: ``knn_acc``'s neighbour candidates from DSE's kernel product (:mod:`..registry.layer`), or None.
     knn_candidates: Any = field(default=None, compare=False, repr=False)
+    #: Processes that split the rows of DSE's Lanczos kernel (:mod:`dse_monitor.functional.row_operator`);
+    #: all of them must compute ``dse`` of the same layer together. None: this process alone.
+    row_group: Optional[RowGroup] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -71,7 +75,7 @@ class MetricResult:
 def _dse(z: torch.Tensor, _groups: Optional[torch.Tensor], s: MetricSettings) -> MetricResult:
     res = diffusion_spectral_entropy_details(
         z, s.sigma, s.t, seed=s.seed, dtype=s.dtype, solver=s.solver, memory_fallback=s.memory_fallback,
-        kernel=s.kernel, k=s.k, alpha=s.alpha,
+        kernel=s.kernel, k=s.k, alpha=s.alpha, row_group=s.row_group,
     )
     lam = None if res.eigenvalues is None else res.eigenvalues.detach().cpu().double().numpy()
     return MetricResult(float(res.value), lam, res.fallback, res.n)
