@@ -48,9 +48,15 @@ def test_dry_run_measures_the_protocol_and_writes_the_table(gpu_script, capsys, 
 def test_dry_run_prints_the_solvers_table(gpu_script, capsys):
     assert gpu_script.main(["--dry-run", "--settings", "solvers"]) == 0
     out = capsys.readouterr().out
-    for name in ("DSE N=300", "DSE N=600", "DSMI(Z;Y) N=600", "DSE lanczos N=1500"):
-        assert name in out
+    for name in ("DSE N=300", "DSE N=600", "DSMI(Z;Y) N=600 D=16 equal groups", "DSMI(Z;Y) N=600 D=16 unequal groups",
+                 "eigvalsh 100 x 100", "eigvalsh 200 x 200"):
+        assert f"| {name}" in out
     assert "contain=True" in out and "contain=False" not in out
-    assert "nan" not in out.split("DSE lanczos N=1500")[1].split("|")[1]  # the large run produced a time
+    large = [line for line in out.splitlines() if line.startswith("| DSE lanczos N=1500")]
+    assert [line.split("|")[1].split("D=16")[1].strip() for line in large] == [
+        "default plan", "dense float32", "streamed float32", "streamed float64"]
+    for line in large:  # each storage produced a time and its storage
+        assert "nan" not in line.split("|")[2]
+    assert "dense-float32" in large[1] and "streamed-float32" in large[2] and "streamed-float64" in large[3]
     with pytest.raises(SystemExit):
         gpu_script.main(["--dry-run", "--settings", "reuse,nope"])

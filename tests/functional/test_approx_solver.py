@@ -219,7 +219,9 @@ def test_dsmi_accepts_solvers():
 def test_storage_plan_and_memory_errors():
     gib = 2**30
     n = 20_000
-    assert plan_storage(n, 512, torch.float64, torch.device("cpu"), None, 8 * gib)[:2] == (False, torch.float64)
+    # float64 (3.2 GB) while it takes at most a quarter of the limit; above, float32 (1.6 GB) even where it fits
+    assert plan_storage(n, 512, torch.float64, torch.device("cpu"), None, 16 * gib)[:2] == (False, torch.float64)
+    assert plan_storage(n, 512, torch.float64, torch.device("cpu"), None, 8 * gib)[:2] == (False, torch.float32)
     assert plan_storage(n, 512, torch.float64, torch.device("cpu"), None, 2 * gib)[:2] == (False, torch.float32)
     stream, _, rows = plan_storage(n, 512, torch.float64, torch.device("cpu"), None, gib // 2)
     assert stream and rows >= 16
