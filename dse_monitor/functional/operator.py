@@ -23,7 +23,7 @@ import torch
 
 from ._checks import check_int
 from ._threads import torch_threads
-from .kernel import diffusion_kernel, gaussian_affinity
+from .kernel import diffusion_kernel, gaussian_affinity, in_factored_range, scaled_rows
 from .knn import density_scaling
 
 #: Rows of the kernel computed at a time in streamed mode.
@@ -112,7 +112,8 @@ class KernelOperator:
     device: torch.device
     dense_k: torch.Tensor | None = None
     z: torch.Tensor | None = None
-    scale: torch.Tensor | None = None  # q^-1/2 (storage dtype), streamed mode
+    scale: torch.Tensor | None = None  # streamed: K = diag(scale) B diag(scale), B the streamed blocks
+    outer: torch.Tensor | None = None  # streamed factored form: r = exp(-||b||^2 / 2), G = diag(r) E diag(r)
     sigma: float = 1.0
     block_size: int = DEFAULT_BLOCK_SIZE
     products: int = 0  # number of K @ X passes done (for benchmarks)
@@ -141,22 +142,30 @@ class KernelOperator:
             trace = float(k.diagonal().double().sum())
             return cls(n, trace, _sum_of_squares(k), "dense", dtype, x.device, dense_k=k, sigma=sigma,
                        block_size=block_size)
-        op = cls(n, 0.0, 0.0, "streamed", dtype, x.device, z=x - x.mean(dim=0, keepdim=True), sigma=sigma,
-                 block_size=block_size)
+        centre = x.mean(dim=0, keepdim=True)
+        b, half_sq = scaled_rows(x, centre, sigma)
+        factored = in_factored_range(half_sq)  # G = diag(r) exp(b b^T) diag(r): one exp pass a block
+        op = cls(n, 0.0, 0.0, "streamed", dtype, x.device, z=b if factored else x - centre, sigma=sigma,
+                 block_size=block_size, outer=half_sq.neg().exp_() if factored else None)
         with torch.no_grad():
-            q = torch.zeros(n, dtype=torch.float64, device=x.device)
-            for start, g in op._affinity_blocks():
-                q[start : start + g.shape[0]] = g.double().sum(dim=1)
-            op.scale = q.rsqrt().to(dtype) if not alpha else density_scaling(q, op._affinity_times, alpha).to(dtype)
+            q = op._affinity_times(torch.ones(n, 1, dtype=torch.float64, device=x.device))[:, 0]
+            s = q.rsqrt() if not alpha else density_scaling(q, op._affinity_times, alpha)
+            # K = diag(s) G diag(s) = diag(c) B diag(c), c = s r (factored) or s, B the blocks streamed
+            op.scale = (s * op.outer.double() if factored else s).to(dtype)
             frob = 0.0
             for start, g in op._affinity_blocks():
                 frob += _sum_of_squares(g.mul_(op.scale[start : start + g.shape[0], None]).mul_(op.scale[None, :]))
-        op.trace = float((1.0 / q).sum()) if not alpha else float(op.scale.double().square().sum())  # G_ii = 1
+        op.trace = float((1.0 / q).sum()) if not alpha else float(s.square().sum())  # G_ii = 1
         op.frobenius_sq = frob
         return op
 
     def _affinity_blocks(self):
+        """Row blocks of G (the distance form) or of E = exp(b b^T) with G = diag(r) E diag(r) (factored)."""
         z = self.z
+        if self.outer is not None:
+            for start in range(0, self.n, self.block_size):
+                yield start, (z[start : start + self.block_size] @ z.T).exp_()
+            return
         sq = (z * z).sum(dim=1)
         for start in range(0, self.n, self.block_size):
             stop = min(start + self.block_size, self.n)
@@ -166,10 +175,13 @@ class KernelOperator:
             yield start, gaussian_affinity(d, self.sigma)
 
     def _affinity_times(self, v: torch.Tensor) -> torch.Tensor:
-        out = torch.empty_like(v)  # G v in float64, block by block
+        """``G v`` in float64 for ``v`` [N] or [N, c], block by block."""
+        r = None if self.outer is None else self.outer.double().reshape(-1, *([1] * (v.ndim - 1)))
+        w = v if r is None else r * v
+        out = torch.empty_like(v)
         for start, g in self._affinity_blocks():
-            out[start : start + g.shape[0]] = g.double() @ v
-        return out
+            out[start : start + g.shape[0]] = g.double() @ w
+        return out if r is None else out.mul_(r)
 
     def matmat(self, x: torch.Tensor) -> torch.Tensor:
         """``K @ x`` for ``x`` [N, b]; computed in the storage dtype, returned in ``x``'s dtype.
