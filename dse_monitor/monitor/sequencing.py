@@ -164,8 +164,13 @@ class MeasurementSequence(MonitorParts):
                 f"DSEMonitor: rank {share.rank}'s share of the measurement at epoch {step} failed "
                 f"({type(err).__name__}: {err}); its metrics are not logged at this epoch."])
         part.groups = None  # every rank has them
-        parts = [trainer.strategy.broadcast((part, frozen, measured_choices()) if src == share.rank else None,
-                                            src=src) for src in range(share.world)]
+        try:
+            parts = [trainer.strategy.broadcast((part, frozen, measured_choices()) if src == share.rank else None,
+                                                src=src) for src in range(share.world)]
+        except Exception as err:  # noqa: BLE001 - e.g. the strategy's collective timeout: a rank is gone
+            return Measurement(step, groups=groups, notes=[
+                f"DSEMonitor: the ranks could not exchange their shares of the measurement at epoch {step} "
+                f"({type(err).__name__}: {str(err)[:200]}); skipping it."])
         adopt_choices([c for _, _, c in parts])  # the next measurement solves alike on every rank
         measurement = merge_measurements(self.config, [p for p, _, _ in parts], list(features.features),
                                          frozen, [f for _, f, _ in parts], self._previous)
