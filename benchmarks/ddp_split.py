@@ -95,11 +95,16 @@ class Timings(L.Callback):
 def run(n: int, epochs: int, split: bool, root: Path) -> dict:
     monitor = DSEMonitor(layers=LAYERS, num_samples=None, metrics=["dse", "dsmi_y"], sigma="median_init",
                          split_over_ranks=split, solver="exact")
+    root.mkdir(parents=True, exist_ok=True)
     out = root / f"split{int(split)}.json"
     trainer = L.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn", max_epochs=epochs, logger=False,
                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
                         num_sanity_val_steps=0, default_root_dir=str(root), callbacks=[monitor, Timings(monitor, out)])
-    trainer.fit(Net(n))
+    try:
+        trainer.fit(Net(n))
+    except torch.multiprocessing.ProcessExitedException as err:  # a rank's abort at exit (gloo teardown), rare
+        print(f"ddp_spawn: {err}; running once more", flush=True)
+        return run(n, epochs, split, root / "retry")
     return json.loads(out.read_text())
 
 
