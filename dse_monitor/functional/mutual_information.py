@@ -26,6 +26,8 @@ from .grouping import reference_groups
 from .kernel import Sigma, resolve_sigma
 from .kernel_choice import DEFAULT_K, check_groups_for_knn, kernel_choice
 from .solver import check_options, check_solver
+from .row_group import RowGroup
+from .shared_subsets import shared_subset_entropies
 from .subset_entropies import SubsetEntropies, diffusion_subset_entropies, index_on
 
 
@@ -208,9 +210,12 @@ def diffusion_spectral_mutual_information_terms(
     n_clusters: int = 10, groups: Any = None, num_repetitions: int = 5, seed: int = 0, max_n: int | None = 10_000,
     dtype: torch.dtype | None = None, solver: str = "exact", memory_fallback: bool = False,
     streamed: bool | None = None, lanczos_options: dict[str, Any] | None = None,
-    kernel: str = "gaussian", k: int = DEFAULT_K, alpha: float = 0.0,
+    kernel: str = "gaussian", k: int = DEFAULT_K, alpha: float = 0.0, subset_group: RowGroup | None = None,
 ) -> MutualInformationTerms:
     """DSMI as :func:`diffusion_spectral_mutual_information` computes it, with its terms per group.
+
+    ``subset_group``: processes holding the same ``z`` that share the subset solves out
+    (:mod:`.shared_subsets`); every one of them calls this with the same arguments.
 
     Same arguments and the same ``value``: ``value = sum(weights * (unconditional -
     conditional))`` over the groups (sorted ``group_ids``), ``weights`` = p(b),
@@ -238,7 +243,9 @@ def diffusion_spectral_mutual_information_terms(
     s = float("nan") if knn is not None else resolve_sigma(sigma, x, seed)
     check_solver(solver)
     check_options(lanczos_options)
-    entropies = diffusion_subset_entropies(x, s, t, solver, seed, streamed, lanczos_options, alpha, knn)
+    group = subset_group if subset_group is not None else RowGroup.single()
+    entropies = shared_subset_entropies(
+        diffusion_subset_entropies(x, s, t, solver, seed, streamed, lanczos_options, alpha, knn), group, x)
     too_large = None
     try:
         terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
@@ -250,7 +257,8 @@ def diffusion_spectral_mutual_information_terms(
         too_large = str(err)
     if too_large is not None:  # outside the handler: its traceback would keep the exact path's memory
         del entropies
-        entropies = diffusion_subset_entropies(x, s, t, "lanczos", seed, True, lanczos_options, alpha, knn)
+        entropies = shared_subset_entropies(
+            diffusion_subset_entropies(x, s, t, "lanczos", seed, True, lanczos_options, alpha, knn), group, x)
         terms = _mutual_information(x.shape[0], g, entropies, num_repetitions, seed, max_n)
         terms = replace(terms, fallback=f"{too_large} Used the streamed approximate solver instead.")
     return terms

@@ -28,7 +28,7 @@ from ..registry.layer import compute_layer
 from .config import FALLBACK_CLUSTERS, MonitorConfig
 from .policies import Frozen, layer_scale
 from .measurement import Measurement, ReferenceGroups
-from .shares import Share, assign_units, layer_units, merge_parts, unit_of
+from .shares import Share, layer_units, merge_parts, plan_deal, unit_of
 
 
 def make_groups(
@@ -97,6 +97,7 @@ def compute_measurement(
     previous: Optional[dict[str, torch.Tensor]] = None,
     share: Optional[Share] = None,
     row_group: Optional[RowGroup] = None,
+    subset_group: Optional[RowGroup] = None,
 ) -> Measurement:
     """Every configured metric of every layer, plus its ``sigma_ratio``; a failing metric is skipped alone.
 
@@ -110,25 +111,34 @@ def compute_measurement(
     merged with the other ranks' by :func:`merge_measurements`. ``row_group``: the ranks that split
     DSE's kernel rows (:mod:`.row_sharding`): every one of them computes every layer's DSE together
     (in layer order; the unit's owner keeps the value), so each must call this with the same arguments.
+    ``subset_group``: the ranks, when DSMI's subset solves may be shared out among them
+    (:mod:`dse_monitor.functional.shared_subsets`): done where the deal is faster for it (:func:`.shares.plan_deal`).
     """
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
     out = Measurement(step, notes=list(groups.notes), aliases=identical_layers(features), groups=groups)
     split = row_group is not None
     todo = _layer_plan(config, features, groups, out.aliases, previous, split)
-    deal = None if share is None else assign_units([u for _, _, _, units, _ in todo for u in units], share.world)
-    for layer, z, metrics, units, refs in todo:
+    units = [u for _, _, _, layer_units_, _ in todo for u in layer_units_]
+    deal, together = (None, set()) if share is None else plan_deal(
+        units, share.world, rows_split=split, share_subsets=subset_group is not None)
+    rank = 0 if share is None else share.rank
+    for layer, z, metrics, layer_units_, refs in todo:
         unit = {m: unit_of(m, metrics, split) for m in metrics}
-        mine = metrics if deal is None else [m for m in metrics if deal[(layer, unit[m])] == share.rank]
-        primary = deal is None or deal[(layer, units[0].root)] == share.rank  # records the layer itself
+        mine = [m for m in metrics if deal is None or ((layer, unit[m]) not in together and deal[(layer, unit[m])] == rank)]
+        primary = deal is None or deal[(layer, layer_units_[0].root)] == rank  # records the layer itself
         if primary or mine:
-            _measure_layer(config, out, layer, z, metrics, mine, primary, refs, frozen, bad_inputs, row_group)
-        joined = [m for m in metrics if split and unit[m] == "dse" and m not in mine]
-        if joined:  # DSE of split rows: this rank takes its part in the collective solve, the owner keeps the value
-            _measure_layer(config, Measurement(step), layer, z, metrics, joined, False, refs, frozen, bad_inputs,
-                           row_group)
-        rank = 0 if share is None else share.rank
-        out.computed_by.update({f"{layer}/{unit[m]}": -1 if split and unit[m] == "dse" else rank for m in mine})
+            _measure_layer(config, out, layer, z, metrics, mine, primary, refs, frozen, bad_inputs)
+        out.computed_by.update({f"{layer}/{unit[m]}": rank for m in mine})
+        # units computed by all ranks together, in the same order on every rank (each is a collective):
+        # DSE on a kernel whose rows are split, DSMI whose subset solves are shared out; the owner keeps them
+        for u in (u for u in layer_units_ if (layer, u.root) in together):
+            owner = deal[(layer, u.root)] == rank
+            extra = {"row_group": row_group} if u.root == "dse" else {"subset_group": subset_group}
+            _measure_layer(config, out if owner else Measurement(step), layer, z, metrics,
+                           [m for m in metrics if unit[m] == u.root], False, refs, frozen, bad_inputs, extra)
+            if owner:
+                out.computed_by[f"{layer}/{u.root}"] = -1
     out.duration_s = time.perf_counter() - start
     return out if share is not None else finish_measurement(config, out, frozen, previous)
 
@@ -156,8 +166,9 @@ def _layer_plan(config: MonitorConfig, features: dict[str, torch.Tensor], groups
 
 def _measure_layer(config: MonitorConfig, out: Measurement, layer: str, z: torch.Tensor, metrics: list[str],
                    mine: list[str], primary: bool, refs: dict[str, Optional[torch.Tensor]], frozen: Frozen,
-                   bad_inputs: Optional[torch.Tensor], row_group: Optional[RowGroup] = None) -> None:
-    """The ``mine`` metrics of one layer into ``out``; ``primary``: also the layer's own records."""
+                   bad_inputs: Optional[torch.Tensor], together: Optional[dict] = None) -> None:
+    """The ``mine`` metrics of one layer into ``out``; ``primary``: also the layer's own records;
+    ``together``: the settings that make them collectives (``row_group``, ``subset_group``)."""
     step = out.step
     if config.device is not None:
         z = z.to(config.device)
@@ -185,7 +196,7 @@ def _measure_layer(config: MonitorConfig, out: Measurement, layer: str, z: torch
         out.sigmas[layer] = float(scale.settings.sigma)
         if gaussian:
             out.values[config.key(layer, "sigma_ratio")] = ratio
-    settings = scale.settings if row_group is None else replace(scale.settings, row_group=row_group)
+    settings = scale.settings if not together else replace(scale.settings, **together)
     results, failures = compute_layer(z, mine, refs, settings)
     for name in mine:
         result = results.get(name)

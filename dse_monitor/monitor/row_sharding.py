@@ -56,8 +56,15 @@ def row_group(trainer: Any, config: Optional[MonitorConfig] = None, n: Optional[
     ``all_gather(t)`` stacked ``[world, *t.shape]``; the tensors travel on the strategy's
     ``root_device`` (NCCL needs them on the rank's GPU).
     """
+    if config is not None and not shards_dse(config, n):
+        return None
+    return rank_group(trainer)
+
+
+def rank_group(trainer: Any) -> Optional[RowGroup]:
+    """The trainer's ranks as a :class:`RowGroup` over ``trainer.strategy.all_gather`` (None on one process)."""
     world = int(getattr(trainer, "world_size", 1))
-    if world <= 1 or (config is not None and not shards_dse(config, n)):
+    if world <= 1:
         return None
     strategy = trainer.strategy
     return RowGroup(int(trainer.global_rank), world, strategy.all_gather, getattr(strategy, "root_device", None))

@@ -25,7 +25,7 @@ from .config import MonitorConfig
 from .probe import ProbeSet
 from .report import Reporter
 from .reuse import ValidationReuse
-from .row_sharding import lanczos_for_auto, row_group
+from .row_sharding import lanczos_for_auto, rank_group, row_group
 from .schedule import Position
 from .shares import Share
 from .sinks import Sinks
@@ -158,7 +158,7 @@ class MeasurementSequence(MonitorParts):
         try:
             part = compute_measurement(self.config, features.features, groups, step, frozen,
                                        bad_inputs=features.bad_inputs, previous=self._previous, share=share,
-                                       row_group=rows)
+                                       row_group=rows, subset_group=rank_group(trainer))
         except Exception as err:  # noqa: BLE001 - this rank's values are lost, the others' are logged
             part = Measurement(step, groups=groups, notes=[
                 f"DSEMonitor: rank {share.rank}'s share of the measurement at epoch {step} failed "

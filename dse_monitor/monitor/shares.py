@@ -26,7 +26,7 @@ import torch
 
 from ..registry import METRICS
 
-__all__ = ["Share", "Unit", "assign_units", "layer_units", "merge_parts", "root_metric", "unit_of"]
+__all__ = ["Share", "Unit", "assign_units", "layer_units", "merge_parts", "plan_deal", "root_metric", "unit_of"]
 
 
 @dataclass(frozen=True)
@@ -97,6 +97,38 @@ def assign_units(units: Sequence[Unit], world: int) -> dict[tuple[str, str], int
         load[rank] += units[i].cost
         deal[(units[i].layer, units[i].root)] = rank
     return deal
+
+
+def plan_deal(units: Sequence[Unit], world: int, rows_split: bool = False, share_subsets: bool = False
+              ) -> tuple[dict[tuple[str, str], int], set[tuple[str, str]]]:
+    """``(deal, together)``: each unit's rank, and the units that every rank computes together.
+
+    Together: DSE when the kernel's rows are split (``rows_split``), and, where ``share_subsets``
+    allows it and it shortens the longest rank's work, every DSMI unit, whose subset solves
+    are then shared out (each rank 1/W of its cost); the rest is dealt by :func:`assign_units`.
+    A unit computed together still has an owner, who keeps its values.
+
+    >>> units = [Unit("a", "dsmi_y", 6.0), Unit("a", "dsmi_x", 6.0), Unit("a", "cse", 1.0)]
+    >>> plan_deal(units, 4)[1], sorted(plan_deal(units, 4, share_subsets=True)[1])
+    (set(), [('a', 'dsmi_x'), ('a', 'dsmi_y')])
+    """
+    fixed = {(u.layer, u.root) for u in units if rows_split and u.root == "dse"}
+
+    def longest(together: set) -> tuple[float, dict]:
+        rest = [u if (u.layer, u.root) not in together else Unit(u.layer, u.root, 0.0) for u in units]
+        deal = assign_units(rest, world)
+        load = [0.0] * world
+        for u in rest:
+            load[deal[(u.layer, u.root)]] += u.cost
+        shared = sum(u.cost for u in units if (u.layer, u.root) in together and u.root.startswith("dsmi")) / world
+        return max(load) + shared, deal
+
+    plain_time, plain = longest(fixed)
+    if not share_subsets:
+        return plain, fixed
+    together = fixed | {(u.layer, u.root) for u in units if u.root.startswith("dsmi")}
+    shared_time, shared = longest(together)
+    return (shared, together) if shared_time < plain_time else (plain, fixed)
 
 
 def merge_parts(parts: Sequence, sort_key: Callable[[str], Any]):

@@ -46,6 +46,9 @@ class MetricSettings:
     #: Processes that split the rows of DSE's Lanczos kernel (:mod:`dse_monitor.functional.row_operator`);
     #: all of them must compute ``dse`` of the same layer together. None: this process alone.
     row_group: Optional[RowGroup] = field(default=None, compare=False)
+    #: Processes that share DSMI's subset solves out (:mod:`dse_monitor.functional.shared_subsets`); all of
+    #: them must compute the same DSMI together. None: this process alone.
+    subset_group: Optional[RowGroup] = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ def _dsmi(z: torch.Tensor, groups: Optional[torch.Tensor], s: MetricSettings) ->
     terms = diffusion_spectral_mutual_information_terms(
         z, groups=groups, sigma=s.sigma, t=s.t, num_repetitions=s.num_repetitions, seed=s.seed, dtype=s.dtype,
         solver=s.solver, memory_fallback=s.memory_fallback, kernel=s.kernel, k=s.k, alpha=s.alpha,
+        subset_group=s.subset_group,
     )
     return MetricResult(float(terms.value), None, terms.fallback)
 

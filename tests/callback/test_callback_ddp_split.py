@@ -14,11 +14,11 @@ from dse_monitor import DSEMonitor
 LAYERS = ["net.2", "net.4", "net.6", "net.8"]  # the four ReLUs
 
 
-def _fit(root, split=True, **kw):
+def _fit(root, split=True, layers=LAYERS, metrics=("dse", "dse_norm", "dsmi_y"), **kw):
     torch.manual_seed(5)
     # lr=0: the model stays identical whatever the batch split, so every run measures the same network
     model = LitClassifier(net=deep_mlp(), n_train=64, n_val=64, lr=0.0)
-    monitor = DSEMonitor(layers=LAYERS, num_samples=48, metrics=["dse", "dse_norm", "dsmi_y"], sigma="median_init",
+    monitor = DSEMonitor(layers=layers, num_samples=48, metrics=list(metrics), sigma="median_init",
                          split_over_ranks=split, at_init=False)
     L.Trainer(callbacks=[monitor, WritesLastMeasurement(monitor, root / "last")],
               **trainer_kwargs(root, max_epochs=1, **kw)).fit(model)
@@ -50,4 +50,17 @@ def test_ranks_split_the_units_and_every_rank_holds_the_single_process_values(tm
     assert sorted(k for k in single["values"] if not k.endswith("/sigma")) == sorted(keys)
     for key, value in single["values"].items():  # the forward pass on another batch split: float32 rounding
         assert math.isfinite(value)
+        assert split["rank0"]["values"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
+
+
+def test_one_layers_dsmi_is_computed_by_both_ranks_each_solving_its_share_of_the_subsets(tmp_path):
+    kw = dict(layers=["net.8"], metrics=("dsmi_y", "cse"))
+    single = _run(tmp_path / "single", **kw)["rank0"]
+    split = _run(tmp_path / "split", strategy="ddp_spawn", devices=2, **kw)
+    # two units on two ranks: DSMI (costlier) shared out beats dealing whole units
+    assert split["rank0"]["computed_by"] == split["rank1"]["computed_by"]
+    assert split["rank0"]["computed_by"]["net.8/dsmi_y"] == -1 and split["rank0"]["computed_by"]["net.8/cse"] in (0, 1)
+    assert split["rank0"]["values"] == split["rank1"]["values"]
+    assert sorted(split["rank0"]["values"]) == sorted(single["values"])
+    for key, value in single["values"].items():
         assert split["rank0"]["values"][key] == pytest.approx(value, rel=1e-5, abs=1e-6), key
