@@ -63,7 +63,9 @@ def choose_on_device(op: str, n: int, key: tuple, make_proxy: Callable[[int], Ca
     the same matrix cast to float64 in 4.4 ms: no fixed rule is right on every build and size."""
     if len(libs) == 1:
         return libs[0]
-    full_key = (op, max(int(n), 1).bit_length(), str(device)) + key
+    # by the device's model, not its index: DDP ranks on cuda:0 and cuda:1 share their choices (choices.py)
+    model = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+    full_key = (op, max(int(n), 1).bit_length(), model) + key
     with _LOCK:
         lib = _CHOICES.get(full_key)
         if lib is None:

@@ -59,8 +59,7 @@ class _Tap:
         if product.dtype not in (torch.float32, torch.float64):
             return False
         # TF32 (or bf16) products on CUDA round far more than float32: no bound to certify with
-        return product.device.type == "cpu" or product.dtype == torch.float64 or (
-            torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32)
+        return product.device.type == "cpu" or product.dtype == torch.float64 or _ieee_float32_matmul()
 
     def rank(self, rows_to_distances) -> None:
         index, value = [], []
@@ -72,6 +71,17 @@ class _Tap:
             index.append(i)
             value.append(v.double())
         self.candidates = NeighbourCandidates(torch.cat(index), torch.cat(value), torch.finfo(d.dtype).eps / 2)
+
+
+def _ieee_float32_matmul() -> bool:
+    """Whether CUDA float32 products run in IEEE float32 (no TF32); False when that cannot be told."""
+    try:
+        fp32 = getattr(getattr(torch.backends.cuda.matmul, "fp32_precision", None), "lower", None)
+        if fp32 is not None:  # the newer API; reading the older one after it was used raises
+            return torch.backends.cuda.matmul.fp32_precision.lower() == "ieee"
+        return torch.get_float32_matmul_precision() == "highest" and not torch.backends.cuda.matmul.allow_tf32
+    except Exception:  # noqa: BLE001 - then the candidates are not taken: knn_acc makes its own
+        return False
 
 
 _TAP: contextvars.ContextVar[Optional[_Tap]] = contextvars.ContextVar("dse_kernel_neighbours", default=None)

@@ -56,6 +56,7 @@ def knn_accuracy(z: Any, labels: Any, k: int = 10, *, chunk_entries: int = KNN_C
         1.0
     """
     check_int(k, "k")
+    given_dtype = as_tensor(z, "z").dtype
     x = check_features(z, dtype=torch.float64)
     y = as_tensor(labels, "labels").reshape(-1).to(x.device)
     n = x.shape[0]
@@ -69,8 +70,11 @@ def knn_accuracy(z: Any, labels: Any, k: int = 10, *, chunk_entries: int = KNN_C
     norms = (x * x).sum(dim=1)  # uncentred, as scikit-learn's rounding sees them
     tie_tol = 1e-10 * (norms + norms.max())  # within scikit-learn's float64 rounding: a tie to break
     rows = _Rows(x - x.mean(dim=0))  # centred: distances unchanged, the float32 product loses less
+    # the candidates' bound holds for a product of these very values: not one rounded below their precision
     given = candidates if candidates is not None and candidates.index.shape[0] == n and \
-        candidates.index.shape[1] >= min(k + 1, n - 1) else None
+        candidates.index.shape[1] >= min(k + 1, n - 1) and \
+        candidates.unit_roundoff <= torch.finfo(given_dtype if given_dtype.is_floating_point else torch.float64).eps / 2 \
+        else None
     step = max(1, min(n, chunk_entries // n))
     correct = 0
     for start in range(0, n, step):

@@ -277,10 +277,12 @@ def plan_storage(
     When ``streamed`` is None the operator is dense if the matrix fits in ``memory_limit``
     (default: 80% of the free memory of the device) in the compute dtype, else dense float32
     if the compute dtype is float64 and that fits, else streamed. A float64 matrix that would
-    take more than ``FLOAT32_FIRST`` of the limit is stored in float32 even where it fits: the
-    kernel's rounding (u = 6e-8 relative) moves the entropy far less than the estimate's own
-    error, and half the memory leaves the device to the training (N = 100,000 on an H200:
-    38.5 GiB instead of 76 GiB). Raises ``MemoryError`` naming the sizes when even the
+    take more than ``FLOAT32_FIRST`` of the limit is built in float32 even where it fits (also
+    when float64 was asked for: storage follows memory here, as when float64 does not fit): its
+    entries carry about sqrt(D) u ||b||^2 of rounding in the exponent (u = 6e-8), which moved the
+    entropy by 6e-8 bits in a check against float64 with the bounds still holding, far below the
+    estimate's own error, and half the memory leaves the device to the training (N = 100,000
+    on an H200: 38.5 GiB instead of 76 GiB). Raises ``MemoryError`` naming the sizes when even the
     streamed operator does not fit.
 
     >>> plan_storage(20_000, 64, torch.float64, torch.device("cpu"), None, memory_limit=8 * 2**30)

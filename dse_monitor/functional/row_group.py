@@ -110,6 +110,9 @@ class RowGroup:
         if fingerprint is not None:
             padded[:, -1] = fingerprint
         stacked = self.gather(padded)  # [world, b, width]
+        if fingerprint is not None and bool(stacked[:, :, -1].isnan().any()):
+            raise RuntimeError("another rank failed its part of the kernel product (its error is reported "
+                               "there); this DSE is skipped on every rank")
         if fingerprint is not None and not bool((stacked[:, :, -1] == stacked[:1, :, -1]).all()):
             raise RuntimeError(
                 "the ranks multiplied different vectors by their kernel rows: their Lanczos bookkeeping "

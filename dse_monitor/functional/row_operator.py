@@ -84,22 +84,34 @@ class RowShardedOperator:
         op = cls(n, 0.0, 0.0, "streamed" if streamed else "dense", dtype, x.device, group, start, stop,
                  x - x.mean(dim=0, keepdim=True), torch.empty(0, dtype=dtype), sigma=sigma, block_size=block_size)
         with torch.no_grad():
-            if streamed:
-                q_own = torch.cat([g.double().sum(dim=1) for _, g in op._affinity_blocks()])
-            else:  # G of the own rows, scaled into K in place below: the share's only N-wide storage
-                op.local_k = op._affinity(start, stop)
-                q_own = op.local_k.double().sum(dim=1)
+            failed = None  # a rank that fails still joins every gather (NaN), so that all ranks raise together
+            try:
+                if streamed:
+                    q_own = torch.cat([g.double().sum(dim=1) for _, g in op._affinity_blocks()])
+                else:  # G of the own rows, scaled into K in place below: the share's only N-wide storage
+                    op.local_k = op._affinity(start, stop)
+                    q_own = op.local_k.double().sum(dim=1)
+            except Exception as err:  # noqa: BLE001 - e.g. out of memory on this rank alone
+                failed, op.local_k = err, None
+                q_own = torch.full((stop - start,), float("nan"), dtype=torch.float64, device=x.device)
             q = group.gather_columns(q_own[None], n)[0]
+            if not bool(torch.isfinite(q).all()):
+                _raise_together(failed, "build its kernel rows")
             c = q.rsqrt() if not alpha else density_scaling(q, op._affinity_times, alpha)
             op.scale = c.to(dtype)
-            if streamed:
-                frob = sum(_sum_of_squares(op._scaled(lo, g)) for lo, g in op._affinity_blocks())
-                diag = c[start:stop].square().sum()  # G_ii = 1
-            else:
-                op.local_k.mul_(op.scale[start:stop, None]).mul_(op.scale[None, :])
-                frob = _sum_of_squares(op.local_k)
-                diag = op.local_k.diagonal(offset=start).double().sum()
+            try:
+                if streamed:
+                    frob = sum(_sum_of_squares(op._scaled(lo, g)) for lo, g in op._affinity_blocks())
+                    diag = c[start:stop].square().sum()  # G_ii = 1
+                else:
+                    op.local_k.mul_(op.scale[start:stop, None]).mul_(op.scale[None, :])
+                    frob = _sum_of_squares(op.local_k)
+                    diag = op.local_k.diagonal(offset=start).double().sum()
+            except Exception as err:  # noqa: BLE001
+                failed, diag, frob = err, float("nan"), float("nan")
             totals = group.sum(torch.tensor([float(diag), frob], dtype=torch.float64, device=x.device))
+            if not bool(torch.isfinite(totals).all()):
+                _raise_together(failed, "scale its kernel rows")
         op.trace, op.frobenius_sq = float(totals[0]), float(totals[1])
         return op
 
@@ -133,15 +145,26 @@ class RowShardedOperator:
         """``xt @ K`` for ``xt`` [b, N] (the same on every rank), in ``xt``'s dtype: one all-gather."""
         self.products += 1
         y = xt.to(self.dtype)
+        failed = None
         with torch.no_grad(), torch_threads(self.product_threads):
-            if self.mode == "dense":
-                own = y @ self.local_k.T  # [b, rows]: the columns R of x K, K symmetric
-            else:
-                ys = (y * self.scale[None, :]).contiguous()
-                own = torch.cat([ys @ g.T for _, g in self._affinity_blocks()], dim=1)
-                own.mul_(self.scale[None, self.start : self.stop])
-            fingerprint = xt.double().sum(dim=1)
-            return self.group.gather_columns(own.to(xt.dtype), self.n, fingerprint.to(xt.dtype))
+            try:
+                if self.mode == "dense":
+                    own = y @ self.local_k.T  # [b, rows]: the columns R of x K, K symmetric
+                else:
+                    ys = (y * self.scale[None, :]).contiguous()
+                    own = torch.cat([ys @ g.T for _, g in self._affinity_blocks()], dim=1)
+                    own.mul_(self.scale[None, self.start : self.stop])
+                fingerprint = xt.double().sum(dim=1)
+            except Exception as err:  # noqa: BLE001 - joins the gather with NaN: every rank raises below
+                failed = err
+                own = xt.new_full((xt.shape[0], self.stop - self.start), float("nan"), dtype=self.dtype)
+                fingerprint = xt.new_full((xt.shape[0],), float("nan"), dtype=torch.float64)
+            try:
+                return self.group.gather_columns(own.to(xt.dtype), self.n, fingerprint.to(xt.dtype))
+            except RuntimeError:
+                if failed is not None:
+                    raise failed
+                raise
 
     def matmat(self, x: torch.Tensor) -> torch.Tensor:
         """``K @ x`` for ``x`` [N, b] (a collective, see :meth:`rmatmat`)."""
@@ -167,3 +190,11 @@ class RowShardedOperator:
         item = torch.empty((), dtype=self.dtype).element_size()
         rows = self.stop - self.start if self.mode == "dense" else min(self.block_size, self.stop - self.start)
         return rows * self.n * item + self.z.numel() * self.z.element_size() + self.scale.numel() * item
+
+
+def _raise_together(failed: BaseException | None, what: str) -> None:
+    """Raise on every rank once a rank could not ``what``: its own error there, a RuntimeError elsewhere."""
+    if failed is not None:
+        raise failed
+    raise RuntimeError(f"another rank failed to {what} (its error is reported there); this DSE is skipped on "
+                       "every rank")

@@ -116,29 +116,34 @@ def compute_measurement(
     """
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
-    out = Measurement(step, notes=list(groups.notes), aliases=identical_layers(features), groups=groups)
+    rank = 0 if share is None else share.rank
+    notes = list(groups.notes) if rank == 0 else []  # said once, by rank 0's part
+    out = Measurement(step, notes=notes, aliases=identical_layers(features), groups=groups)
     split = row_group is not None
     todo = _layer_plan(config, features, groups, out.aliases, previous, split)
     units = [u for _, _, _, layer_units_, _ in todo for u in layer_units_]
     deal, together = (None, set()) if share is None else plan_deal(
         units, share.world, rows_split=split, share_subsets=subset_group is not None)
-    rank = 0 if share is None else share.rank
+    scales: dict = {}  # each layer's scale once per measurement, whichever call needs it first
+    # First the units that all ranks compute together, in layer order on every rank (each is a
+    # collective: DSE on a kernel whose rows are split, DSMI whose subset solves are shared out; the
+    # owner keeps the values), then each rank's own units: no rank waits for another's own work.
+    for layer, z, metrics, layer_units_, refs in todo:
+        for u in (u for u in layer_units_ if (layer, u.root) in together):
+            owner = deal[(layer, u.root)] == rank
+            extra = {"row_group": row_group} if u.root == "dse" else {"subset_group": subset_group}
+            _measure_layer(config, out if owner else Measurement(step), layer, z, metrics,
+                           [m for m in metrics if unit_of(m, metrics, split) == u.root], False, refs, frozen,
+                           bad_inputs, scales, extra)
+            if owner:
+                out.computed_by[f"{layer}/{u.root}"] = -1
     for layer, z, metrics, layer_units_, refs in todo:
         unit = {m: unit_of(m, metrics, split) for m in metrics}
         mine = [m for m in metrics if deal is None or ((layer, unit[m]) not in together and deal[(layer, unit[m])] == rank)]
         primary = deal is None or deal[(layer, layer_units_[0].root)] == rank  # records the layer itself
         if primary or mine:
-            _measure_layer(config, out, layer, z, metrics, mine, primary, refs, frozen, bad_inputs)
+            _measure_layer(config, out, layer, z, metrics, mine, primary, refs, frozen, bad_inputs, scales)
         out.computed_by.update({f"{layer}/{unit[m]}": rank for m in mine})
-        # units computed by all ranks together, in the same order on every rank (each is a collective):
-        # DSE on a kernel whose rows are split, DSMI whose subset solves are shared out; the owner keeps them
-        for u in (u for u in layer_units_ if (layer, u.root) in together):
-            owner = deal[(layer, u.root)] == rank
-            extra = {"row_group": row_group} if u.root == "dse" else {"subset_group": subset_group}
-            _measure_layer(config, out if owner else Measurement(step), layer, z, metrics,
-                           [m for m in metrics if unit[m] == u.root], False, refs, frozen, bad_inputs, extra)
-            if owner:
-                out.computed_by[f"{layer}/{u.root}"] = -1
     out.duration_s = time.perf_counter() - start
     return out if share is not None else finish_measurement(config, out, frozen, previous)
 
@@ -166,9 +171,12 @@ def _layer_plan(config: MonitorConfig, features: dict[str, torch.Tensor], groups
 
 def _measure_layer(config: MonitorConfig, out: Measurement, layer: str, z: torch.Tensor, metrics: list[str],
                    mine: list[str], primary: bool, refs: dict[str, Optional[torch.Tensor]], frozen: Frozen,
-                   bad_inputs: Optional[torch.Tensor], together: Optional[dict] = None) -> None:
+                   bad_inputs: Optional[torch.Tensor], scales: Optional[dict] = None,
+                   together: Optional[dict] = None) -> None:
     """The ``mine`` metrics of one layer into ``out``; ``primary``: also the layer's own records;
-    ``together``: the settings that make them collectives (``row_group``, ``subset_group``)."""
+    ``scales``: the layers' scales of this measurement (kept, so that a frozen sigma chosen by an
+    earlier call is still reported by the primary one); ``together``: the settings that make them
+    collectives (``row_group``, ``subset_group``)."""
     step = out.step
     if config.device is not None:
         z = z.to(config.device)
@@ -182,7 +190,10 @@ def _measure_layer(config: MonitorConfig, out: Measurement, layer: str, z: torch
                                for k in logged_names(m, config.settings())})
         return
     try:
-        scale = layer_scale(config, layer, z, frozen)
+        scales = {} if scales is None else scales
+        if layer not in scales:
+            scales[layer] = layer_scale(config, layer, z, frozen)
+        scale = scales[layer]
     except Exception as err:  # noqa: BLE001 - e.g. no features: every metric of the layer fails alike
         if primary:
             out.failures[layer] = {m: f"{type(err).__name__}: {err}" for m in metrics}

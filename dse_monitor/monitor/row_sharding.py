@@ -20,6 +20,8 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+import torch
+
 from ..functional.row_group import RowGroup
 from ..functional.solver import AUTO_EXACT_N, choose_solver
 from ..registry import METRICS
@@ -82,5 +84,5 @@ def lanczos_for_auto(config: MonitorConfig, features: Any) -> bool:
         return True
     t = config.t if isinstance(config.t, (int, float)) else 1
     zs = list(features.features.values())
-    return any(choose_solver(min(int(z.shape[0]), DSE_MAX_N), t, "auto", config.dtype or z.dtype) == "lanczos"
-               for z in zs)
+    dtype = config.dtype or torch.float64  # DSE's compute dtype when none is set
+    return any(choose_solver(min(int(z.shape[0]), DSE_MAX_N), t, "auto", dtype) == "lanczos" for z in zs)

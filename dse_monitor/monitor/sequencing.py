@@ -107,14 +107,12 @@ class MeasurementSequence(MonitorParts):
         return measurement.values
 
     def _compute_on_rank_zero(self, trainer: Any, features: ProbeFeatures, step: int) -> Measurement:
-        """Rank 0 computes every metric; the result (and the groups, the frozen scales) is broadcast.
-        With DSE's kernel rows split over the ranks, every rank computes and rank 0's result is kept."""
+        """Rank 0 computes every metric; the result (and the groups, the frozen scales) is broadcast."""
         payload = None
-        rows = row_group(trainer, self.config, len(self._state.indices))
-        if trainer.is_global_zero or rows is not None:
+        if trainer.is_global_zero:
             try:
                 measurement = measure_features(self.config, features, self._groups, step, self._state.frozen,
-                                               previous=self._previous, row_group=rows)
+                                               previous=self._previous)
                 payload = (measurement, self._state.frozen)
             except Exception as err:  # rank 0 must still reach the broadcast below
                 self._warn(trainer, f"DSEMonitor: the measurement at epoch {step} failed "
@@ -140,20 +138,23 @@ class MeasurementSequence(MonitorParts):
                 known = self._groups
                 groups = ReferenceGroups(known.labels, known.inputs, known.labels is None, known.inputs is None,
                                          [f"DSEMonitor: the reference groups failed ({type(err).__name__}: {err})."])
-            # solver="auto" must take the same path on every rank: rank 0's crossover, measured first
+            # solver="auto" must take the same path on every rank: rank 0's crossover, measured first;
+            # and rank 0 alone decides whether DSE's kernel rows are split (every rank must agree)
             zs = list(features.features.values())
+            split_rows = False
             try:
                 if zs:
                     calibrate_auto(max(int(z.shape[0]) for z in zs), self.config.solver,
-                                   self.config.dtype or zs[0].dtype)
-            except Exception:  # noqa: BLE001 - each rank then measures its own (values within the bounds)
+                                   self.config.dtype or torch.float64)
+                split_rows = row_group(trainer, self.config, len(self._state.indices)) is not None and \
+                    lanczos_for_auto(self.config, features)
+            except Exception:  # noqa: BLE001 - then no split kernel; each rank measures its own crossover
                 pass
-        groups, choices = trainer.strategy.broadcast((groups, measured_choices()), src=0)
+            decided = (groups, measured_choices(), split_rows)
+        groups, choices, split_rows = trainer.strategy.broadcast(decided if trainer.is_global_zero else None, src=0)
         adopt_choices([choices, measured_choices()])
         share = Share(int(trainer.global_rank), int(trainer.world_size))
-        rows = row_group(trainer, self.config, len(self._state.indices))  # DSE's kernel rows split over the ranks
-        if rows is not None and not lanczos_for_auto(self.config, features):
-            rows = None  # auto takes the exact path here (the ranks share rank 0's crossover): no split kernel
+        rows = rank_group(trainer) if split_rows else None  # DSE's kernel rows split over the ranks
         frozen = self._state.frozen
         try:
             part = compute_measurement(self.config, features.features, groups, step, frozen,

@@ -133,7 +133,7 @@ def plan_deal(units: Sequence[Unit], world: int, rows_split: bool = False, share
 
 def merge_parts(parts: Sequence, sort_key: Callable[[str], Any]):
     """One Measurement from the ranks' parts (the first is updated): ``values`` sorted by ``sort_key``
-    (the order a single process logs them in); lists joined in rank order, each entry once."""
+    (the order a single process logs them in); lists joined in rank order."""
     out = parts[0]
     for part in parts[1:]:
         out.values.update(part.values)
@@ -143,6 +143,6 @@ def merge_parts(parts: Sequence, sort_key: Callable[[str], Any]):
         for name in ("spectra", "shapes", "sigmas", "verdicts", "computed_by"):
             getattr(out, name).update(getattr(part, name))
         for name in ("fallbacks", "notes", "info"):
-            getattr(out, name).extend(x for x in getattr(part, name) if x not in getattr(out, name))
+            getattr(out, name).extend(getattr(part, name))
     out.values = dict(sorted(out.values.items(), key=lambda kv: sort_key(kv[0])))
     return out

@@ -18,7 +18,7 @@ def test_every_way_gives_the_spectrum_and_the_measured_choice_is_kept_per_kind()
         assert torch.allclose(vals.double(), ref, rtol=0, atol=1e-5 * float(ref.abs().max()))
     backend.reset()
     try:
-        key = ("eigvalsh", 200 .bit_length(), "cpu", torch.float32, 3)
+        key = ("eigvalsh", 200 .bit_length(), "cpu", torch.float32, 3)  # by the device's model, not its index
         first = backend.choose_on_device("eigvalsh", 200, (torch.float32, 3), lambda m: _device_proxy(a, m),
                                          ("torch", "torch64"), torch.device("cpu"))
         assert first in ("torch", "torch64") and backend.choices()[key] == first

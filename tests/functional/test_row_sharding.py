@@ -46,6 +46,26 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
             lanczos_entropy(z, 2.0, 1, row_group=group, options={"memory_limit": 10**12 if rank == 0 else 1000})
         except MemoryError as err:
             res["memory"] = str(err)
+        # rank 1 alone fails (out of memory, say) building its rows, then inside a product: every rank
+        # raises, and the ranks' collectives stay in step (the next solve works)
+        own_rows = RowShardedOperator._affinity
+
+        def no_room(self, lo, hi):
+            raise MemoryError("no room on rank 1")
+
+        for when in ("build", "product"):
+            streamed = RowShardedOperator.build(z, 2.0, group, streamed=True, block_size=100)
+            if rank == 1:
+                RowShardedOperator._affinity = no_room
+            try:
+                if when == "build":
+                    lanczos_entropy(z, 2.0, 1, row_group=group)
+                else:
+                    streamed.rmatmat(x)
+            except Exception as err:  # noqa: BLE001 - recorded for the test
+                res[f"failed_{when}"] = (type(err).__name__, str(err))
+            RowShardedOperator._affinity = own_rows
+        res["after_failures"] = lanczos_entropy(z, 2.0, 1, row_group=group)
         solver.AUTO_CROSSOVER = 10 if rank == 0 else 10**6  # the ranks would choose differently
         res["auto"] = diffusion_spectral_entropy_details(z, 2.0, solver="auto", row_group=group).solver
         torch.save(res, f"{out}/rank{rank}.pt")
@@ -132,3 +152,11 @@ def test_bad_groups_are_named():
         lanczos_entropy(_clustered(200), 2.0, 1, row_group=unstacked)
     with pytest.raises(ValueError, match="kNN kernel .* is not split over processes"):
         lanczos_entropy(_clustered(200), 2.0, 1, knn=10, row_group=RowGroup(0, 2, lambda t: t))
+
+
+def test_a_rank_that_fails_its_rows_makes_every_rank_raise_and_the_next_solve_works(two_ranks):
+    for when in ("build", "product"):
+        assert two_ranks[1][f"failed_{when}"] == ("MemoryError", "no room on rank 1")
+        kind, message = two_ranks[0][f"failed_{when}"]
+        assert kind == "RuntimeError" and "another rank failed" in message
+    assert two_ranks[0]["after_failures"].value == two_ranks[1]["after_failures"].value == two_ranks[0]["est"].value
