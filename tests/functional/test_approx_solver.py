@@ -20,7 +20,7 @@ import pytest
 import torch
 
 import dse_monitor as dm
-from dse_monitor.functional import lanczos, operator, solver
+from dse_monitor.functional import lanczos, memory, operator, solver
 from dse_monitor.functional.lanczos import approximate_entropy, phi, radau_bounds
 from dse_monitor.functional.operator import KernelOperator, plan_storage
 
@@ -235,7 +235,7 @@ def test_storage_plan_and_memory_errors():
 
 
 def test_exact_path_refuses_what_cannot_fit(monkeypatch):
-    monkeypatch.setattr(operator, "available_memory", lambda device="cpu": 10_000_000)
+    monkeypatch.setattr(memory, "available_memory", lambda device="cpu": 10_000_000)  # a small device
     z = _data("isotropic", 2000)
     with pytest.raises(MemoryError, match=r"exact DSE of N=2000 points needs .*solver='lanczos'"):
         dm.diffusion_spectral_entropy(z, 2.0)
