@@ -8,8 +8,8 @@ import time
 import pytest
 import torch
 
-from dse_monitor.functional import knn
-from dse_monitor.functional.knn import _certified_candidates, knn_search
+from dse_monitor.functional import knn_search as knn_search_module
+from dse_monitor.functional.knn_search import _certified_candidates, knn_search
 from dse_monitor.functional.knn_reduced import augmented_factors, candidate_bound, float32_matmul, round_mantissa
 
 
@@ -28,8 +28,8 @@ def _route(x: torch.Tensor, k: int, bits: int, extra: int, bound_scale: float = 
     # few candidates beyond k + 1 (not 64): with 400 rows, 64 would leave few rows out
     a = x - x.mean(dim=0, keepdim=True)
     idx, redo = _certified_candidates(x, a, k, 97, bits, extra=extra, bound_scale=bound_scale)
-    d2 = knn._pair_distances(x, idx)
-    order = knn._lexsort(d2, idx)
+    d2 = knn_search_module._pair_distances(x, idx)
+    order = knn_search_module._lexsort(d2, idx)
     return idx.gather(1, order), d2.gather(1, order), redo
 
 
