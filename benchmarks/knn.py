@@ -35,7 +35,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dse_monitor.functional import diffusion_spectral_entropy_details  # noqa: E402
-from dse_monitor.functional import knn as knn_module  # noqa: E402
+from dse_monitor.functional import knn_search as knn_module  # noqa: E402
 from dse_monitor.functional.indefinite import indefinite_entropy  # noqa: E402
 from dse_monitor.functional.sparse_operator import SparseKernelOperator  # noqa: E402
 from dse_monitor.functional.spectrum import entropy_of_spectrum  # noqa: E402
