@@ -28,7 +28,7 @@ from ..registry.layer import compute_layer
 from .config import FALLBACK_CLUSTERS, MonitorConfig
 from .policies import Frozen, layer_scale
 from .measurement import Measurement, ReferenceGroups
-from .shares import Share, layer_units, merge_parts, plan_deal, unit_of
+from .shares import Share, by_layer, layer_units, merge_parts, plan_deal, unit_of
 
 
 def make_groups(
@@ -251,6 +251,7 @@ def merge_measurements(config: MonitorConfig, parts: list[Measurement], layers: 
         return (layer, 1 if name == "sigma_ratio" else 0, 0, 0)  # frozen sigma / t first, as logged
 
     out = merge_parts(parts, order)
+    out.notes, out.info = by_layer(out.notes, layers), by_layer(out.info, layers)
     out.duration_s = max(p.duration_s for p in parts)
     for part in parts_frozen:
         frozen.sigma.update(part.sigma)

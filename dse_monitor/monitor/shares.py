@@ -26,7 +26,7 @@ import torch
 
 from ..registry import METRICS
 
-__all__ = ["Share", "Unit", "assign_units", "layer_units", "merge_parts", "plan_deal", "root_metric", "unit_of"]
+__all__ = ["Share", "Unit", "assign_units", "layer_units", "by_layer", "merge_parts", "plan_deal", "root_metric", "unit_of"]
 
 
 @dataclass(frozen=True)
@@ -146,3 +146,16 @@ def merge_parts(parts: Sequence, sort_key: Callable[[str], Any]):
             getattr(out, name).extend(getattr(part, name))
     out.values = dict(sorted(out.values.items(), key=lambda kv: sort_key(kv[0])))
     return out
+
+
+def by_layer(lines: list[str], layers: Sequence[str]) -> list[str]:
+    """``lines`` in the order of the first layer each names (``'name'``), as one process writes them
+    layer by layer; lines that name none first; stable otherwise.
+
+    >>> by_layer(["layer 'b' x", "all", "layer 'a' y"], ["a", "b"])
+    ['all', "layer 'a' y", "layer 'b' x"]
+    """
+    def first(line: str) -> int:
+        return next((i for i, layer in enumerate(layers) if repr(layer) in line), -1)
+
+    return sorted(lines, key=first)
