@@ -37,7 +37,7 @@ import torch
 
 from ._checks import check_int
 from ._threads import torch_threads
-from .kernel import gaussian_affinity
+from .kernel import gaussian_affinity, in_factored_range, scaled_rows
 from .knn import density_scaling
 from .operator import DEFAULT_BLOCK_SIZE, _sum_of_squares, round_rows_to_float32
 from .row_group import RowGroup
@@ -62,13 +62,14 @@ class RowShardedOperator:
     group: RowGroup
     start: int
     stop: int
-    z: torch.Tensor  # all N centred features
+    z: torch.Tensor  # all N centred features (factored form: scaled by 1 / sigma)
     scale: torch.Tensor  # all N of c (K = C G C; q^-1/2 without density normalisation), storage dtype
     local_k: torch.Tensor | None = None  # K[start:stop, :], dense mode
     sigma: float = 1.0
     block_size: int = DEFAULT_BLOCK_SIZE
     products: int = 0
     product_threads: int = 0
+    outer: torch.Tensor | None = None  # factored form: r = exp(-||b||^2 / 2), G = diag(r) exp(b b^T) diag(r)
 
     @classmethod
     def build(
@@ -81,8 +82,12 @@ class RowShardedOperator:
         x = z.detach().to(dtype)
         n = x.shape[0]
         start, stop = group.share(n)
+        centre = x.mean(dim=0, keepdim=True)
+        b, half_sq = scaled_rows(x, centre, sigma)
+        factored = in_factored_range(half_sq)  # as the whole kernel is built: one exp pass a block
         op = cls(n, 0.0, 0.0, "streamed" if streamed else "dense", dtype, x.device, group, start, stop,
-                 x - x.mean(dim=0, keepdim=True), torch.empty(0, dtype=dtype), sigma=sigma, block_size=block_size)
+                 b if factored else x - centre, torch.empty(0, dtype=dtype), sigma=sigma, block_size=block_size,
+                 outer=half_sq.neg().exp_() if factored else None)
         with torch.no_grad():
             failed = None  # a rank that fails still joins every gather (NaN), so that all ranks raise together
             try:
@@ -119,6 +124,8 @@ class RowShardedOperator:
     def _affinity(self, lo: int, hi: int) -> torch.Tensor:
         """``G[lo:hi, :]`` (global row indices) from the centred features, in the storage dtype."""
         z = self.z
+        if self.outer is not None:
+            return (z[lo:hi] @ z.T).exp_().mul_(self.outer[lo:hi, None]).mul_(self.outer[None, :])
         sq = (z * z).sum(dim=1)
         d = z[lo:hi] @ z.T
         d.mul_(-2).add_(sq[lo:hi, None]).add_(sq[None, :]).clamp_min_(0)
