@@ -34,10 +34,9 @@ from .health import (
 )
 from .kernel import diffusion_kernel, resolve_sigma, squared_distances
 from .lanczos import EntropyEstimate
+from .classic_mutual_information import classic_shannon_mutual_information, classic_shannon_mutual_information_terms
 from .mutual_information import (
     MutualInformationTerms,
-    classic_shannon_mutual_information,
-    classic_shannon_mutual_information_terms,
     diffusion_spectral_mutual_information,
     diffusion_spectral_mutual_information_terms,
 )
