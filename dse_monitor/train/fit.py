@@ -24,7 +24,8 @@ __all__ = ["config_error_message", "run_fit", "set_default_threads"]
 DEBUG_ENV = "DSE_MONITOR_DEBUG"
 MAX_LINES = 15  # the messages of this package fit that (a dataset's file list)
 # jsonargparse raises (to be shown as one message) instead of printing the whole usage and exiting
-_PARSER_KWARGS = {"exit_on_error": False, **{c: {"exit_on_error": False} for c in ("fit", "validate", "test")}}
+_PARSER_KWARGS = {"prog": "dse-monitor", "exit_on_error": False,
+                  **{c: {"exit_on_error": False} for c in ("fit", "validate", "test")}}
 
 
 def _cli_class(model_key: str = "model") -> type:
@@ -179,7 +180,9 @@ def run_fit(args: Sequence[str], debug: bool = False) -> int:
     subclass = _names_a_model_class(args)
     cli_cls = _cli_class("model.init_args" if subclass else "model")
     debug = debug or bool(os.environ.get(DEBUG_ENV))
-    argv, sys.argv = sys.argv, ["dse-monitor", *args]  # LightningCLI reads them (it warns when also given args)
+    # LightningCLI reads them (it warns when also given args); argv[0] stays the program's path, which
+    # Lightning's DDP launcher runs again in each new process (`python <argv[0]> <args>`)
+    argv, sys.argv = sys.argv, [sys.argv[0] if sys.argv else "dse-monitor", *args]
     try:
         cli_cls(pl.LightningModule if subclass else ImageClassifier, ImageDataModule,
                 subclass_mode_model=subclass, save_config_kwargs={"overwrite": True},

@@ -168,3 +168,22 @@ def test_recorded_accuracies_are_only_those_logged_in_each_validation(tmp_path):
     trainer.fit(EveryOther(), data, data)
     assert scalars.history["val_acc"] == pytest.approx({1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4})
     assert scalars.history["probe_acc"] == pytest.approx({2: 1.5, 4: 3.5})  # not carried over to 3
+
+
+def test_fit_under_ddp_relaunches_the_command_in_each_process(tmp_path):
+    # Lightning's DDP launcher starts rank 1 as `python <sys.argv[0]> <args>`: the console script's own
+    # path must still be argv[0] while LightningCLI runs (it was "dse-monitor", a file in no folder)
+    root = tmp_path / "ddp"
+    exe = Path(sys.executable).with_name("dse-monitor")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    done = subprocess.run(
+        [str(exe), "fit", "--config", DIGITS, "--trainer.max_epochs", "1", "--trainer.limit_train_batches", "2",
+         "--trainer.strategy", "ddp", "--trainer.devices", "2", "--trainer.accelerator", "cpu",
+         "--trainer.default_root_dir", str(root), "--model.backbone_kwargs",
+         '{"channels": [8, 16, 32, 64], "stem_width": 8}', *TINY],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    run = read_run(root / "lightning_logs" / "version_0")
+    for metric in ("dse", "dsmi_y", "dsmi_x"):
+        assert sorted(run.curves[f"dse/penultimate/{metric}"]) == [0, 1]
+    assert "epoch  DSE(Z)  DSMI(Z;Y)  DSMI(Z;X)  val_acc" in done.stdout
