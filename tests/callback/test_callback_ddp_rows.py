@@ -11,7 +11,7 @@ from pathlib import Path
 import lightning.pytorch as L
 import pytest
 import torch
-from dse_callback_models import LitClassifier, TinyCNN, trainer_kwargs
+from dse_callback_models import LitClassifier, TinyCNN, fit_spawned, trainer_kwargs
 from lightning.pytorch.strategies import DDPStrategy
 
 from dse_monitor import DSEMonitor
@@ -42,7 +42,7 @@ class DumpGathers(L.Callback):
         Path(self.out, f"rank{trainer.global_rank}.json").write_text(json.dumps(shapes))
 
 
-def _run(root: Path, **kw) -> list[dict]:
+def _fit(root: Path, ddp: bool) -> None:
     torch.manual_seed(5)
     net = TinyCNN()
     net.features[1].momentum = 0.0  # lr=0 and frozen BatchNorm statistics: the same model whatever the split
@@ -52,24 +52,27 @@ def _run(root: Path, **kw) -> list[dict]:
     exact = DSEMonitor(num_samples=None, metrics="dse", sigma=0.1, solver="exact", dtype="float64", prefix="exact",
                        save_raw=True)
     root.mkdir(parents=True)
-    trainer = L.Trainer(callbacks=[lanczos, exact, DumpGathers(str(root))],
-                        **trainer_kwargs(root, max_epochs=1, **kw))
-    trainer.fit(model)
+    kw = dict(strategy=GatherLog(), devices=2) if ddp else {}
+    L.Trainer(callbacks=[lanczos, exact, DumpGathers(str(root))], **trainer_kwargs(root, max_epochs=1, **kw)).fit(model)
+
+
+def _run(root: Path, ddp: bool = False) -> tuple[Path, list[dict]]:
+    root = fit_spawned(lambda r: _fit(r, ddp), root)
     history = json.loads((root / "dse_monitor" / "history.json").read_text())["history"]
     exact_history = json.loads((root / "exact_monitor" / "history.json").read_text())["history"]
-    return [dict(a, **b) for a, b in zip(history, exact_history)]
+    return root, [dict(a, **b) for a, b in zip(history, exact_history)]
 
 
 def test_ddp_lanczos_splits_the_kernel_rows_and_matches_one_process(tmp_path):
-    single = _run(tmp_path / "single")
-    ddp = _run(tmp_path / "ddp", strategy=GatherLog(), devices=2)
+    _, single = _run(tmp_path / "single")
+    ddp_root, ddp = _run(tmp_path / "ddp", ddp=True)
     assert [r["epoch"] for r in ddp] == [r["epoch"] for r in single] == [0, 1]
     for a, b in zip(single, ddp):
         assert b["dse/penultimate/dse"] == pytest.approx(a["dse/penultimate/dse"], abs=1e-6)  # within 0.01 asked
         assert b["dse/penultimate/dse_norm"] == pytest.approx(a["dse/penultimate/dse_norm"], abs=1e-6)
         assert b["exact/penultimate/dse"] == pytest.approx(a["exact/penultimate/dse"], abs=1e-9)
         assert b["dse/penultimate/dse"] == pytest.approx(b["exact/penultimate/dse"], abs=0.01)
-    gathers = [json.loads((tmp_path / "ddp" / f"rank{r}.json").read_text()) for r in range(2)]
+    gathers = [json.loads((ddp_root / f"rank{r}.json").read_text()) for r in range(2)]
     assert gathers[0] == gathers[1]  # the ranks made the same collectives in the same order
     # the kernel products: [b vectors, a share of 100 rows + the operand's fingerprint]
     products = [s for s in gathers[0] if len(s) == 2 and s[1] == N_PROBE // 2 + 1]

@@ -81,11 +81,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def spawn_two(worker, out) -> list:
+    """``worker(rank, 2, port, out)`` in 2 spawned processes; what each saved. A process that dies of a
+    signal (a gloo teardown abort at exit, seen under load) reruns them once; a Python error does not."""
+    for attempt in range(2):
+        try:
+            mp.spawn(worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
+            break
+        except mp.ProcessExitedException:
+            if attempt:
+                raise
+    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+
+
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("rows")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return spawn_two(_worker, tmp_path_factory.mktemp("rows"))
 
 
 @pytest.mark.parametrize("name,kw", [("dense", {}), ("streamed", {}), ("alpha", dict(alpha=0.5)),

@@ -5,8 +5,7 @@ import numpy as np
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
-from test_row_sharding import _free_port
+from test_row_sharding import spawn_two
 
 from dse_monitor.functional.mutual_information import diffusion_spectral_mutual_information_terms
 from dse_monitor.functional.row_group import RowGroup
@@ -50,9 +49,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    out = tmp_path_factory.mktemp("subsets")
-    mp.spawn(_worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-    return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
+    return spawn_two(_worker, tmp_path_factory.mktemp("subsets"))
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
