@@ -24,7 +24,7 @@ import torch
 
 from ..functional.row_group import RowGroup
 from ..functional.solver import AUTO_EXACT_N, choose_solver
-from ..registry import METRICS
+from ..registry import root_metric
 from .config import MonitorConfig
 
 #: Points DSE keeps (``diffusion_spectral_entropy_details``' default ``max_n``, which the registry keeps).
@@ -43,7 +43,7 @@ def shards_dse(config: MonitorConfig, n: Optional[int] = None) -> bool:
     >>> shards_dse(MonitorConfig(metrics="dse", solver="auto"), n=1000)
     False
     """
-    if config.kernel != "gaussian" or not any(m == "dse" or METRICS[m].derived_from == "dse" for m in config.metrics):
+    if config.kernel != "gaussian" or not any(root_metric(m) == "dse" for m in config.metrics):
         return False
     if config.solver == "lanczos":
         return True

@@ -24,9 +24,9 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from ..registry import METRICS
+from ..registry import METRICS, root_metric
 
-__all__ = ["Share", "Unit", "assign_units", "layer_units", "by_layer", "merge_parts", "plan_deal", "root_metric", "unit_of"]
+__all__ = ["Share", "Unit", "assign_units", "layer_units", "by_layer", "merge_parts", "plan_deal", "unit_of"]
 
 
 @dataclass(frozen=True)
@@ -44,16 +44,6 @@ class Unit:
     layer: str
     root: str
     cost: float
-
-
-def root_metric(name: str) -> str:
-    """The metric that ``name`` is derived from, to the root (``"dse_norm"`` -> ``"dse"``).
-
-    >>> root_metric("dse_norm"), root_metric("dsmi_y")
-    ('dse', 'dsmi_y')
-    """
-    base = METRICS[name].derived_from
-    return name if base is None else root_metric(base)
 
 
 def unit_of(name: str, metrics: Sequence[str], rows_split: bool = False) -> str:

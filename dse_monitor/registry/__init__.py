@@ -66,7 +66,7 @@ from .computations import (
 
 __all__ = ["DEFAULT_METRICS", "DIAGNOSTICS", "HEALTH_METRICS", "METRICS", "METRIC_GROUPS", "Metric", "MetricKey",
            "MetricResult", "MetricSettings", "derive_result", "expand_metrics", "is_monitor_name", "logged_names",
-           "metric_key", "metric_names", "parse_key", "title", "unit"]
+           "metric_key", "metric_names", "parse_key", "root_metric", "title", "unit"]
 
 #: ``"previous"``: the same layer's features at the previous measurement (``cka_prev``).
 Reference = Optional[Literal["labels", "inputs", "previous"]]
@@ -185,6 +185,16 @@ def expand_metrics(names: Sequence[str]) -> list[str]:
     for name in names:
         out.extend(m for m in METRIC_GROUPS.get(name, (name,)) if m not in out)
     return out
+
+
+def root_metric(name: str) -> str:
+    """The metric that ``name`` is derived from, to the root: the one whose computation it reads.
+
+    >>> root_metric("dse_norm"), root_metric("dsmi_y")
+    ('dse', 'dsmi_y')
+    """
+    base = METRICS[name].derived_from
+    return name if base is None else root_metric(base)
 
 
 def logged_names(name: str, settings: MetricSettings) -> tuple[str, ...]:

@@ -16,13 +16,14 @@ cannot certify is ranked again in float64).
 from __future__ import annotations
 
 import dataclasses
+from contextlib import nullcontext
 from typing import Optional
 
 import torch
 
 from ..functional.kernel_neighbours import kernel_neighbours
 from ..functional.knn_vote import EXTRA_CANDIDATES
-from . import METRICS
+from . import METRICS, root_metric
 from .computations import MetricResult, MetricSettings
 
 __all__ = ["compute_layer"]
@@ -35,9 +36,9 @@ def compute_layer(
     results: dict[str, MetricResult] = {}
     failures: dict[str, str] = {}
     share_kernel = "knn_acc" in metrics and settings.kernel == "gaussian" and any(
-        _root(m) == "dse" for m in metrics)
+        root_metric(m) == "dse" for m in metrics)
     first = [m for m in metrics if not (share_kernel and m == "knn_acc")]
-    with kernel_neighbours(z.shape[0], settings.knn_k + 1 + EXTRA_CANDIDATES) if share_kernel else _no_tap() as tap:
+    with kernel_neighbours(z.shape[0], settings.knn_k + 1 + EXTRA_CANDIDATES) if share_kernel else nullcontext() as tap:
         for name in first:
             _compute(name, z, refs, settings, results, failures)
     if share_kernel:
@@ -57,16 +58,3 @@ def _compute(name: str, z: torch.Tensor, refs: dict[str, Optional[torch.Tensor]]
         failures[name] = f"MemoryError: {err} Lower num_samples."
     except Exception as err:  # noqa: BLE001 - recorded, training goes on
         failures[name] = f"{type(err).__name__}: {err}"
-
-
-def _root(name: str) -> str:
-    base = METRICS[name].derived_from
-    return name if base is None else _root(base)
-
-
-class _no_tap:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
