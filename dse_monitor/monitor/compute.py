@@ -114,6 +114,9 @@ def compute_measurement(
     ``subset_group``: the ranks, when DSMI's subset solves may be shared out among them
     (:mod:`dse_monitor.functional.shared_subsets`): done where the deal is faster for it (:func:`.shares.plan_deal`).
     """
+    if share is None and (row_group is not None or subset_group is not None):
+        raise ValueError("compute_measurement: row_group and subset_group make collectives of a rank's share; "
+                         "pass share=Share(rank, world) with them")
     start = time.perf_counter()
     frozen = frozen if frozen is not None else Frozen()
     rank = 0 if share is None else share.rank
@@ -121,24 +124,22 @@ def compute_measurement(
     out = Measurement(step, notes=notes, aliases=identical_layers(features), groups=groups)
     split = row_group is not None
     todo = _layer_plan(config, features, groups, out.aliases, previous, split)
-    units = [u for _, _, _, layer_units_, _ in todo for u in layer_units_]
+    units = [u for _, _, _, layer_units_, _, _ in todo for u in layer_units_]
     deal, together = (None, set()) if share is None else plan_deal(
         units, share.world, rows_split=split, share_subsets=subset_group is not None)
     scales: dict = {}  # each layer's scale once per measurement, whichever call needs it first
     # First the units that all ranks compute together, in layer order on every rank (each is a
     # collective: DSE on a kernel whose rows are split, DSMI whose subset solves are shared out; the
     # owner keeps the values), then each rank's own units: no rank waits for another's own work.
-    for layer, z, metrics, layer_units_, refs in todo:
+    for layer, z, metrics, layer_units_, unit, refs in todo:
         for u in (u for u in layer_units_ if (layer, u.root) in together):
             owner = deal[(layer, u.root)] == rank
             extra = {"row_group": row_group} if u.root == "dse" else {"subset_group": subset_group}
             _measure_layer(config, out if owner else Measurement(step), layer, z, metrics,
-                           [m for m in metrics if unit_of(m, metrics, split) == u.root], False, refs, frozen,
-                           bad_inputs, scales, extra)
+                           [m for m in metrics if unit[m] == u.root], False, refs, frozen, bad_inputs, scales, extra)
             if owner:
                 out.computed_by[f"{layer}/{u.root}"] = -1
-    for layer, z, metrics, layer_units_, refs in todo:
-        unit = {m: unit_of(m, metrics, split) for m in metrics}
+    for layer, z, metrics, layer_units_, unit, refs in todo:
         mine = [m for m in metrics if deal is None or ((layer, unit[m]) not in together and deal[(layer, unit[m])] == rank)]
         primary = deal is None or deal[(layer, layer_units_[0].root)] == rank  # records the layer itself
         if primary or mine:
@@ -150,7 +151,8 @@ def compute_measurement(
 
 def _layer_plan(config: MonitorConfig, features: dict[str, torch.Tensor], groups: ReferenceGroups,
                 aliases: dict[str, str], previous: Optional[dict[str, torch.Tensor]], rows_split: bool) -> list:
-    """``(layer, z, metrics, units, refs)`` of every layer measured (not a duplicate). ``previous`` is
+    """``(layer, z, metrics, units, unit, refs)`` of every layer measured (not a duplicate; ``unit``:
+    each metric's unit, :func:`.shares.unit_of`). ``previous`` is
     updated here, for every layer on every rank, so that the next measurement finds it whichever rank
     computes; ``refs["previous"]`` keeps the one before."""
     plan = []
@@ -163,7 +165,7 @@ def _layer_plan(config: MonitorConfig, features: dict[str, torch.Tensor], groups
         metrics = [m for m in config.metrics if METRICS[m].reference is None or refs[METRICS[m].reference] is not None]
         shape = (int(z.shape[0]), int(z.shape[1]) if z.ndim > 1 else 0)
         units = layer_units(layer, metrics, shape, refs, config.num_repetitions, rows_split)
-        plan.append((layer, z, metrics, units, refs))
+        plan.append((layer, z, metrics, units, {m: unit_of(m, metrics, rows_split) for m in metrics}, refs))
     if want_previous:
         previous.update({layer: z.detach().to("cpu", copy=True) for layer, z, *_ in plan})
     return plan

@@ -25,7 +25,6 @@ from torch.utils.data import DataLoader, Dataset
 
 from ..capture.hooks import FeatureCapture
 from ..capture.probe import choose_indices, probe_loader, source_dataset
-from ..functional.row_group import RowGroup
 from .collect import OnOutput, ProbeFeatures, collect_features, isolated_rng, module_device, preflight
 from .compute import Measurement, ReferenceGroups, compute_measurement, make_groups
 from .config import MonitorConfig
@@ -57,16 +56,13 @@ def measure_features(
     step: int = 0,
     frozen: Optional[Frozen] = None,
     previous: Optional[dict[str, torch.Tensor]] = None,
-    row_group: Optional[RowGroup] = None,
 ) -> Measurement:
     """The compute step: complete the reference groups ``known`` from the collected labels and
-    inputs, then every metric of every layer (pure; the callback runs it on rank zero).
-    ``previous``: each layer's features at the previous measurement (``cka_prev``), updated here.
-    ``row_group``: the ranks that compute DSE together, each with its rows of the kernel
-    (:mod:`.row_sharding`); all of them must call this alike."""
+    inputs, then every metric of every layer (pure; the callback's rank-0 path runs it).
+    ``previous``: each layer's features at the previous measurement (``cka_prev``), updated here."""
     groups = make_groups(config, known, features.labels, features.inputs, features.why_no_inputs)
     return compute_measurement(config, features.features, groups, step, frozen, bad_inputs=features.bad_inputs,
-                               previous=previous, row_group=row_group)
+                               previous=previous)
 
 
 def measure(

@@ -109,3 +109,13 @@ def test_configuration_reads_as_attributes_of_the_callback():
     assert isinstance(monitor.config, MonitorConfig)
     with pytest.raises(AttributeError, match="no attribute 'sigmaa'"):
         monitor.sigmaa
+
+
+def test_collective_groups_without_a_share_are_refused_not_ignored():
+    from dse_monitor.functional.row_group import RowGroup
+
+    cfg = MonitorConfig(metrics=["dse"], sigma=1.0)
+    z = {"penultimate": torch.randn(20, 3, generator=torch.Generator().manual_seed(0))}
+    for kw in ({"row_group": RowGroup.single()}, {"subset_group": RowGroup.single()}):
+        with pytest.raises(ValueError, match=r"pass share=Share\(rank, world\)"):
+            compute_measurement(cfg, z, ReferenceGroups(), step=0, **kw)
