@@ -38,10 +38,6 @@ _CHOICES: dict[tuple, str] = {}
 _FORCED: str | None = None
 
 
-def _measure(run_torch: Callable[[], object], run_numpy: Callable[[], object]) -> str:
-    return _fastest({"torch": run_torch, "numpy": run_numpy})
-
-
 def _fastest(runs: dict[str, Callable[[], object]], sync: Callable[[], None] = lambda: None) -> str:
     # The smallest of SAMPLES timings, the order alternating: the first call of each also loads and allocates.
     times: dict[str, list[float]] = {lib: [] for lib in runs}
@@ -65,14 +61,8 @@ def choose_on_device(op: str, n: int, key: tuple, make_proxy: Callable[[int], Ca
         return libs[0]
     # by the device's model, not its index: DDP ranks on cuda:0 and cuda:1 share their choices (choices.py)
     model = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
-    full_key = (op, max(int(n), 1).bit_length(), model) + key
-    with _LOCK:
-        lib = _CHOICES.get(full_key)
-        if lib is None:
-            run = make_proxy(int(n))
-            sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-            lib = _CHOICES[full_key] = _fastest({name: (lambda name=name: run(name)) for name in libs}, sync)
-    return lib
+    sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
+    return _measured_once((op, max(int(n), 1).bit_length(), model) + key, libs, lambda: make_proxy(int(n)), sync)
 
 
 def choose(op: str, n: int, key: tuple, make_proxy: Callable[[int], Callable[[str], object]],
@@ -91,11 +81,17 @@ def choose(op: str, n: int, key: tuple, make_proxy: Callable[[int], Callable[[st
     if above_proxy is not None and n > PROXY_N:
         return above_proxy
     full_key = (op, max(int(n), 1).bit_length(), torch.get_num_threads()) + key
+    return _measured_once(full_key, ("torch", "numpy"), lambda: make_proxy(min(int(n), PROXY_N)))
+
+
+def _measured_once(full_key: tuple, libs: tuple[str, ...], make_run: Callable[[], Callable[[str], object]],
+                   sync: Callable[[], None] = lambda: None) -> str:
+    """The library kept for ``full_key``, or the fastest of ``libs`` on ``make_run()``, measured now and kept."""
     with _LOCK:
         lib = _CHOICES.get(full_key)
         if lib is None:
-            run = make_proxy(min(int(n), PROXY_N))
-            lib = _CHOICES[full_key] = _measure(lambda: run("torch"), lambda: run("numpy"))
+            run = make_run()
+            lib = _CHOICES[full_key] = _fastest({name: (lambda name=name: run(name)) for name in libs}, sync)
     return lib
 
 
