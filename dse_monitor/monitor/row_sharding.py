@@ -7,13 +7,13 @@ N x N kernel (:mod:`dse_monitor.functional.row_operator`): about 1/W of the memo
 of the monitor's own: the strategy's collective is the only one used.
 
 Because the solve is a collective, every rank must compute the DSE of the same layers in the same
-order with the same features and settings (the measurement sequence does so when
-:func:`row_group` returns a group).
+order with the same features and settings (the measurement sequence does so where rank 0
+found :func:`shards_dse` and :func:`lanczos_for_auto` true).
 
 Example (one process: nothing to split):
     >>> class Trainer:
     ...     world_size, global_rank = 1, 0
-    >>> row_group(Trainer()) is None
+    >>> rank_group(Trainer()) is None
     True
 """
 from __future__ import annotations
@@ -50,21 +50,12 @@ def shards_dse(config: MonitorConfig, n: Optional[int] = None) -> bool:
     return config.solver == "auto" and n is not None and min(n, DSE_MAX_N) > AUTO_EXACT_N
 
 
-def row_group(trainer: Any, config: Optional[MonitorConfig] = None, n: Optional[int] = None) -> Optional[RowGroup]:
-    """The trainer's ranks as a :class:`RowGroup` (``trainer.strategy.all_gather``), or None.
-
-    None on one process, and when ``config`` is given and its DSE of ``n`` probe rows would not
-    take the Lanczos path (:func:`shards_dse`). Lightning's DDP strategies return
-    ``all_gather(t)`` stacked ``[world, *t.shape]``; the tensors travel on the strategy's
-    ``root_device`` (NCCL needs them on the rank's GPU).
-    """
-    if config is not None and not shards_dse(config, n):
-        return None
-    return rank_group(trainer)
-
-
 def rank_group(trainer: Any) -> Optional[RowGroup]:
-    """The trainer's ranks as a :class:`RowGroup` over ``trainer.strategy.all_gather`` (None on one process)."""
+    """The trainer's ranks as a :class:`RowGroup` over ``trainer.strategy.all_gather`` (None on one process).
+
+    Lightning's DDP strategies return ``all_gather(t)`` stacked ``[world, *t.shape]``; the tensors
+    travel on the strategy's ``root_device`` (NCCL needs them on the rank's GPU).
+    """
     world = int(getattr(trainer, "world_size", 1))
     if world <= 1:
         return None

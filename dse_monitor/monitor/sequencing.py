@@ -25,7 +25,7 @@ from .config import MonitorConfig
 from .probe import ProbeSet
 from .report import Reporter
 from .reuse import ValidationReuse
-from .row_sharding import lanczos_for_auto, rank_group, row_group
+from .row_sharding import lanczos_for_auto, rank_group, shards_dse
 from .schedule import Position
 from .shares import Share
 from .sinks import Sinks
@@ -146,7 +146,7 @@ class MeasurementSequence(MonitorParts):
                 if zs:
                     calibrate_auto(max(int(z.shape[0]) for z in zs), self.config.solver,
                                    self.config.dtype or torch.float64)
-                split_rows = row_group(trainer, self.config, len(self._state.indices)) is not None and \
+                split_rows = shards_dse(self.config, len(self._state.indices)) and \
                     lanczos_for_auto(self.config, features)
             except Exception:  # noqa: BLE001 - then no split kernel; each rank measures its own crossover
                 pass
@@ -154,12 +154,12 @@ class MeasurementSequence(MonitorParts):
         groups, choices, split_rows = trainer.strategy.broadcast(decided if trainer.is_global_zero else None, src=0)
         adopt_choices([choices, measured_choices()])
         share = Share(int(trainer.global_rank), int(trainer.world_size))
-        rows = rank_group(trainer) if split_rows else None  # DSE's kernel rows split over the ranks
+        ranks = rank_group(trainer)
         frozen = self._state.frozen
         try:
             part = compute_measurement(self.config, features.features, groups, step, frozen,
                                        bad_inputs=features.bad_inputs, previous=self._previous, share=share,
-                                       row_group=rows, subset_group=rank_group(trainer))
+                                       row_group=ranks if split_rows else None, subset_group=ranks)
         except Exception as err:  # noqa: BLE001 - this rank's values are lost, the others' are logged
             part = Measurement(step, groups=groups, notes=[
                 f"DSEMonitor: rank {share.rank}'s share of the measurement at epoch {step} failed "
