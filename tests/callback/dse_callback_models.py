@@ -7,6 +7,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
+from spawned import rerun_if_killed
+
 NUM_CLASSES = 4
 
 
@@ -95,25 +97,8 @@ class FailsOnRank1:
         return batch[0], batch[1]
 
 
-def fit_spawned(run, root):
-    """``run(root)`` (a ``ddp_spawn`` fit that writes under ``root``), retried once under ``root/retry`` when a
-    spawned process died of a signal; returns the root whose files hold the run.
-
-    Why: once in CI, rank 1 aborted (SIGABRT, "terminate called without an active exception") after
-    ``Trainer.fit stopped``, while its gloo process group was torn down at exit, and the parent then killed
-    rank 0. That is torch's teardown, not the code under test; a Python error raised in a rank (the
-    monitor's own failures included) is a ``ProcessRaisedException`` and is never retried, and a second
-    abort fails the test.
-    """
-    try:
-        run(root)
-        return root
-    except torch.multiprocessing.ProcessExitedException as err:
-        import warnings
-
-        warnings.warn(f"ddp_spawn: {err}; running once more", RuntimeWarning)
-        run(root / "retry")
-        return root / "retry"
+#: A ``ddp_spawn`` fit ``run(root)``, rerun once if a rank died of a signal (:mod:`spawned`).
+fit_spawned = rerun_if_killed
 
 
 def deep_mlp(width: int = 24, depth: int = 4, size: int = 16) -> nn.Sequential:

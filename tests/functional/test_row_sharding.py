@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from spawned import rerun_if_killed
 
 from dse_monitor.functional import diffusion_spectral_entropy, diffusion_spectral_entropy_details, solver
 from dse_monitor.functional.operator import KernelOperator
@@ -82,15 +83,13 @@ def _free_port() -> int:
 
 
 def spawn_two(worker, out) -> list:
-    """``worker(rank, 2, port, out)`` in 2 spawned processes; what each saved. A process that dies of a
-    signal (a gloo teardown abort at exit, seen under load) reruns them once; a Python error does not."""
-    for attempt in range(2):
-        try:
-            mp.spawn(worker, args=(2, _free_port(), str(out)), nprocs=2, join=True)
-            break
-        except mp.ProcessExitedException:
-            if attempt:
-                raise
+    """``worker(rank, 2, port, out)`` in 2 spawned processes (rerun once if one died of a signal,
+    :mod:`spawned`); what each saved."""
+    def run(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        mp.spawn(worker, args=(2, _free_port(), str(folder)), nprocs=2, join=True)
+
+    out = rerun_if_killed(run, out)
     return [torch.load(out / f"rank{r}.pt", weights_only=False) for r in range(2)]
 
 
