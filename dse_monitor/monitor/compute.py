@@ -164,8 +164,9 @@ def _layer_plan(config: MonitorConfig, features: dict[str, torch.Tensor], groups
                 "previous": previous.get(layer) if want_previous else None}
         metrics = [m for m in config.metrics if METRICS[m].reference is None or refs[METRICS[m].reference] is not None]
         shape = (int(z.shape[0]), int(z.shape[1]) if z.ndim > 1 else 0)
-        units = layer_units(layer, metrics, shape, refs, config.num_repetitions, rows_split)
-        plan.append((layer, z, metrics, units, {m: unit_of(m, metrics, rows_split) for m in metrics}, refs))
+        unit = {m: unit_of(m, metrics, rows_split) for m in metrics}
+        plan.append((layer, z, metrics, layer_units(layer, unit, shape, refs, config.num_repetitions, rows_split),
+                     unit, refs))
     if want_previous:
         previous.update({layer: z.detach().to("cpu", copy=True) for layer, z, *_ in plan})
     return plan

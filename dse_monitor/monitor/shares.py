@@ -68,11 +68,12 @@ def _cost(root: str, n: int, d: int, groups: Optional[torch.Tensor], repetitions
     return float(n) ** 2 * max(d, 1)
 
 
-def layer_units(layer: str, metrics: Sequence[str], shape: tuple[int, int],
+def layer_units(layer: str, unit: dict[str, str], shape: tuple[int, int],
                 refs: dict[str, Optional[torch.Tensor]], repetitions: int, rows_split: bool = False) -> list[Unit]:
-    """The units of one layer, in the order of ``metrics`` (a layer with no metric: one empty unit).
-    ``rows_split``: DSE is computed by all ranks together (its unit costs no rank more than another)."""
-    roots = list(dict.fromkeys(unit_of(m, metrics, rows_split) for m in metrics)) or [""]
+    """The units of one layer from ``unit`` (each metric's, :func:`unit_of`, in the metrics' order; a
+    layer with no metric: one empty unit). ``rows_split``: DSE is computed by all ranks together (its
+    unit costs no rank more than another)."""
+    roots = list(dict.fromkeys(unit.values())) or [""]
     return [Unit(layer, r, 0.0 if rows_split and r == "dse" else
                  _cost(r, shape[0], shape[1], refs.get(METRICS[r].reference) if r else None, repetitions))
             for r in roots]
