@@ -7,8 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from spawned import rerun_if_killed
-
 NUM_CLASSES = 4
 
 
@@ -95,10 +93,6 @@ class FailsOnRank1:
         if rank == 1 and self.calls == self.fail_on_call:
             raise RuntimeError("probe batch failed on rank 1 only")
         return batch[0], batch[1]
-
-
-#: A ``ddp_spawn`` fit ``run(root)``, rerun once if a rank died of a signal (:mod:`spawned`).
-fit_spawned = rerun_if_killed
 
 
 def deep_mlp(width: int = 24, depth: int = 4, size: int = 16) -> nn.Sequential:

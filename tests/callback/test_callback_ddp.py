@@ -7,9 +7,10 @@ import json
 import lightning.pytorch as L
 import pytest
 import torch
-from dse_callback_models import FailsOnRank1, LitClassifier, TinyCNN, fit_spawned, trainer_kwargs
+from dse_callback_models import FailsOnRank1, LitClassifier, TinyCNN, trainer_kwargs
 from dse_counting import CountedValidation, CountingImages, ReadLog
 from lightning.pytorch.loggers import CSVLogger
+from spawned import rerun_if_killed
 
 from dse_monitor import DSEMonitor
 
@@ -40,7 +41,7 @@ def _fit(root, **kw):
 
 
 def _run(root, **kw):
-    root = fit_spawned(lambda r: _fit(r, **kw), root)
+    root = rerun_if_killed(lambda r: _fit(r, **kw), root)
     history = json.loads((root / "csv" / "version_0" / "dse_monitor" / "history.json").read_text())
     with open(root / "csv" / "version_0" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
@@ -83,7 +84,7 @@ def _fit_reuse(root, **kw):
 
 
 def _run_reuse(root, **kw):
-    root = fit_spawned(lambda r: _fit_reuse(r, **kw), root)
+    root = rerun_if_killed(lambda r: _fit_reuse(r, **kw), root)
     history = json.loads((root / "csv" / "version_0" / "dse_monitor" / "history.json").read_text())["history"]
     return history, {p.stem: json.loads(p.read_text()) for p in sorted((root / "reads").glob("*.json"))}
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import lightning.pytorch as L
 import pytest
 import torch
-from dse_callback_models import LitClassifier, TinyCNN, fit_spawned, trainer_kwargs
+from dse_callback_models import LitClassifier, TinyCNN, trainer_kwargs
 from lightning.pytorch.strategies import DDPStrategy
+from spawned import rerun_if_killed
 
 from dse_monitor import DSEMonitor
 
@@ -57,7 +58,7 @@ def _fit(root: Path, ddp: bool) -> None:
 
 
 def _run(root: Path, ddp: bool = False) -> tuple[Path, list[dict]]:
-    root = fit_spawned(lambda r: _fit(r, ddp), root)
+    root = rerun_if_killed(lambda r: _fit(r, ddp), root)
     history = json.loads((root / "dse_monitor" / "history.json").read_text())["history"]
     exact_history = json.loads((root / "exact_monitor" / "history.json").read_text())["history"]
     return root, [dict(a, **b) for a, b in zip(history, exact_history)]

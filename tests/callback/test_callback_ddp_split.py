@@ -7,7 +7,8 @@ import math
 import lightning.pytorch as L
 import pytest
 import torch
-from dse_callback_models import LitClassifier, WritesLastMeasurement, deep_mlp, fit_spawned, trainer_kwargs
+from dse_callback_models import LitClassifier, WritesLastMeasurement, deep_mlp, trainer_kwargs
+from spawned import rerun_if_killed
 
 from dse_monitor import DSEMonitor
 
@@ -25,7 +26,7 @@ def _fit(root, split=True, layers=LAYERS, metrics=("dse", "dse_norm", "dsmi_y"),
 
 
 def _run(root, **kw):
-    root = fit_spawned(lambda r: _fit(r, **kw), root)
+    root = rerun_if_killed(lambda r: _fit(r, **kw), root)
     return {p.stem: json.loads(p.read_text()) for p in sorted((root / "last").glob("*.json"))}
 
 
