@@ -33,36 +33,54 @@ PROXY_N = 1024
 #: Timed runs per library in a measurement.
 SAMPLES = 3
 
-_LOCK = threading.Lock()
+# re-entrant: building a proxy may itself make a choice (a proxy kernel's distance product)
+_LOCK = threading.RLock()
 _CHOICES: dict[tuple, str] = {}
 _FORCED: str | None = None
 
 
-def _fastest(runs: dict[str, Callable[[], object]], sync: Callable[[], None] = lambda: None) -> str:
-    # The smallest of SAMPLES timings, the order alternating: the first call of each also loads and allocates.
+def _fastest(runs: dict[str, Callable[[], object]], sync: Callable[[], None] = lambda: None,
+             admissible: Callable[[dict[str, object]], tuple[str, ...]] | None = None) -> str:
+    """The library whose smallest of SAMPLES timings is least (the order alternating: the first
+    call of each also loads and allocates), among those ``admissible(results)`` names: the
+    libraries whose result is good enough (all of them when None). A library that raises is left out."""
     times: dict[str, list[float]] = {lib: [] for lib in runs}
+    results: dict[str, object] = {}
     for i in range(SAMPLES):
         for lib in (list(runs) if i % 2 == 0 else list(reversed(runs))):
+            if lib not in times:
+                continue
             sync()
             start = time.perf_counter()
-            runs[lib]()
-            sync()
+            try:
+                results[lib] = runs[lib]()
+                sync()
+            except Exception:  # noqa: BLE001 - a library that cannot run this call is no choice (CuPy without a usable CUDA)
+                if len(times) == 1:
+                    raise
+                del times[lib]
+                results.pop(lib, None)
+                continue
             times[lib].append(time.perf_counter() - start)
-    return min(times, key=lambda k: min(times[k]))
+    allowed = tuple(admissible(results)) if admissible is not None else tuple(times)
+    return min(allowed or tuple(times), key=lambda k: min(times[k]))
 
 
 def choose_on_device(op: str, n: int, key: tuple, make_proxy: Callable[[int], Callable[[str], object]],
-                     libs: tuple[str, ...], device: torch.device) -> str:
+                     libs: tuple[str, ...], device: torch.device,
+                     admissible: Callable[[dict[str, object]], tuple[str, ...]] | None = None) -> str:
     """The fastest of ``libs`` for ``op`` on ``n`` rows on a CUDA ``device``, measured once per process
     and kind (op, size class, device, ``key``) on a proxy of the call's size, as :func:`choose` does on
     the CPU. The H200 measured for issue 23 solved a 500 x 500 float32 ``eigvalsh`` in 15 ms and
-    the same matrix cast to float64 in 4.4 ms: no fixed rule is right on every build and size."""
+    the same matrix cast to float64 in 4.4 ms: no fixed rule is right on every build and size.
+    ``admissible(results)``: the libraries whose result on the proxy is accurate enough (all when None)."""
     if len(libs) == 1:
         return libs[0]
     # by the device's model, not its index: DDP ranks on cuda:0 and cuda:1 share their choices (choices.py)
     model = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-    return _measured_once((op, max(int(n), 1).bit_length(), model) + key, libs, lambda: make_proxy(int(n)), sync)
+    return _measured_once((op, max(int(n), 1).bit_length(), model) + key, libs, lambda: make_proxy(int(n)), sync,
+                          admissible)
 
 
 def choose(op: str, n: int, key: tuple, make_proxy: Callable[[int], Callable[[str], object]],
@@ -85,13 +103,14 @@ def choose(op: str, n: int, key: tuple, make_proxy: Callable[[int], Callable[[st
 
 
 def _measured_once(full_key: tuple, libs: tuple[str, ...], make_run: Callable[[], Callable[[str], object]],
-                   sync: Callable[[], None] = lambda: None) -> str:
-    """The library kept for ``full_key``, or the fastest of ``libs`` on ``make_run()``, measured now and kept."""
+                   sync: Callable[[], None] = lambda: None,
+                   admissible: Callable[[dict[str, object]], tuple[str, ...]] | None = None) -> str:
+    """The library kept for ``full_key``, or the fastest admissible of ``libs`` on ``make_run()``, measured now and kept."""
     with _LOCK:
         lib = _CHOICES.get(full_key)
         if lib is None:
             run = make_run()
-            lib = _CHOICES[full_key] = _fastest({name: (lambda name=name: run(name)) for name in libs}, sync)
+            lib = _CHOICES[full_key] = _fastest({name: (lambda name=name: run(name)) for name in libs}, sync, admissible)
     return lib
 
 
