@@ -1,10 +1,7 @@
-"""Eigen-solvers and the entropy of a spectrum.
+"""Eigen-solvers, and the entropy of a spectrum (:mod:`.spectral_entropy`, re-exported here).
 
-    a_i = |lambda_i|^t / sum_j |lambda_j|^t
-    H   = -sum_i (a_i + eps) log2 (a_i + eps)       (bits)
-
-``eps`` is float64 machine epsilon, added as the reference package adds it, so
-that values agree with it to 1e-8 bits.
+CPU matrices: torch's or numpy's LAPACK, as :mod:`.backend` measured; CUDA ones: the way
+:mod:`.device_eigen` measured; float32 spectra at the rounding floor are flagged for a float64 retry.
 """
 from __future__ import annotations
 
@@ -18,7 +15,8 @@ import numpy as np
 import torch
 
 from . import backend, lapack
-from ._checks import EPS
+from .device_eigen import device_eigvalsh
+from .spectral_entropy import entropy_of_spectrum, shannon_bits  # noqa: F401 - imported from here by most callers
 
 
 def symmetric_eigvals(k: torch.Tensor) -> torch.Tensor:
@@ -42,8 +40,8 @@ def symmetric_eigvals(k: torch.Tensor) -> torch.Tensor:
 
 
 def _eigvalsh(k: torch.Tensor) -> torch.Tensor:
-    if k.device.type == "cuda" and k.dtype == torch.float32 and k.shape[-1] >= 64 and not k.requires_grad:
-        return _device_eigvalsh(k)
+    if k.device.type == "cuda" and k.shape[-1] >= 64 and not (k.requires_grad and torch.is_grad_enabled()):
+        return device_eigvalsh(k)
     if k.ndim != 2 or k.shape[0] < 64 or not backend.eligible(k):
         return torch.linalg.eigvalsh(k)
     # Above backend.PROXY_N rows torch: a 1,024-row measurement chose numpy on an AMD EPYC
@@ -51,40 +49,6 @@ def _eigvalsh(k: torch.Tensor) -> torch.Tensor:
     if backend.choose("eigvalsh", k.shape[0], (k.dtype,), partial(_eigvalsh_proxy, k.dtype), "torch") == "torch":
         return torch.linalg.eigvalsh(k)
     return _numpy_eigvalsh(k)
-
-
-#: Ways to solve a float32 matrix on a CUDA device: torch as it is, torch on a float64 copy (more
-#: accurate, and faster on some builds and sizes), CuPy's ``eigvalsh`` when it is installed.
-DEVICE_SOLVERS = ("torch", "torch64", "cupy")
-
-
-def _device_eigvalsh(k: torch.Tensor, how: str | None = None) -> torch.Tensor:
-    """A float32 CUDA matrix (or batch) solved the way measured fastest for its size on its device."""
-    if how is None:
-        libs = tuple(s for s in DEVICE_SOLVERS if s != "cupy" or _cupy() is not None)
-        how = backend.choose_on_device("eigvalsh", k.shape[-1], (k.dtype, k.ndim), partial(_device_proxy, k),
-                                       libs, k.device)
-    if how == "torch64":
-        return torch.linalg.eigvalsh(k.double()).to(k.dtype)
-    if how == "cupy":
-        cupy = _cupy()
-        return torch.as_tensor(cupy.linalg.eigvalsh(cupy.asarray(k.contiguous())), device=k.device)
-    return torch.linalg.eigvalsh(k)
-
-
-def _device_proxy(like: torch.Tensor, m: int):
-    g = torch.Generator(device=like.device).manual_seed(m)
-    a = torch.randn(*like.shape[:-2], m, m, generator=g, device=like.device, dtype=like.dtype)
-    a = a @ a.transpose(-1, -2) / m
-    return lambda how: _device_eigvalsh(a, how)
-
-
-def _cupy():
-    try:
-        import cupy
-    except Exception:  # noqa: BLE001 - not installed, or no usable CUDA for it
-        return None
-    return cupy
 
 
 def _numpy_eigvalsh(k: torch.Tensor) -> torch.Tensor:
@@ -146,22 +110,6 @@ def solver_pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def entropy_of_spectrum(eigenvalues: torch.Tensor, t: float = 1) -> torch.Tensor:
-    """Spectral entropy in bits: ``-sum a log2 a`` with ``a = |lambda|^t / sum |lambda|^t``.
-
-    Works along the last dimension, so a batch of spectra gives a batch of entropies.
-
-    >>> round(float(entropy_of_spectrum(torch.tensor([1.0, 1.0, 1.0, 1.0]))), 6)
-    2.0
-    >>> round(float(entropy_of_spectrum(torch.tensor([1.0, 0.0, 0.0]))), 6)
-    0.0
-    """
-    lam = eigenvalues.abs()
-    if t != 1:
-        lam = lam**t
-    return shannon_bits(lam / lam.sum(dim=-1, keepdim=True))
-
-
 #: float32 eigenvalues within this many epsilons of 0 (relative to the largest) are at the rounding floor.
 FLOAT32_FLOOR_EPS = 16
 #: Below this entropy (bits) a float32 spectrum with eigenvalues at the floor is solved again in float64.
@@ -189,16 +137,3 @@ def at_float32_floor(eigenvalues: torch.Tensor, t: float = 1) -> bool:
     if not bool((lam < FLOAT32_FLOOR_EPS * torch.finfo(torch.float32).eps * lam.max()).any()):
         return False
     return float(entropy_of_spectrum(lam, t)) < FLOAT32_RETRY_BITS
-
-
-def shannon_bits(p: torch.Tensor) -> torch.Tensor:
-    """Shannon entropy in bits along the last dimension, ``-sum (p + eps) log2 (p + eps)``.
-
-    ``eps`` (float64 machine epsilon) is added as the reference package adds it; every
-    entropy of the package (spectra, bin counts, matrix entries) goes through here.
-
-    >>> round(float(shannon_bits(torch.tensor([0.5, 0.5]))), 6)
-    1.0
-    """
-    q = p + EPS
-    return -(q * torch.log2(q)).sum(dim=-1)

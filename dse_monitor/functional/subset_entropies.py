@@ -3,7 +3,8 @@
 DSMI needs the diffusion spectral entropy of dozens of subsets of the same rows. On the
 CPU the exact solves run side by side in the solver pool, one BLAS thread each, each
 building its own kernel (on an earlier subset's Gram where they share most rows:
-:mod:`.subset_grams`); on CUDA equal-sized kernels are solved in one batched call;
+:mod:`.subset_grams`); on CUDA the kernels are solved in batched calls, one per size or, where
+the device's batched solve pays, one per band of nearby sizes (:mod:`.device_eigen`);
 approximate solves run last, on the calling thread.
 """
 from __future__ import annotations
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from . import backend
+from .device_eigen import batched_eigvals
 from .entropy import float64_if_collapsed
 from .kernel import affinity_to_diffusion_kernel, gaussian_affinity, squared_distances
 from .kernel_choice import diffusion_kernel_of
@@ -155,7 +157,7 @@ class _SubsetSolves:
                     checked = len(s)
                 jobs.append(self._job(s, approximate[i], plans.get(i), zero, threaded, batched))
             if batched:
-                spectra = iter(zip(batched, batched_cuda_eigvals([self._kernel(s) for s in batched])))
+                spectra = iter(zip(batched, batched_subset_eigvals([self._kernel(s) for s in batched])))
                 jobs = [self._entropy_checked(*next(spectra)) if j is None else j for j in jobs]
             jobs = [j.result() if isinstance(j, Future) else j for j in jobs]
         except BaseException:
@@ -190,21 +192,9 @@ def _cancel_and_wait(jobs: list[Any]) -> None:
     wait(pending)
 
 
-def batched_cuda_eigvals(mats: list[torch.Tensor]) -> list[torch.Tensor]:
-    """Eigenvalues of many kernels on CUDA: one batched ``eigvalsh`` per size (chunked to fit)."""
+def batched_subset_eigvals(mats: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Eigenvalues of many kernels on one device: batched calls (:func:`.device_eigen.batched_eigvals`),
+    or one by one where a gradient is needed."""
     if not mats or (torch.is_grad_enabled() and any(m.requires_grad for m in mats)):
         return [symmetric_eigvals(m) for m in mats]
-    out: list[torch.Tensor | None] = [None] * len(mats)
-    by_size: dict[int, list[int]] = {}
-    for i, m in enumerate(mats):
-        by_size.setdefault(m.shape[-1], []).append(i)
-    free = available_memory(mats[0].device)
-    for size, idx in by_size.items():
-        per = 3 * size * size * mats[0].element_size()
-        chunk = max(1, min(len(idx), int(0.25 * free) // max(per, 1)))
-        for start in range(0, len(idx), chunk):
-            part = idx[start : start + chunk]
-            lam = symmetric_eigvals(torch.stack([mats[i] for i in part]))
-            for j, i in enumerate(part):
-                out[i] = lam[j]
-    return out  # type: ignore[return-value]
+    return batched_eigvals(mats, symmetric_eigvals, available_memory(mats[0].device))

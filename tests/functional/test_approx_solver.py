@@ -270,15 +270,15 @@ def test_lipschitz_constant_bounds_the_derivative():
 
 
 def test_batched_subset_solves_match_one_by_one():
-    # The CUDA path of DSMI stacks equal-sized kernels into one eigvalsh call; its logic
-    # is device independent, so it is checked here on CPU tensors.
-    from dse_monitor.functional.subset_entropies import batched_cuda_eigvals
+    # The CUDA path of DSMI stacks kernels into batched eigvalsh calls (never padded off CUDA);
+    # its logic is device independent, so it is checked here on CPU tensors.
+    from dse_monitor.functional.subset_entropies import batched_subset_eigvals
 
     g = torch.Generator().manual_seed(0)
     mats = []
     for size in (5, 7, 5, 9, 7, 5):
         a = torch.randn(size, size, generator=g, dtype=torch.float64)
         mats.append(a @ a.T)
-    out = batched_cuda_eigvals(mats)
+    out = batched_subset_eigvals(mats)
     for m, lam in zip(mats, out):
         torch.testing.assert_close(lam, torch.linalg.eigvalsh(m))
