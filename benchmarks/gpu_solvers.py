@@ -6,8 +6,9 @@
   about 950-1,050 rows each); the float32 error against float64;
 - Lanczos at N = 100,000 per operator storage (the default plan, dense float32, streamed
   float32 and float64), each with its peak device memory;
-- the small symmetric eigen-solve, DSMI's unit of work, at 500 / 1,000 / 2,000 rows:
-  torch float32, torch float64, CuPy when installed, and the library the core chose.
+- the small symmetric eigen-solve, DSMI's unit of work, of a float32 diffusion kernel at
+  500 / 1,000 / 2,000 rows: torch float32, torch float64, CuPy when installed, each with its
+  entropy error against float64; the way the core chose and whether padded batches pay there.
 
 Each row: (benchmark, ours s, base s, second s, note); ``--dry-run`` sizes run on the CPU.
 """
@@ -140,27 +141,25 @@ def large_rows(n, d, device):
 
 
 def small_solve_rows(sizes, device, repeats):
-    """One symmetric eigen-solve (DSMI's unit of work): each library and dtype, and the core's choice."""
-    from dse_monitor.functional.spectrum import symmetric_eigvals
+    """One symmetric eigen-solve (DSMI's unit of work) of a float32 diffusion kernel: each way's time and
+    entropy error against the float64 solve, the way the core chose, and whether padded batches pay."""
+    from dse_monitor.functional import device_eigen as de
+    from dse_monitor.functional.spectrum import entropy_of_spectrum, symmetric_eigvals
 
-    try:
-        import cupy
-    except ImportError:
-        cupy = None
     rows = []
     for m in sizes:
-        a = torch.randn(m, m, generator=torch.Generator().manual_seed(m))
-        a = (a @ a.T / m).to(device)
-        t32, _ = timed(lambda: torch.linalg.eigvalsh(a), device, repeats)
-        t64, _ = timed(lambda: torch.linalg.eigvalsh(a.double()).float(), device, repeats)
-        tcp = float("nan")
-        if cupy is not None and device.type == "cuda":
-            tcp, _ = timed(lambda: torch.as_tensor(cupy.linalg.eigvalsh(cupy.asarray(a)), device=device),
-                           device, repeats)
-        tcore, _ = timed(lambda: symmetric_eigvals(a), device, repeats)
-        rows.append((f"eigvalsh {m} x {m} float32 input", tcore, t32, t64,
-                     f"torch f32 {t32 * 1e3:.1f} ms, via f64 {t64 * 1e3:.1f} ms, CuPy {tcp * 1e3:.1f} ms; "
-                     f"the core ({tcore * 1e3:.1f} ms)"))
+        k = de.proxy_kernels(m, 0, torch.float32, device)
+        ref = entropy_of_spectrum(de.solve_as(k, "torch64").double())
+        times, parts = {}, []
+        for how in de.ways(torch.float32):
+            sec, lam = timed(lambda: de.solve_as(k, how), device, repeats)
+            times[how] = sec
+            parts.append(f"{how} {sec * 1e3:.1f} ms (entropy {float(entropy_of_spectrum(lam.double()) - ref):+.1e} bits)")
+        tcore, _ = timed(lambda: symmetric_eigvals(k), device, repeats)
+        chosen = de.choose_way(m, torch.float32, 0, device) if device.type == "cuda" else "CPU LAPACK"
+        pays = de.padding_pays(m, torch.float32, device)
+        rows.append((f"eigvalsh {m} x {m} float32 kernel", tcore, times["torch"], times["torch64"],
+                     "; ".join(parts) + f"; the core: {chosen} ({tcore * 1e3:.1f} ms); padded batches pay: {pays}"))
         print(rows[-1], flush=True)
     return rows
 
